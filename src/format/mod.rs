@@ -1,0 +1,11 @@
+//! The on-disk format of encrypted files: layout math, header, block codec.
+//! No FUSE and no key storage here: everything is testable on an in-memory file.
+
+pub mod backing;
+pub mod codec;
+pub mod header;
+pub mod layout;
+
+pub use backing::{Backing, MemBacking};
+pub use codec::{BlockCodec, CodecError};
+pub use header::{Header, HeaderError};
