@@ -2,8 +2,21 @@
 //!
 //! The library is layered so that everything but the FUSE adapter ([`fs`]) and the
 //! command line ([`cli`]) is pure logic, testable without a mount:
-//! - [`crypto`]: AES-256-GCM sealing, key wrapping, zeroizing key type;
+//! - [`crypto`]: AES-256-GCM sealing, key wrapping, the zeroizing key type;
 //! - [`format`]: the encrypted file format (layout, header, block codec);
+//! - [`keys`]: the key-provider interface and the passphrase-sealed local keystore;
+//! - [`zone`]: zone markers and the boundary rules;
+//! - [`fs`]: the FUSE adapter; [`control`]: the socket the CLI uses to reach a mount;
+//! - [`cli`]: the `ezfs` command.
 
+pub mod cli;
+pub mod control;
 pub mod crypto;
 pub mod format;
+pub mod fs;
+pub mod keys;
+pub mod zone;
+
+/// Name of the directory in the backing dir that holds config and keystore; it is
+/// hidden from the mount.
+pub const EZFS_DIR: &str = ".ezfs";

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `ezfs` command; everything is in the library's `cli` module.
+
+fn main() {
+    std::process::exit(ezfs::cli::run());
+}

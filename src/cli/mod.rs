@@ -1,0 +1,131 @@
+//! The `ezfs` command line (SPEC.md section 2). Each subcommand is a thin layer over
+//! the library; errors are one sentence on stderr, exit 1 for a failed operation and
+//! 2 for a usage error.
+
+mod keycmd;
+mod logger;
+mod mount;
+pub mod mountinfo;
+mod zonecmd;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// A failed command: the message for stderr and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub msg: String,
+}
+
+impl Failure {
+    /// An operation that failed (exit 1).
+    pub fn op(msg: impl std::fmt::Display) -> Failure {
+        Failure { code: 1, msg: msg.to_string() }
+    }
+    /// A usage error (exit 2).
+    pub fn usage(msg: impl std::fmt::Display) -> Failure {
+        Failure { code: 2, msg: msg.to_string() }
+    }
+}
+
+impl From<crate::keys::KeyError> for Failure {
+    fn from(e: crate::keys::KeyError) -> Failure {
+        Failure::op(e)
+    }
+}
+
+impl From<crate::control::ClientError> for Failure {
+    fn from(e: crate::control::ClientError) -> Failure {
+        Failure::op(e)
+    }
+}
+
+pub type CliResult = Result<(), Failure>;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ezfs",
+    version,
+    about = "Transparent encryption zones for a local directory, through FUSE",
+    long_about = "ezfs stacks on a backing directory. Outside encryption zones files pass through \
+                  unchanged; inside a zone every file's contents are encrypted with its own data key \
+                  (AES-256-GCM), wrapped by the zone's key.\n\nThe passphrase comes from \
+                  --passphrase-file, the EZFS_PASSPHRASE_FILE environment variable, or a prompt on the \
+                  terminal; never from an argument.\n\nExit status: 0 success, 1 the operation failed, \
+                  2 usage error."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Where the passphrase comes from (shared by commands that unlock the keystore).
+#[derive(clap::Args, Debug, Clone)]
+pub struct PassArgs {
+    /// Read the passphrase from this file (first line); default: $EZFS_PASSPHRASE_FILE or a prompt.
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create BACKING/.ezfs: the keystore, sealed by a new passphrase (asked twice).
+    Init {
+        /// The backing directory (created if missing; must be empty).
+        backing: PathBuf,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
+    /// Mount BACKING at MOUNTPOINT (runs in the background unless --foreground).
+    Mount(mount::MountArgs),
+    /// Unmount an ezfs mount cleanly (fusermount3 -u works too).
+    Umount {
+        mountpoint: PathBuf,
+    },
+    /// Manage zone keys.
+    #[command(subcommand)]
+    Key(keycmd::KeyCmd),
+    /// Manage encryption zones on a mounted ezfs.
+    #[command(subcommand)]
+    Zone(zonecmd::ZoneCmd),
+    /// Change the passphrase of BACKING's keystore (no data is rewritten).
+    Passwd {
+        backing: PathBuf,
+        #[command(flatten)]
+        pass: PassArgs,
+        /// Read the new passphrase from this file; default: a prompt (asked twice).
+        #[arg(long, value_name = "FILE")]
+        new_passphrase_file: Option<PathBuf>,
+    },
+}
+
+/// Parses the arguments, runs the command, returns the exit code.
+pub fn run() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    logger::init();
+    let res = match cli.cmd {
+        Cmd::Init { backing, pass } => keycmd::init(&backing, &pass),
+        Cmd::Mount(args) => mount::mount(args),
+        Cmd::Umount { mountpoint } => mount::umount(&mountpoint),
+        Cmd::Key(k) => keycmd::run(k),
+        Cmd::Zone(z) => zonecmd::run(z),
+        Cmd::Passwd { backing, pass, new_passphrase_file } => {
+            keycmd::passwd(&backing, &pass, new_passphrase_file.as_deref())
+        }
+    };
+    match res {
+        Ok(()) => 0,
+        Err(f) => {
+            eprintln!("ezfs: {}", f.msg);
+            f.code
+        }
+    }
+}

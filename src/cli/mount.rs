@@ -1,0 +1,264 @@
+//! `ezfs mount` and `ezfs umount`: unlock, mount, daemonize, unmount on signals.
+//!
+//! The parent process checks everything it can (paths, passphrase, zone markers)
+//! before forking, and returns only once the child reports the mount usable or
+//! failed, so scripts can use the mount as soon as `ezfs mount` exits 0 and a failure
+//! leaves nothing half-mounted.
+
+use super::{mountinfo, CliResult, Failure, PassArgs};
+use crate::control::{self, MountInfo, Request, Server};
+use crate::fs::{Core, EzFs};
+use crate::keys::keystore::read_body;
+use crate::keys::{passphrase, Keystore, LocalProvider};
+use fuser::{Config, MountOption, SessionACL};
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug)]
+pub struct MountArgs {
+    /// The backing directory (made with `ezfs init`).
+    backing: PathBuf,
+    /// An empty directory to mount on.
+    mountpoint: PathBuf,
+    /// Mount read-only.
+    #[arg(long)]
+    read_only: bool,
+    /// Let other users use the mount (their access still follows file modes).
+    #[arg(long)]
+    allow_other: bool,
+    /// FUSE mount options, comma-separated (e.g. -o noatime,nonempty).
+    #[arg(short = 'o', value_name = "OPT")]
+    options: Vec<String>,
+    /// Stay in the foreground (log to stderr) instead of daemonizing.
+    #[arg(short = 'f', long)]
+    foreground: bool,
+    #[command(flatten)]
+    pass: PassArgs,
+}
+
+/// Request loops: enough to overlap disk waits with crypto on a small machine.
+const FUSE_THREADS: usize = 4;
+
+fn canonical(p: &Path, what: &str) -> Result<PathBuf, Failure> {
+    p.canonicalize().map_err(|e| Failure::op(format!("{what} {}: {e}", p.display())))
+}
+
+fn mount_config(a: &MountArgs, backing: &Path) -> Config {
+    let mut opts = vec![
+        MountOption::FSName(backing.to_string_lossy().into_owned()),
+        MountOption::Subtype("ezfs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    if a.read_only {
+        opts.push(MountOption::RO);
+    }
+    for o in a.options.iter().flat_map(|s| s.split(',')).filter(|s| !s.is_empty() && *s != "nonempty") {
+        opts.push(match o {
+            "ro" => MountOption::RO,
+            "rw" => MountOption::RW,
+            "noatime" => MountOption::NoAtime,
+            "atime" => MountOption::Atime,
+            "nodev" => MountOption::NoDev,
+            "dev" => MountOption::Dev,
+            "nosuid" => MountOption::NoSuid,
+            "suid" => MountOption::Suid,
+            "noexec" => MountOption::NoExec,
+            "exec" => MountOption::Exec,
+            "sync" => MountOption::Sync,
+            "async" => MountOption::Async,
+            "dirsync" => MountOption::DirSync,
+            other => MountOption::CUSTOM(other.into()),
+        });
+    }
+    let mut c = Config::default();
+    c.mount_options = opts;
+    c.acl = if a.allow_other { SessionACL::All } else { SessionACL::Owner };
+    c.n_threads = Some(FUSE_THREADS);
+    c.clone_fd = true;
+    c
+}
+
+pub fn mount(a: MountArgs) -> CliResult {
+    let backing = canonical(&a.backing, "backing directory")?;
+    let mnt = canonical(&a.mountpoint, "mountpoint")?;
+    if !mnt.is_dir() {
+        return Err(Failure::op(format!("mountpoint {} is not a directory", mnt.display())));
+    }
+    if mnt.starts_with(&backing) || backing.starts_with(&mnt) {
+        return Err(Failure::op("the mountpoint and the backing directory must not contain each other"));
+    }
+    if mountinfo::is_mountpoint(&mnt) {
+        return Err(Failure::op(format!("{} is already a mount point", mnt.display())));
+    }
+    let nonempty = a.options.iter().flat_map(|s| s.split(',')).any(|o| o == "nonempty");
+    let empty = std::fs::read_dir(&mnt).map(|mut d| d.next().is_none()).unwrap_or(false);
+    if !empty && !nonempty {
+        return Err(Failure::op(format!("mountpoint {} is not empty", mnt.display())));
+    }
+    read_body(&backing)?;
+    if let Ok(v) = control::call(&backing, &Request::Ping) {
+        let at = serde_json::from_value::<MountInfo>(v).map(|m| m.mountpoint.display().to_string());
+        return Err(Failure::op(format!("{} is already mounted at {}", backing.display(), at.unwrap_or_default())));
+    }
+    let pw = passphrase::obtain(a.pass.passphrase_file.as_deref(), "passphrase", false).map_err(Failure::op)?;
+    let keystore = Keystore::unlock(&backing, &pw)?;
+    drop(pw);
+    let keys = Arc::new(LocalProvider::new(keystore));
+    let core = Arc::new(Core::new(backing.clone(), keys, a.read_only).map_err(Failure::op)?);
+    core.check_zones().map_err(Failure::op)?;
+    let server = Server::bind(core.clone(), mnt.clone()).map_err(Failure::op)?;
+    let config = mount_config(&a, &backing);
+    if a.foreground {
+        return serve(core, server, &mnt, &config, None);
+    }
+    daemonize(&backing, &mnt, |notify| serve(core, server, &mnt, &config, Some(notify)))
+}
+
+/// Forks; the child runs `child` with the write end of a pipe on which it reports
+/// "OK" or an error; the parent waits for that report.
+fn daemonize(backing: &Path, mnt: &Path, child: impl FnOnce(OwnedFd) -> CliResult) -> CliResult {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(Failure::op(std::io::Error::last_os_error()));
+    }
+    // SAFETY: pipe2 returned two fresh descriptors that we now own.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: no other threads exist yet in this process, so fork is safe.
+    match unsafe { libc::fork() } {
+        -1 => Err(Failure::op(std::io::Error::last_os_error())),
+        0 => {
+            drop(rd);
+            detach(backing);
+            let code = match child(wr) {
+                Ok(()) => 0,
+                Err(f) => {
+                    log::error!("{}", f.msg);
+                    f.code
+                }
+            };
+            std::process::exit(code);
+        }
+        _ => {
+            drop(wr);
+            let mut report = String::new();
+            let _ = std::fs::File::from(rd).read_to_string(&mut report);
+            match report.strip_prefix("OK") {
+                Some(_) => {
+                    println!("mounted {} at {}", backing.display(), mnt.display());
+                    Ok(())
+                }
+                None if report.is_empty() => Err(Failure::op("the mount daemon exited before mounting")),
+                None => Err(Failure::op(report.trim_start_matches("ERR ").trim())),
+            }
+        }
+    }
+}
+
+/// Daemon side of the fork: new session, standard input and output to /dev/null,
+/// log to stderr unless it is a terminal (then to BACKING/.ezfs/ezfs.log).
+fn detach(backing: &Path) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscalls on our own descriptors.
+    unsafe {
+        libc::setsid();
+        if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(null.as_raw_fd(), 1);
+        }
+        if libc::isatty(2) == 1 {
+            use std::os::unix::fs::OpenOptionsExt;
+            let log = backing.join(crate::EZFS_DIR).join("ezfs.log");
+            if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(log) {
+                libc::dup2(f.as_raw_fd(), 2);
+            }
+        }
+    }
+}
+
+fn report(notify: &mut Option<OwnedFd>, msg: &str) {
+    if let Some(fd) = notify.take() {
+        let _ = std::fs::File::from(fd).write_all(msg.as_bytes());
+    }
+}
+
+/// Mounts and serves until unmounted.
+fn serve(core: Arc<Core>, server: Server, mnt: &Path, config: &Config, mut notify: Option<OwnedFd>) -> CliResult {
+    let mut session = match fuser::Session::new(EzFs(core.clone()), mnt, config) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("cannot mount {}: {e}", mnt.display());
+            report(&mut notify, &format!("ERR {msg}"));
+            return Err(Failure::op(msg));
+        }
+    };
+    let mut unmounter = session.unmount_callable();
+    std::thread::Builder::new().name("ezfs-control".into()).spawn(move || server.run()).map_err(Failure::op)?;
+    let mnt_owned = mnt.to_path_buf();
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+        .map_err(Failure::op)?;
+    std::thread::Builder::new()
+        .name("ezfs-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                log::info!("signal {sig}: unmounting {}", mnt_owned.display());
+                if let Err(e) = unmounter.unmount() {
+                    log::warn!("unmount failed ({e}); detaching lazily");
+                    lazy_unmount(&mnt_owned);
+                }
+            }
+        })
+        .map_err(Failure::op)?;
+    report(&mut notify, "OK\n");
+    log::info!("mounted {} at {}", core.backing.display(), mnt.display());
+    let res = session.run();
+    log::info!("unmounted {}", mnt.display());
+    res.map_err(|e| Failure::op(format!("session ended with an error: {e}")))
+}
+
+fn lazy_unmount(mnt: &Path) {
+    if let Ok(c) = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()) {
+        // SAFETY: valid C string.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+pub fn umount(mnt: &Path) -> CliResult {
+    let abs = mnt.canonicalize().or_else(|_| std::path::absolute(mnt)).map_err(Failure::op)?;
+    let m = mountinfo::ezfs_mounts()
+        .into_iter()
+        .find(|m| m.mountpoint == abs)
+        .ok_or_else(|| Failure::op(format!("{} is not an ezfs mount", mnt.display())))?;
+    let pid = control::call(&m.backing, &Request::Ping)
+        .ok()
+        .and_then(|v| serde_json::from_value::<MountInfo>(v).ok())
+        .map(|i| i.pid);
+    let c = std::ffi::CString::new(abs.as_os_str().as_encoded_bytes()).map_err(Failure::op)?;
+    // SAFETY: valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EBUSY) => return Err(Failure::op(format!("{} is busy (files open or a process inside it)", abs.display()))),
+            Some(libc::EPERM) => {
+                let ok = std::process::Command::new("fusermount3").arg("-u").arg(&abs).status().is_ok_and(|s| s.success());
+                if !ok {
+                    return Err(Failure::op(format!("cannot unmount {}: {e}", abs.display())));
+                }
+            }
+            _ => return Err(Failure::op(format!("cannot unmount {}: {e}", abs.display()))),
+        }
+    }
+    // wait for the daemon to finish (it flushes and exits once the kernel lets go)
+    if let Some(pid) = pid {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // SAFETY: signal 0 only checks that the process exists.
+        while unsafe { libc::kill(pid as i32, 0) } == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    println!("unmounted {}", abs.display());
+    Ok(())
+}

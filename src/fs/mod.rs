@@ -1,0 +1,847 @@
+//! The FUSE adapter: a stacked filesystem over the backing directory.
+//!
+//! Outside zones it passes everything through. Inside a zone, regular files' contents
+//! go through [`EncFile`] (header, DEK, block codec); names, sizes, modes and times
+//! stay visible, as in HDFS. Zone boundaries are enforced here: rename and link across
+//! them get EXDEV. The zone marker and `.ezfs` are hidden and reserved.
+
+pub mod encfile;
+pub mod inode;
+pub mod sys;
+pub mod zones;
+
+use encfile::{errno, EncFile};
+use fuser::{
+    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
+};
+use inode::{Inode, InodeTable, ROOT};
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::format::layout::plain_size;
+use crate::format::Backing;
+use crate::keys::LocalProvider;
+use crate::zone::{self, Zone, ZoneMarker, MARKER_FILE};
+
+/// How long the kernel may cache attributes and names. Everything goes through this
+/// daemon, so the cache is only as stale as changes made behind the mount's back.
+const TTL: Duration = Duration::from_secs(1);
+
+/// One open file or directory.
+enum Handle {
+    Plain(File),
+    Enc(Arc<EncFile>),
+    Dir(Vec<(OsString, u64, u8)>),
+}
+
+/// The filesystem state shared by the FUSE request loops and the control socket.
+pub struct Core {
+    pub inodes: InodeTable,
+    handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    pub keys: Arc<LocalProvider>,
+    /// The backing dir (canonical).
+    pub backing: PathBuf,
+    pub read_only: bool,
+    /// Effective uid and gid of the daemon: files it creates for them need no chown.
+    me: (u32, u32),
+}
+
+/// The object handed to fuser.
+pub struct EzFs(pub Arc<Core>);
+
+fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn dtype_to_file_type(d: u8) -> FileType {
+    match d {
+        libc::DT_DIR => FileType::Directory,
+        libc::DT_LNK => FileType::Symlink,
+        libc::DT_FIFO => FileType::NamedPipe,
+        libc::DT_CHR => FileType::CharDevice,
+        libc::DT_BLK => FileType::BlockDevice,
+        libc::DT_SOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn time(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+fn timespec(t: TimeOrNow) -> Option<libc::timespec> {
+    match t {
+        TimeOrNow::Now => None,
+        TimeOrNow::SpecificTime(t) => {
+            let (sec, nsec) = match t.duration_since(UNIX_EPOCH) {
+                Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i64),
+                Err(e) => {
+                    let d = e.duration();
+                    let (s, n) = (-(d.as_secs() as i64), d.subsec_nanos() as i64);
+                    if n == 0 {
+                        (s, 0)
+                    } else {
+                        (s - 1, 1_000_000_000 - n)
+                    }
+                }
+            };
+            Some(libc::timespec { tv_sec: sec, tv_nsec: nsec })
+        }
+    }
+}
+
+type FsResult<T> = Result<T, Errno>;
+
+fn io_err(e: io::Error) -> Errno {
+    errno(&e)
+}
+
+impl Core {
+    pub fn new(backing: PathBuf, keys: Arc<LocalProvider>, read_only: bool) -> io::Result<Core> {
+        let root_fd = sys::open_at(
+            rustix_cwd(),
+            backing.as_os_str(),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?;
+        let st = sys::stat_at(std::os::fd::AsFd::as_fd(&root_fd), OsStr::new(""))?;
+        // SAFETY: geteuid/getegid cannot fail.
+        let me = unsafe { (libc::geteuid(), libc::getegid()) };
+        let core = Core {
+            inodes: InodeTable::new(root_fd, (st.st_dev, st.st_ino), None),
+            handles: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            keys,
+            backing,
+            read_only,
+            me,
+        };
+        Ok(core)
+    }
+
+    fn inode(&self, id: INodeNo) -> FsResult<Arc<Inode>> {
+        self.inodes.get(id.0).ok_or(Errno::ESTALE)
+    }
+
+    fn handle(&self, fh: FileHandle) -> FsResult<Arc<Handle>> {
+        self.handles.read().get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    fn add_handle(&self, h: Handle) -> FileHandle {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.write().insert(fh, Arc::new(h));
+        FileHandle(fh)
+    }
+
+    /// The zone a marker in directory `dir` declares, if any. A marker that does not
+    /// authenticate yields a broken zone: its files give EIO instead of plaintext.
+    pub fn read_marker(&self, dir: std::os::fd::BorrowedFd<'_>) -> Option<Arc<Zone>> {
+        let f = match sys::open_at(dir, OsStr::new(MARKER_FILE), libc::O_RDONLY | libc::O_NOFOLLOW, 0) {
+            Ok(f) => File::from(f),
+            Err(_) => return None,
+        };
+        let mut bytes = Vec::new();
+        let res = io::Read::read_to_end(&mut &f, &mut bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|_| ZoneMarker::decode(&bytes, self.keys.store().read().master()).map_err(|e| e.to_string()));
+        Some(Arc::new(match res {
+            Ok(m) => Zone { id: m.zone_id, key: m.key, broken: None },
+            Err(why) => {
+                log::error!("{}: {why}; files in this zone give EIO", sys::describe(dir));
+                Zone { id: [0xff; 16], key: String::new(), broken: Some(why) }
+            }
+        }))
+    }
+
+    fn attr(&self, ino: &Inode, st: &libc::stat) -> FileAttr {
+        let kind = file_type(st.st_mode);
+        let mut size = st.st_size as u64;
+        if kind == FileType::RegularFile && ino.zone.read().is_some() {
+            size = match ino.enc.lock().upgrade() {
+                Some(enc) => enc.size(),
+                None => plain_size(size).unwrap_or(0),
+            };
+        }
+        FileAttr {
+            ino: INodeNo(ino.id),
+            size,
+            blocks: st.st_blocks as u64,
+            atime: time(st.st_atime, st.st_atime_nsec),
+            mtime: time(st.st_mtime, st.st_mtime_nsec),
+            ctime: time(st.st_ctime, st.st_ctime_nsec),
+            crtime: UNIX_EPOCH,
+            kind,
+            perm: (st.st_mode & 0o7777) as u16,
+            nlink: st.st_nlink as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev as u32,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn getattr_of(&self, ino: &Inode) -> FsResult<FileAttr> {
+        let st = sys::stat_at(ino.fd(), OsStr::new("")).map_err(io_err)?;
+        Ok(self.attr(ino, &st))
+    }
+
+    /// Looks up `name` in `parent`, adding the inode to the table (lookup count +1).
+    fn lookup_child(&self, parent: &Inode, name: &OsStr) -> FsResult<(Arc<Inode>, FileAttr)> {
+        if zone::is_reserved(name.as_bytes(), parent.id == ROOT) {
+            return Err(Errno::ENOENT);
+        }
+        let st = sys::stat_at(parent.fd(), name).map_err(io_err)?;
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        let ino = self
+            .inodes
+            .insert((st.st_dev, st.st_ino), is_dir, || {
+                let fd = sys::open_at(parent.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+                let own = if is_dir { self.read_marker(std::os::fd::AsFd::as_fd(&fd)) } else { None };
+                let root = own.is_some();
+                Ok((fd, own.or_else(|| parent.zone()), root))
+            })
+            .map_err(io_err)?;
+        let attr = self.attr(&ino, &st);
+        Ok((ino, attr))
+    }
+
+    /// Gives a new entry the requester's ownership (the daemon created it as itself).
+    /// In a set-group-id directory the group is the directory's, as the kernel does.
+    fn chown_new(&self, req: &Request, parent: &Inode, ino: &Inode) -> FsResult<()> {
+        if (req.uid(), req.gid()) == self.me {
+            return Ok(());
+        }
+        let pst = sys::stat_at(parent.fd(), OsStr::new("")).map_err(io_err)?;
+        let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { req.gid() };
+        sys::chown(ino.fd(), req.uid(), gid).map_err(io_err)
+    }
+
+    /// Finishes a create-like operation: lookup, ownership, fresh attributes.
+    fn created(&self, req: &Request, parent: &Inode, name: &OsStr) -> FsResult<(Arc<Inode>, FileAttr)> {
+        let (ino, attr) = self.lookup_child(parent, name)?;
+        if (req.uid(), req.gid()) == self.me {
+            return Ok((ino, attr));
+        }
+        self.chown_new(req, parent, &ino)?;
+        let attr = self.getattr_of(&ino)?;
+        Ok((ino, attr))
+    }
+
+    fn writable_check(&self) -> FsResult<()> {
+        if self.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_new_name(parent: &Inode, name: &OsStr) -> FsResult<()> {
+        if zone::is_reserved(name.as_bytes(), parent.id == ROOT) {
+            return Err(Errno::EPERM);
+        }
+        if let Some(z) = parent.zone() {
+            if z.broken.is_some() {
+                return Err(Errno::EIO);
+            }
+        }
+        Ok(())
+    }
+
+    /// The shared encrypted-file state of `ino`, opening it if no handle has.
+    fn enc_file(&self, ino: &Inode) -> FsResult<Arc<EncFile>> {
+        let mut slot = ino.enc.lock();
+        if let Some(e) = slot.upgrade() {
+            return Ok(e);
+        }
+        let zone = ino.zone().ok_or(Errno::EIO)?;
+        let e = Arc::new(EncFile::open(ino.fd(), &zone, &*self.keys, !self.read_only)?);
+        *slot = Arc::downgrade(&e);
+        Ok(e)
+    }
+
+    fn is_encrypted(ino: &Inode, st_mode: u32) -> bool {
+        st_mode & libc::S_IFMT == libc::S_IFREG && ino.zone.read().is_some()
+    }
+
+    fn open_file(&self, ino: &Inode, flags: i32) -> FsResult<Handle> {
+        let st = sys::stat_at(ino.fd(), OsStr::new("")).map_err(io_err)?;
+        let wants_write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        if wants_write {
+            self.writable_check()?;
+        }
+        if Self::is_encrypted(ino, st.st_mode) {
+            let enc = self.enc_file(ino)?;
+            if flags & libc::O_TRUNC != 0 && wants_write {
+                enc.truncate(0)?;
+            }
+            return Ok(Handle::Enc(enc));
+        }
+        let strip = libc::O_APPEND | libc::O_DIRECT | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW;
+        let f = sys::reopen(ino.fd(), flags & !strip).map_err(io_err)?;
+        Ok(Handle::Plain(f))
+    }
+
+    fn set_size(&self, ino: &Inode, size: u64) -> FsResult<()> {
+        self.writable_check()?;
+        let st = sys::stat_at(ino.fd(), OsStr::new("")).map_err(io_err)?;
+        if Self::is_encrypted(ino, st.st_mode) {
+            self.enc_file(ino)?.truncate(size)
+        } else {
+            sys::reopen(ino.fd(), libc::O_WRONLY).and_then(|f| f.set_len(size)).map_err(io_err)
+        }
+    }
+
+    fn rmdir(&self, parent: &Inode, name: &OsStr) -> FsResult<()> {
+        let dir = sys::open_at(parent.fd(), name, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)
+            .map_err(io_err)?;
+        let dirfd = std::os::fd::AsFd::as_fd(&dir);
+        let marker = sys::open_at(dirfd, OsStr::new(MARKER_FILE), libc::O_RDONLY | libc::O_NOFOLLOW, 0).ok();
+        let Some(marker) = marker else {
+            return sys::unlink_at(parent.fd(), name, libc::AT_REMOVEDIR).map_err(io_err);
+        };
+        // A zone root: empty but for its marker. Remove the marker, then the directory;
+        // if that fails (a file appeared), put the marker back.
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut File::from(marker), &mut bytes).map_err(io_err)?;
+        if sys::read_dir(dirfd).map_err(io_err)?.iter().any(|(n, _, _)| n != MARKER_FILE) {
+            return Err(Errno::ENOTEMPTY);
+        }
+        let zone = ZoneMarker::decode(&bytes, self.keys.store().read().master()).ok();
+        sys::unlink_at(dirfd, OsStr::new(MARKER_FILE), 0).map_err(io_err)?;
+        if let Err(e) = sys::unlink_at(parent.fd(), name, libc::AT_REMOVEDIR) {
+            let path = PathBuf::from(sys::describe(dirfd)).join(MARKER_FILE);
+            if let Err(e2) = crate::keys::atomic::write_file(&path, &bytes, 0o644) {
+                log::error!("{}: could not restore zone marker: {e2}", path.display());
+            }
+            return Err(io_err(e));
+        }
+        if let Some(z) = zone {
+            if let Err(e) = self.keys.store().write().unregister_zone(&z.id_hex()) {
+                log::error!("zone {} removed, but the keystore could not forget it: {e}", z.id_hex());
+            }
+        }
+        Ok(())
+    }
+
+    /// After a rename, a moved zone root's path in the keystore registry is updated.
+    fn note_moved_zone(&self, dir: &Inode, name: &OsStr) {
+        let Ok(fd) = sys::open_at(dir.fd(), name, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0) else {
+            return;
+        };
+        if let Some(z) = self.read_marker(std::os::fd::AsFd::as_fd(&fd)) {
+            if z.broken.is_none() {
+                let path = sys::describe(std::os::fd::AsFd::as_fd(&fd));
+                let rel = self.relative(&PathBuf::from(path));
+                let hex = crate::format::header::hex(&z.id);
+                if let Err(e) = self.keys.store().write().register_zone(&hex, &z.key, &rel) {
+                    log::warn!("zone {hex} moved to {rel}, but the keystore was not updated: {e}");
+                }
+            }
+        }
+    }
+
+    /// A backing path relative to the backing root, as the registry stores it.
+    pub fn relative(&self, p: &std::path::Path) -> String {
+        p.strip_prefix(&self.backing).unwrap_or(p).to_string_lossy().into_owned()
+    }
+
+    fn dir_entries(&self, ino: &Inode) -> FsResult<Vec<(OsString, u64, u8)>> {
+        let mut v = vec![(OsString::from("."), ino.key.1, libc::DT_DIR), (OsString::from(".."), ino.key.1, libc::DT_DIR)];
+        for e in sys::read_dir(ino.fd()).map_err(io_err)? {
+            if !zone::is_reserved(e.0.as_bytes(), ino.id == ROOT) {
+                v.push(e);
+            }
+        }
+        Ok(v)
+    }
+}
+
+/// AT_FDCWD as a borrowed descriptor, for opening the backing root by path.
+fn rustix_cwd() -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: AT_FDCWD is a valid "descriptor" for *at calls for the whole program.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(libc::AT_FDCWD) }
+}
+
+macro_rules! tri {
+    ($reply:ident, $e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return $reply.error(e),
+        }
+    };
+}
+
+impl Filesystem for EzFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        for flag in [
+            fuser::InitFlags::FUSE_DO_READDIRPLUS,
+            fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
+            fuser::InitFlags::FUSE_PARALLEL_DIROPS,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let c = &self.0;
+        let p = tri!(reply, c.inode(parent));
+        let (_, attr) = tri!(reply, c.lookup_child(&p, name));
+        reply.entry(&TTL, &attr, Generation(0));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.0.inodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let i = tri!(reply, self.0.inode(ino));
+        let attr = tri!(reply, self.0.getattr_of(&i));
+        reply.attr(&TTL, &attr);
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let c = &self.0;
+        let i = tri!(reply, c.inode(ino));
+        if mode.is_some() || uid.is_some() || gid.is_some() || atime.is_some() || mtime.is_some() {
+            tri!(reply, c.writable_check());
+        }
+        if let Some(mode) = mode {
+            tri!(reply, sys::chmod(i.fd(), mode & 0o7777).map_err(io_err));
+        }
+        if uid.is_some() || gid.is_some() {
+            tri!(reply, sys::chown(i.fd(), uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX)).map_err(io_err));
+        }
+        if let Some(size) = size {
+            tri!(reply, c.set_size(&i, size));
+        }
+        if atime.is_some() || mtime.is_some() {
+            tri!(reply, sys::utimens(i.fd(), atime.map(timespec), mtime.map(timespec)).map_err(io_err));
+        }
+        let attr = tri!(reply, c.getattr_of(&i));
+        reply.attr(&TTL, &attr);
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let i = tri!(reply, self.0.inode(ino));
+        let target = tri!(reply, sys::readlink(i.fd()).map_err(io_err));
+        reply.data(&target);
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let c = &self.0;
+        tri!(reply, c.writable_check());
+        let p = tri!(reply, c.inode(parent));
+        tri!(reply, Core::check_new_name(&p, name));
+        tri!(reply, sys::mknod_at(p.fd(), name, mode & !umask, rdev as u64).map_err(io_err));
+        let (_, attr) = tri!(reply, c.created(req, &p, name));
+        reply.entry(&TTL, &attr, Generation(0));
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let c = &self.0;
+        tri!(reply, c.writable_check());
+        let p = tri!(reply, c.inode(parent));
+        tri!(reply, Core::check_new_name(&p, name));
+        tri!(reply, sys::mkdir_at(p.fd(), name, mode & !umask & 0o7777).map_err(io_err));
+        let (_, attr) = tri!(reply, c.created(req, &p, name));
+        reply.entry(&TTL, &attr, Generation(0));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let c = &self.0;
+        tri!(reply, c.writable_check());
+        let p = tri!(reply, c.inode(parent));
+        if zone::is_reserved(name.as_bytes(), p.id == ROOT) {
+            return reply.error(Errno::ENOENT);
+        }
+        tri!(reply, sys::unlink_at(p.fd(), name, 0).map_err(io_err));
+        reply.ok();
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let c = &self.0;
+        tri!(reply, c.writable_check());
+        let p = tri!(reply, c.inode(parent));
+        if zone::is_reserved(name.as_bytes(), p.id == ROOT) {
+            return reply.error(Errno::ENOENT);
+        }
+        tri!(reply, c.rmdir(&p, name));
+        reply.ok();
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+        let c = &self.0;
+        tri!(reply, c.writable_check());
+        let p = tri!(reply, c.inode(parent));
+        tri!(reply, Core::check_new_name(&p, link_name));
+        tri!(reply, sys::symlink_at(target.as_os_str(), p.fd(), link_name).map_err(io_err));
+        let (_, attr) = tri!(reply, c.created(req, &p, link_name));
+        reply.entry(&TTL, &attr, Generation(0));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let c = &self.0;
+        tri!(reply, c.writable_check());
+        let p = tri!(reply, c.inode(parent));
+        let np = tri!(reply, c.inode(newparent));
+        if zone::is_reserved(name.as_bytes(), p.id == ROOT) {
+            return reply.error(Errno::ENOENT);
+        }
+        tri!(reply, Core::check_new_name(&np, newname));
+        if zone::check_rename(p.zone_id(), np.zone_id()).is_err() {
+            return reply.error(Errno::EXDEV);
+        }
+        tri!(reply, sys::rename_at(p.fd(), name, np.fd(), newname, flags.bits()).map_err(io_err));
+        c.note_moved_zone(&np, newname);
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            c.note_moved_zone(&p, name);
+        }
+        reply.ok();
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let c = &self.0;
+        tri!(reply, c.writable_check());
+        let i = tri!(reply, c.inode(ino));
+        let np = tri!(reply, c.inode(newparent));
+        tri!(reply, Core::check_new_name(&np, newname));
+        if zone::check_link(i.zone_id(), np.zone_id()).is_err() {
+            return reply.error(Errno::EXDEV);
+        }
+        tri!(reply, sys::link_at(i.fd(), np.fd(), newname).map_err(io_err));
+        let (_, attr) = tri!(reply, c.lookup_child(&np, newname));
+        reply.entry(&TTL, &attr, Generation(0));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let c = &self.0;
+        let i = tri!(reply, c.inode(ino));
+        let h = tri!(reply, c.open_file(&i, flags.0));
+        reply.opened(c.add_handle(h), FopenFlags::empty());
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let h = tri!(reply, self.0.handle(fh));
+        match &*h {
+            Handle::Enc(e) => {
+                let data = tri!(reply, e.read(offset, size));
+                reply.data(&data);
+            }
+            Handle::Plain(f) => {
+                let mut buf = vec![0u8; size as usize];
+                let n = tri!(reply, Backing::read_at(f, &mut buf, offset).map_err(io_err));
+                reply.data(&buf[..n]);
+            }
+            Handle::Dir(_) => reply.error(Errno::EISDIR),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let h = tri!(reply, self.0.handle(fh));
+        match &*h {
+            Handle::Enc(e) => tri!(reply, e.write(offset, data)),
+            Handle::Plain(f) => tri!(reply, f.write_all_at(data, offset).map_err(io_err)),
+            Handle::Dir(_) => return reply.error(Errno::EISDIR),
+        }
+        reply.written(data.len() as u32);
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.0.handles.write().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let h = tri!(reply, self.0.handle(fh));
+        let r = match &*h {
+            Handle::Enc(e) => e.sync(datasync),
+            Handle::Plain(f) => if datasync { f.sync_data() } else { f.sync_all() }.map_err(io_err),
+            Handle::Dir(_) => Ok(()),
+        };
+        tri!(reply, r);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let c = &self.0;
+        let i = tri!(reply, c.inode(ino));
+        let entries = tri!(reply, c.dir_entries(&i));
+        reply.opened(c.add_handle(Handle::Dir(entries)), FopenFlags::empty());
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let h = tri!(reply, self.0.handle(fh));
+        let Handle::Dir(entries) = &*h else { return reply.error(Errno::ENOTDIR) };
+        for (i, (name, ino, t)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), i as u64 + 1, dtype_to_file_type(*t), name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let c = &self.0;
+        let h = tri!(reply, c.handle(fh));
+        let dir = tri!(reply, c.inode(ino));
+        let Handle::Dir(entries) = &*h else { return reply.error(Errno::ENOTDIR) };
+        for (i, (name, _, _)) in entries.iter().enumerate().skip(offset as usize) {
+            let next = i as u64 + 1;
+            if name == "." || name == ".." {
+                // the kernel links no dentry for these, so no lookup is counted
+                let attr = tri!(reply, c.getattr_of(&dir));
+                if reply.add(INodeNo(dir.id), next, name, &Duration::ZERO, &attr, Generation(0)) {
+                    break;
+                }
+                continue;
+            }
+            let Ok((child, attr)) = c.lookup_child(&dir, name) else { continue };
+            if reply.add(INodeNo(child.id), next, name, &TTL, &attr, Generation(0)) {
+                c.inodes.forget(child.id, 1);
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.0.handles.write().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let i = tri!(reply, self.0.inode(ino));
+        tri!(reply, sys::reopen(i.fd(), libc::O_RDONLY | libc::O_DIRECTORY).and_then(|f| f.sync_all()).map_err(io_err));
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let root = tri!(reply, self.0.inode(INodeNo(ROOT)));
+        let s = tri!(reply, sys::statvfs(root.fd()).map_err(io_err));
+        reply.statfs(
+            s.f_blocks,
+            s.f_bfree,
+            s.f_bavail,
+            s.f_files,
+            s.f_ffree,
+            s.f_bsize as u32,
+            s.f_namemax as u32,
+            s.f_frsize as u32,
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let c = &self.0;
+        tri!(reply, c.writable_check());
+        let i = tri!(reply, xattr_target(c, ino));
+        let name = tri!(reply, CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL));
+        tri!(reply, sys::setxattr(i.fd(), &name, value, flags).map_err(io_err));
+        reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let i = tri!(reply, xattr_target(&self.0, ino));
+        let name = tri!(reply, CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL));
+        let mut buf = vec![0u8; size as usize];
+        let n = tri!(reply, sys::getxattr(i.fd(), &name, &mut buf).map_err(io_err));
+        if size == 0 {
+            reply.size(n as u32);
+        } else {
+            reply.data(&buf[..n]);
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let i = tri!(reply, xattr_target(&self.0, ino));
+        let mut buf = vec![0u8; size as usize];
+        let n = tri!(reply, sys::listxattr(i.fd(), &mut buf).map_err(io_err));
+        if size == 0 {
+            reply.size(n as u32);
+        } else {
+            reply.data(&buf[..n]);
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let c = &self.0;
+        tri!(reply, c.writable_check());
+        let i = tri!(reply, xattr_target(c, ino));
+        let name = tri!(reply, CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL));
+        tri!(reply, sys::removexattr(i.fd(), &name).map_err(io_err));
+        reply.ok();
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        tri!(reply, self.0.inode(ino));
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let c = &self.0;
+        tri!(reply, c.writable_check());
+        let p = tri!(reply, c.inode(parent));
+        tri!(reply, Core::check_new_name(&p, name));
+        let excl = flags & libc::O_EXCL;
+        let f = tri!(
+            reply,
+            sys::open_at(p.fd(), name, libc::O_CREAT | excl | libc::O_WRONLY | libc::O_NOFOLLOW, mode & !umask & 0o7777)
+                .map_err(io_err)
+        );
+        drop(f);
+        let (ino, _) = tri!(reply, c.created(req, &p, name));
+        let h = match c.open_file(&ino, flags & !libc::O_EXCL) {
+            Ok(h) => h,
+            Err(e) => {
+                c.inodes.forget(ino.id, 1);
+                return reply.error(e);
+            }
+        };
+        let attr = tri!(reply, c.getattr_of(&ino));
+        reply.created(&TTL, &attr, Generation(0), c.add_handle(h), FopenFlags::empty());
+    }
+
+    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        tri!(reply, self.0.writable_check());
+        let h = tri!(reply, self.0.handle(fh));
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let r = match &*h {
+            Handle::Plain(f) => sys::fallocate(f, mode, offset, length).map_err(io_err),
+            Handle::Enc(e) => match mode & !libc::FALLOC_FL_KEEP_SIZE {
+                0 => e.allocate(offset, length, keep),
+                libc::FALLOC_FL_PUNCH_HOLE if keep => e.zero_range(offset, length, true),
+                libc::FALLOC_FL_ZERO_RANGE => e.zero_range(offset, length, keep),
+                _ => Err(Errno::EOPNOTSUPP),
+            },
+            Handle::Dir(_) => Err(Errno::EISDIR),
+        };
+        tri!(reply, r);
+        reply.ok();
+    }
+}
+
+/// Extended attributes go through the file itself; symlinks (whose `/proc` link would
+/// be followed) do not support them here.
+fn xattr_target(c: &Core, ino: INodeNo) -> FsResult<Arc<Inode>> {
+    let i = c.inode(ino)?;
+    let st = sys::stat_at(i.fd(), OsStr::new("")).map_err(io_err)?;
+    if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    Ok(i)
+}

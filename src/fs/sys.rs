@@ -1,0 +1,220 @@
+//! Thin, safe wrappers over the `*at` system calls the stacked filesystem makes on
+//! backing files. Every inode is held as an `O_PATH` descriptor, so operations never
+//! depend on a path that a rename could have changed.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+fn cstr(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn check(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// `/proc/self/fd/N`: reopens or names an `O_PATH` descriptor's file.
+pub fn proc_path(fd: RawFd) -> CString {
+    CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL")
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`; an empty name stats `dir` itself.
+pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<libc::stat> {
+    let name = cstr(name)?;
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let flags = libc::AT_SYMLINK_NOFOLLOW | if name.is_empty() { libc::AT_EMPTY_PATH } else { 0 };
+    // SAFETY: valid fd, NUL-terminated name, st is a valid out pointer.
+    check(unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, flags) })?;
+    Ok(st)
+}
+
+/// `openat(dir, name, flags, mode)` with `O_CLOEXEC`.
+pub fn open_at(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let name = cstr(name)?;
+    // SAFETY: valid fd and name; the returned fd is owned by us.
+    let fd = check(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens the file behind an `O_PATH` descriptor for I/O.
+pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<File> {
+    let p = proc_path(fd.as_raw_fd());
+    // SAFETY: valid path; the fd is owned by the File.
+    let fd = check(unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Path of a descriptor's file, for log messages only.
+pub fn describe(fd: BorrowedFd<'_>) -> String {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "<unknown>".into())
+}
+
+pub fn mkdir_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
+    let name = cstr(name)?;
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+}
+
+pub fn mknod_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, rdev: u64) -> io::Result<()> {
+    let name = cstr(name)?;
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
+}
+
+pub fn symlink_at(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let (target, name) = (cstr(target)?, cstr(name)?);
+    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+}
+
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr, flags: i32) -> io::Result<()> {
+    let name = cstr(name)?;
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+}
+
+pub fn rename_at(
+    old_dir: BorrowedFd<'_>,
+    old: &OsStr,
+    new_dir: BorrowedFd<'_>,
+    new: &OsStr,
+    flags: u32,
+) -> io::Result<()> {
+    let (old, new) = (cstr(old)?, cstr(new)?);
+    // SAFETY: plain syscall with valid fds and names.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            old_dir.as_raw_fd(),
+            old.as_ptr(),
+            new_dir.as_raw_fd(),
+            new.as_ptr(),
+            flags,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Hard-links the file behind an `O_PATH` descriptor as `dir/name`.
+pub fn link_at(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let (src, name) = (proc_path(fd.as_raw_fd()), cstr(name)?);
+    check(unsafe {
+        libc::linkat(libc::AT_FDCWD, src.as_ptr(), dir.as_raw_fd(), name.as_ptr(), libc::AT_SYMLINK_FOLLOW)
+    })
+    .map(drop)
+}
+
+pub fn readlink(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    let empty = c"";
+    // SAFETY: buf is writable for its length.
+    let n = unsafe { libc::readlinkat(fd.as_raw_fd(), empty.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// chown of the file behind a descriptor, not following symlinks. `u32::MAX` keeps a value.
+pub fn chown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
+    let empty = c"";
+    check(unsafe {
+        libc::fchownat(fd.as_raw_fd(), empty.as_ptr(), uid, gid, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+    })
+    .map(drop)
+}
+
+pub fn chmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    let p = proc_path(fd.as_raw_fd());
+    check(unsafe { libc::chmod(p.as_ptr(), mode) }).map(drop)
+}
+
+/// Sets atime/mtime (each `None` = leave, `Some(None)` = now).
+pub fn utimens(fd: BorrowedFd<'_>, atime: Option<Option<libc::timespec>>, mtime: Option<Option<libc::timespec>>) -> io::Result<()> {
+    let conv = |t: Option<Option<libc::timespec>>| match t {
+        None => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        Some(None) => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+        Some(Some(ts)) => ts,
+    };
+    let times = [conv(atime), conv(mtime)];
+    let p = proc_path(fd.as_raw_fd());
+    check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) }).map(drop)
+}
+
+pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut s) })?;
+    Ok(s)
+}
+
+pub fn fallocate(f: &File, mode: i32, off: u64, len: u64) -> io::Result<()> {
+    check(unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) }).map(drop)
+}
+
+fn xattr_result(r: isize) -> io::Result<usize> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Extended attributes go through `/proc/self/fd/N` (O_PATH descriptors refuse f*xattr).
+pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    let p = proc_path(fd.as_raw_fd());
+    xattr_result(unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+pub fn setxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
+    let p = proc_path(fd.as_raw_fd());
+    xattr_result(unsafe { libc::setxattr(p.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags) } as isize)
+        .map(drop)
+}
+
+pub fn listxattr(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    let p = proc_path(fd.as_raw_fd());
+    xattr_result(unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+pub fn removexattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    let p = proc_path(fd.as_raw_fd());
+    xattr_result(unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) } as isize).map(drop)
+}
+
+/// Directory entries of an `O_PATH` directory descriptor: (name, inode, d_type).
+pub fn read_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<(std::ffi::OsString, u64, u8)>> {
+    use std::os::unix::fs::DirEntryExt;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/self/fd/{}", fd.as_raw_fd()))? {
+        let e = e?;
+        let t = e.file_type()?;
+        use std::os::unix::fs::FileTypeExt;
+        let d = if t.is_dir() {
+            libc::DT_DIR
+        } else if t.is_symlink() {
+            libc::DT_LNK
+        } else if t.is_file() {
+            libc::DT_REG
+        } else if t.is_fifo() {
+            libc::DT_FIFO
+        } else if t.is_socket() {
+            libc::DT_SOCK
+        } else if t.is_char_device() {
+            libc::DT_CHR
+        } else {
+            libc::DT_BLK
+        };
+        out.push((e.file_name(), e.ino(), d));
+    }
+    Ok(out)
+}

@@ -1,0 +1,548 @@
+//! The local keystore: `BACKING/.ezfs/keystore.json`, mode 0600.
+//!
+//! ```text
+//! passphrase --Argon2id(salt, m, t, p)--> KEK --AES-GCM--> master key (random, 256 bit)
+//! master key --AES-GCM--> every zone-key version's material
+//! master key --GMAC-----> the body (key list, zone registry): tampering is detected
+//! ```
+//! The passphrase only seals the master key, so changing it rewrites one field and
+//! no data. Each sealed value binds its context in the associated data (the KDF
+//! parameters for the master key, name and version for key material), so values
+//! cannot be swapped between fields. The file is replaced atomically under a lock,
+//! so the mount daemon and the command line can both update it.
+
+use super::atomic::{write_file, FileLock};
+use super::{validate_key_name, KeyError};
+use crate::crypto::{random_bytes, Cipher, Key, KEY_LEN, NONCE_LEN, TAG_LEN, WRAPPED_KEY_LEN};
+use crate::format::header::hex;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+use zeroize::Zeroizing;
+
+/// Keystore file format this build writes and reads.
+pub const KEYSTORE_FORMAT: u32 = 1;
+/// Name of the keystore file inside `.ezfs`.
+pub const KEYSTORE_FILE: &str = "keystore.json";
+const LOCK_FILE: &str = "lock";
+
+/// Argon2id cost parameters, stored with the salt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub m_kib: u32,
+    /// Passes.
+    pub t: u32,
+    /// Lanes.
+    pub p: u32,
+}
+
+impl Default for KdfParams {
+    /// 64 MiB, 3 passes, 1 lane: about 0.2 s on a current core.
+    fn default() -> Self {
+        KdfParams { m_kib: 64 * 1024, t: 3, p: 1 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Kdf {
+    algorithm: String,
+    #[serde(flatten)]
+    params: KdfParams,
+    salt: String,
+}
+
+/// One version of a zone key, as stored: its material sealed by the master key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VersionEntry {
+    pub version: u32,
+    pub created: u64,
+    sealed: String,
+}
+
+/// A zone key: its versions (newest last) and who created it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyEntry {
+    pub owner: u32,
+    pub created: u64,
+    pub versions: Vec<VersionEntry>,
+}
+
+impl KeyEntry {
+    /// The newest version (new files use it).
+    pub fn current(&self) -> u32 {
+        self.versions.last().map_or(0, |v| v.version)
+    }
+}
+
+/// A zone known to the keystore (so keys used by zones cannot be deleted, and a
+/// removed zone marker is noticed).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ZoneEntry {
+    pub key: String,
+    /// Path of the zone root relative to the backing dir, as last seen.
+    pub path: String,
+}
+
+/// What the keystore says, readable without the passphrase (nothing in it is secret:
+/// key material is sealed).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Body {
+    pub keys: BTreeMap<String, KeyEntry>,
+    /// Zone id (hex) to zone.
+    pub zones: BTreeMap<String, ZoneEntry>,
+}
+
+impl Body {
+    /// Zone roots (paths) that use key `name`.
+    pub fn zones_using(&self, name: &str) -> Vec<String> {
+        self.zones.values().filter(|z| z.key == name).map(|z| z.path.clone()).collect()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoreFile {
+    format: u32,
+    kdf: Kdf,
+    master: String,
+    body: Body,
+    mac: String,
+}
+
+/// An unlocked keystore: the master key and every key version's material in memory
+/// (zeroized on drop).
+pub struct Keystore {
+    dir: PathBuf,
+    kdf: Kdf,
+    sealed_master: String,
+    master_key: Key,
+    master: Cipher,
+    body: Body,
+    material: HashMap<(String, u32), Key>,
+}
+
+impl std::fmt::Debug for Keystore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keystore").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+fn master_aad(kdf: &Kdf) -> Vec<u8> {
+    let mut a = b"ezfs-master\0".to_vec();
+    a.extend_from_slice(&KEYSTORE_FORMAT.to_le_bytes());
+    for v in [kdf.params.m_kib, kdf.params.t, kdf.params.p] {
+        a.extend_from_slice(&v.to_le_bytes());
+    }
+    a.extend_from_slice(kdf.salt.as_bytes());
+    a
+}
+
+fn material_aad(name: &str, version: u32) -> Vec<u8> {
+    let mut a = b"ezfs-key\0".to_vec();
+    a.extend_from_slice(name.as_bytes());
+    a.push(0);
+    a.extend_from_slice(&version.to_le_bytes());
+    a
+}
+
+fn body_aad(body: &Body) -> Vec<u8> {
+    let mut a = b"ezfs-body\0".to_vec();
+    a.extend_from_slice(&serde_json::to_vec(body).expect("body serializes"));
+    a
+}
+
+fn derive_kek(passphrase: &[u8], kdf: &Kdf) -> Result<Key, KeyError> {
+    let salt = unhex(&kdf.salt).ok_or_else(|| KeyError::Other("keystore salt is not hex".into()))?;
+    let params = argon2::Params::new(kdf.params.m_kib, kdf.params.t, kdf.params.p, Some(KEY_LEN))
+        .map_err(|e| KeyError::Other(format!("invalid Argon2id parameters: {e}")))?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut out = Zeroizing::new([0u8; KEY_LEN]);
+    argon
+        .hash_password_into(passphrase, &salt, &mut *out)
+        .map_err(|e| KeyError::Other(format!("Argon2id failed: {e}")))?;
+    Ok(Key::from_bytes(*out))
+}
+
+fn to_wrapped(s: &str) -> Option<[u8; WRAPPED_KEY_LEN]> {
+    unhex(s)?.try_into().ok()
+}
+
+/// The `.ezfs` directory of a backing dir.
+pub fn ezfs_dir(backing: &Path) -> PathBuf {
+    backing.join(crate::EZFS_DIR)
+}
+
+fn read_store(dir: &Path) -> Result<StoreFile, KeyError> {
+    let path = dir.join(KEYSTORE_FILE);
+    let data = match std::fs::read(&path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(KeyError::NotInitialized(dir.parent().unwrap_or(dir).to_path_buf()))
+        }
+        Err(e) => return Err(KeyError::io(format!("cannot read {}", path.display()))(e)),
+    };
+    let corrupt = |why: String| KeyError::Corrupt { path: path.clone(), why };
+    let store: StoreFile = serde_json::from_slice(&data).map_err(|e| corrupt(e.to_string()))?;
+    if store.format != KEYSTORE_FORMAT {
+        return Err(KeyError::UnsupportedFormat(store.format));
+    }
+    if store.kdf.algorithm != "argon2id" {
+        return Err(corrupt(format!("unknown KDF '{}'", store.kdf.algorithm)));
+    }
+    Ok(store)
+}
+
+/// Reads the keystore's public part (key names, versions, zones) without unlocking it.
+pub fn read_body(backing: &Path) -> Result<Body, KeyError> {
+    Ok(read_store(&ezfs_dir(backing))?.body)
+}
+
+impl Keystore {
+    /// Creates `BACKING/.ezfs` with an empty keystore sealed by `passphrase`.
+    /// Refuses when `.ezfs` exists or the backing dir is not empty.
+    pub fn init(backing: &Path, passphrase: &[u8], params: KdfParams) -> Result<Keystore, KeyError> {
+        let meta = std::fs::metadata(backing)
+            .map_err(KeyError::io(format!("cannot use {} as backing directory", backing.display())))?;
+        if !meta.is_dir() {
+            return Err(KeyError::Other(format!("{} is not a directory", backing.display())));
+        }
+        let dir = ezfs_dir(backing);
+        if dir.exists() {
+            return Err(KeyError::Other(format!("{} is already initialized (.ezfs exists)", backing.display())));
+        }
+        let mut entries = std::fs::read_dir(backing).map_err(KeyError::io(format!("cannot list {}", backing.display())))?;
+        if entries.next().is_some() {
+            return Err(KeyError::Other(format!("{} is not empty; ezfs init wants an empty directory", backing.display())));
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(KeyError::io(format!("cannot create {}", dir.display())))?;
+        let kdf = Kdf { algorithm: "argon2id".into(), params, salt: hex(&random_bytes::<16>()) };
+        let master = Key::random();
+        let sealed_master = hex(&derive_kek(passphrase, &kdf)?.cipher().wrap_key(&master_aad(&kdf), &master));
+        let ks = Keystore {
+            dir,
+            kdf,
+            sealed_master,
+            master: master.cipher(),
+            master_key: master,
+            body: Body::default(),
+            material: HashMap::new(),
+        };
+        ks.save()?;
+        Ok(ks)
+    }
+
+    /// Unlocks the keystore of `backing` with `passphrase`.
+    pub fn unlock(backing: &Path, passphrase: &[u8]) -> Result<Keystore, KeyError> {
+        let dir = ezfs_dir(backing);
+        let store = read_store(&dir)?;
+        let path = dir.join(KEYSTORE_FILE);
+        let wrapped = to_wrapped(&store.master)
+            .ok_or_else(|| KeyError::Corrupt { path: path.clone(), why: "bad master key field".into() })?;
+        let kek = derive_kek(passphrase, &store.kdf)?;
+        let master =
+            kek.cipher().unwrap_key(&master_aad(&store.kdf), &wrapped).map_err(|_| KeyError::WrongPassphrase)?;
+        let mut ks = Keystore {
+            dir,
+            kdf: store.kdf.clone(),
+            sealed_master: store.master.clone(),
+            master: master.cipher(),
+            master_key: master,
+            body: Body::default(),
+            material: HashMap::new(),
+        };
+        ks.load(store)?;
+        Ok(ks)
+    }
+
+    /// Verifies the body's MAC and unseals every key version.
+    fn load(&mut self, store: StoreFile) -> Result<(), KeyError> {
+        let path = self.dir.join(KEYSTORE_FILE);
+        let corrupt = |why: &str| KeyError::Corrupt { path: path.clone(), why: why.into() };
+        let mac: [u8; NONCE_LEN + TAG_LEN] =
+            unhex(&store.mac).and_then(|m| m.try_into().ok()).ok_or_else(|| corrupt("bad mac field"))?;
+        self.master
+            .verify_mac(&body_aad(&store.body), &mac)
+            .map_err(|_| corrupt("authentication failed (was it edited?)"))?;
+        let mut material = HashMap::new();
+        for (name, entry) in &store.body.keys {
+            for v in &entry.versions {
+                let wrapped = to_wrapped(&v.sealed).ok_or_else(|| corrupt("bad sealed key field"))?;
+                let key = self
+                    .master
+                    .unwrap_key(&material_aad(name, v.version), &wrapped)
+                    .map_err(|_| corrupt(&format!("{name}@{} does not authenticate", v.version)))?;
+                material.insert((name.clone(), v.version), key);
+            }
+        }
+        self.kdf = store.kdf;
+        self.sealed_master = store.master;
+        self.body = store.body;
+        self.material = material;
+        Ok(())
+    }
+
+    /// Re-reads the file (another process may have changed it); the master key stays.
+    pub fn reload(&mut self) -> Result<(), KeyError> {
+        let store = read_store(&self.dir)?;
+        // a changed passphrase re-seals the same master key: load() checks the MAC with it
+        self.load(store)
+    }
+
+    fn save(&self) -> Result<(), KeyError> {
+        let store = StoreFile {
+            format: KEYSTORE_FORMAT,
+            kdf: self.kdf.clone(),
+            master: self.sealed_master.clone(),
+            body: self.body.clone(),
+            mac: hex(&self.master.mac(&body_aad(&self.body))),
+        };
+        let data = serde_json::to_vec_pretty(&store).expect("keystore serializes");
+        let path = self.dir.join(KEYSTORE_FILE);
+        write_file(&path, &data, 0o600).map_err(KeyError::io(format!("cannot write {}", path.display())))
+    }
+
+    /// Applies `change` to the freshest copy of the keystore under the lock, then saves.
+    fn update<T>(&mut self, change: impl FnOnce(&mut Keystore) -> Result<T, KeyError>) -> Result<T, KeyError> {
+        let lock_path = self.dir.join(LOCK_FILE);
+        let _lock = FileLock::acquire(&lock_path).map_err(KeyError::io(format!("cannot lock {}", lock_path.display())))?;
+        self.reload()?;
+        let out = change(self)?;
+        self.save()?;
+        Ok(out)
+    }
+
+    /// The public part.
+    pub fn body(&self) -> &Body {
+        &self.body
+    }
+
+    /// The backing dir's `.ezfs` directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The cipher that authenticates zone markers (the master key; callers separate
+    /// uses by their associated data).
+    pub fn master(&self) -> &Cipher {
+        &self.master
+    }
+
+    /// Newest version of key `name`.
+    pub fn current_version(&self, name: &str) -> Result<u32, KeyError> {
+        self.body.keys.get(name).map(KeyEntry::current).ok_or_else(|| KeyError::NoSuchKey(name.into()))
+    }
+
+    /// Material of `name@version`.
+    pub fn material(&self, name: &str, version: u32) -> Result<&Key, KeyError> {
+        if !self.body.keys.contains_key(name) {
+            return Err(KeyError::NoSuchKey(name.into()));
+        }
+        self.material
+            .get(&(name.to_owned(), version))
+            .ok_or_else(|| KeyError::NoSuchVersion(name.into(), version))
+    }
+
+    fn seal_version(&self, name: &str, version: u32) -> VersionEntry {
+        let key = Key::random();
+        VersionEntry {
+            version,
+            created: now(),
+            sealed: hex(&self.master.wrap_key(&material_aad(name, version), &key)),
+        }
+    }
+
+    /// Creates key `name` at version 1, owned by `owner` (a uid).
+    pub fn create_key(&mut self, name: &str, owner: u32) -> Result<(), KeyError> {
+        validate_key_name(name)?;
+        self.update(|ks| {
+            if ks.body.keys.contains_key(name) {
+                return Err(KeyError::KeyExists(name.into()));
+            }
+            let v = ks.seal_version(name, 1);
+            ks.body.keys.insert(name.into(), KeyEntry { owner, created: now(), versions: vec![v] });
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Adds a new version of `name`; returns it. New files use it from now on.
+    pub fn roll_key(&mut self, name: &str) -> Result<u32, KeyError> {
+        self.update(|ks| {
+            let next = ks.current_version(name)? + 1;
+            let v = ks.seal_version(name, next);
+            ks.body.keys.get_mut(name).expect("checked").versions.push(v);
+            Ok(next)
+        })
+    }
+
+    /// Deletes key `name` and all its versions; refused while a zone uses it.
+    pub fn delete_key(&mut self, name: &str) -> Result<(), KeyError> {
+        self.update(|ks| {
+            if !ks.body.keys.contains_key(name) {
+                return Err(KeyError::NoSuchKey(name.into()));
+            }
+            let zones = ks.body.zones_using(name);
+            if !zones.is_empty() {
+                return Err(KeyError::KeyInUse { name: name.into(), zones });
+            }
+            ks.body.keys.remove(name);
+            Ok(())
+        })
+    }
+
+    /// Records a new zone (or its new path after a rename).
+    pub fn register_zone(&mut self, zone_id: &str, key: &str, path: &str) -> Result<(), KeyError> {
+        self.update(|ks| {
+            ks.current_version(key)?;
+            ks.body.zones.insert(zone_id.into(), ZoneEntry { key: key.into(), path: path.into() });
+            Ok(())
+        })
+    }
+
+    /// Forgets a zone (its root was removed).
+    pub fn unregister_zone(&mut self, zone_id: &str) -> Result<(), KeyError> {
+        self.update(|ks| {
+            ks.body.zones.remove(zone_id);
+            Ok(())
+        })
+    }
+
+    /// Re-seals the master key under a new passphrase; nothing else changes.
+    pub fn change_passphrase(&mut self, new_passphrase: &[u8]) -> Result<(), KeyError> {
+        let kdf = Kdf { algorithm: "argon2id".into(), params: self.kdf.params, salt: hex(&random_bytes::<16>()) };
+        let kek = derive_kek(new_passphrase, &kdf)?;
+        self.update(|ks| {
+            // reload() proved the file still authenticates under this master key
+            ks.sealed_master = hex(&kek.cipher().wrap_key(&master_aad(&kdf), &ks.master_key));
+            ks.kdf = kdf;
+            Ok(())
+        })
+    }
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHEAP: KdfParams = KdfParams { m_kib: 64, t: 1, p: 1 };
+
+    fn fresh() -> (tempfile::TempDir, Keystore) {
+        let d = tempfile::tempdir().unwrap();
+        let ks = Keystore::init(d.path(), b"pw", CHEAP).unwrap();
+        (d, ks)
+    }
+
+    #[test]
+    fn init_unlock_and_wrong_passphrase() {
+        let (d, mut ks) = fresh();
+        ks.create_key("k1", 0).unwrap();
+        let before = std::fs::read(d.path().join(".ezfs/keystore.json")).unwrap();
+        assert!(matches!(Keystore::unlock(d.path(), b"nope"), Err(KeyError::WrongPassphrase)));
+        assert_eq!(std::fs::read(d.path().join(".ezfs/keystore.json")).unwrap(), before, "nothing changed");
+        let ks2 = Keystore::unlock(d.path(), b"pw").unwrap();
+        assert_eq!(ks2.material("k1", 1).unwrap(), ks.material("k1", 1).unwrap());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.path().join(".ezfs/keystore.json")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn init_refuses_non_empty_or_existing() {
+        let (d, _) = fresh();
+        assert!(Keystore::init(d.path(), b"pw", CHEAP).unwrap_err().to_string().contains("already initialized"));
+        let d2 = tempfile::tempdir().unwrap();
+        std::fs::write(d2.path().join("f"), b"x").unwrap();
+        assert!(Keystore::init(d2.path(), b"pw", CHEAP).unwrap_err().to_string().contains("not empty"));
+        let d3 = tempfile::tempdir().unwrap();
+        assert!(matches!(Keystore::unlock(d3.path(), b"pw"), Err(KeyError::NotInitialized(_))));
+    }
+
+    #[test]
+    fn roll_delete_and_zones() {
+        let (_d, mut ks) = fresh();
+        ks.create_key("k1", 0).unwrap();
+        assert!(matches!(ks.create_key("k1", 0), Err(KeyError::KeyExists(_))));
+        assert!(matches!(ks.create_key("bad name", 0), Err(KeyError::BadName(_))));
+        assert_eq!(ks.roll_key("k1").unwrap(), 2);
+        assert_eq!(ks.current_version("k1").unwrap(), 2);
+        assert_ne!(ks.material("k1", 1).unwrap(), ks.material("k1", 2).unwrap());
+        assert!(matches!(ks.roll_key("nokey"), Err(KeyError::NoSuchKey(_))));
+        ks.register_zone("z1", "k1", "secret").unwrap();
+        let e = ks.delete_key("k1").unwrap_err();
+        assert!(e.to_string().contains("secret"), "{e}");
+        ks.unregister_zone("z1").unwrap();
+        ks.delete_key("k1").unwrap();
+        assert!(matches!(ks.material("k1", 1), Err(KeyError::NoSuchKey(_))));
+    }
+
+    #[test]
+    fn corrupt_keystore_is_a_clear_error() {
+        let (d, mut ks) = fresh();
+        ks.create_key("k1", 0).unwrap();
+        let p = d.path().join(".ezfs/keystore.json");
+        let good = std::fs::read(&p).unwrap();
+        for cut in [0, 1, good.len() / 2, good.len() - 2] {
+            std::fs::write(&p, &good[..cut]).unwrap();
+            let e = Keystore::unlock(d.path(), b"pw").unwrap_err();
+            assert!(matches!(e, KeyError::Corrupt { .. }), "cut {cut}: {e}");
+        }
+        // flip one hex digit of every field in turn: never a panic, never success
+        let text = String::from_utf8(good.clone()).unwrap();
+        for field in ["\"sealed\": \"", "\"mac\": \"", "\"master\": \"", "\"salt\": \""] {
+            let at = text.find(field).unwrap() + field.len();
+            let mut t = text.clone().into_bytes();
+            t[at] = if t[at] == b'0' { b'1' } else { b'0' };
+            std::fs::write(&p, &t).unwrap();
+            assert!(Keystore::unlock(d.path(), b"pw").is_err(), "{field}");
+        }
+        // an edited body (e.g. a zone removed) fails the MAC
+        let edited = text.replace("\"owner\": 0", "\"owner\": 1");
+        std::fs::write(&p, edited).unwrap();
+        assert!(matches!(Keystore::unlock(d.path(), b"pw"), Err(KeyError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn passphrase_change_keeps_keys() {
+        let (d, mut ks) = fresh();
+        ks.create_key("k1", 0).unwrap();
+        ks.change_passphrase(b"new").unwrap();
+        assert!(matches!(Keystore::unlock(d.path(), b"pw"), Err(KeyError::WrongPassphrase)));
+        let ks2 = Keystore::unlock(d.path(), b"new").unwrap();
+        assert_eq!(ks2.material("k1", 1).unwrap(), ks.material("k1", 1).unwrap());
+        // a process that unlocked before the change still reloads fine
+        ks.reload().unwrap();
+    }
+
+    #[test]
+    fn provider_sees_keys_created_elsewhere() {
+        let (d, ks) = fresh();
+        let provider = LocalProviderForTest::new(ks);
+        let mut other = Keystore::unlock(d.path(), b"pw").unwrap();
+        other.create_key("late", 0).unwrap();
+        use crate::keys::KeyProvider;
+        assert_eq!(provider.current_version("late").unwrap(), 1);
+        let dek = Key::random();
+        let w = provider.wrap("late", 1, b"aad", &dek).unwrap();
+        assert_eq!(provider.unwrap("late", 1, b"aad", &w).unwrap(), dek);
+        assert!(matches!(provider.unwrap("late", 1, b"other", &w), Err(KeyError::Unwrap(..))));
+    }
+
+    use crate::keys::LocalProvider as LocalProviderForTest;
+}

@@ -1,0 +1,115 @@
+//! The zone marker: a small file `.ezfs-zone` in a zone's root directory.
+//!
+//! A file (not an xattr) so that it survives `cp -a`, `tar` and `rsync` of the backing
+//! tree, and moves with a rename of the zone root. Its content names the zone id and
+//! key and is authenticated by the keystore's master key, so an edited marker (another
+//! key name, say) is refused instead of silently used.
+
+use crate::crypto::{Cipher, NONCE_LEN, TAG_LEN};
+use crate::format::header::hex;
+use serde::{Deserialize, Serialize};
+
+/// File name of the marker in a zone root (hidden from the mount, reserved there).
+pub const MARKER_FILE: &str = ".ezfs-zone";
+const MARKER_FORMAT: u32 = 1;
+
+/// A zone's identity as recorded in its marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoneMarker {
+    pub zone_id: [u8; 16],
+    pub key: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MarkerFile {
+    format: u32,
+    zone_id: String,
+    key: String,
+    mac: String,
+}
+
+/// Why a marker cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MarkerError {
+    #[error("zone marker is unreadable: {0}")]
+    Malformed(String),
+    #[error("unsupported zone marker format {0}")]
+    UnsupportedFormat(u32),
+    #[error("zone marker failed authentication (edited, or from another keystore)")]
+    AuthFailed,
+}
+
+fn mac_input(zone_id: &[u8; 16], key: &str) -> Vec<u8> {
+    let mut a = b"ezfs-zone\0".to_vec();
+    a.extend_from_slice(&MARKER_FORMAT.to_le_bytes());
+    a.extend_from_slice(zone_id);
+    a.extend_from_slice(key.as_bytes());
+    a
+}
+
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl ZoneMarker {
+    /// A new zone with a random id.
+    pub fn new(key: &str) -> ZoneMarker {
+        ZoneMarker { zone_id: crate::crypto::random_bytes(), key: key.to_owned() }
+    }
+
+    /// Zone id as hex (how the keystore and the CLI name zones).
+    pub fn id_hex(&self) -> String {
+        hex(&self.zone_id)
+    }
+
+    /// The marker file's bytes, authenticated with `master`.
+    pub fn encode(&self, master: &Cipher) -> Vec<u8> {
+        let m = MarkerFile {
+            format: MARKER_FORMAT,
+            zone_id: hex(&self.zone_id),
+            key: self.key.clone(),
+            mac: hex(&master.mac(&mac_input(&self.zone_id, &self.key))),
+        };
+        let mut v = serde_json::to_vec(&m).expect("marker serializes");
+        v.push(b'\n');
+        v
+    }
+
+    /// Parses and authenticates a marker file.
+    pub fn decode(bytes: &[u8], master: &Cipher) -> Result<ZoneMarker, MarkerError> {
+        let m: MarkerFile = serde_json::from_slice(bytes).map_err(|e| MarkerError::Malformed(e.to_string()))?;
+        if m.format != MARKER_FORMAT {
+            return Err(MarkerError::UnsupportedFormat(m.format));
+        }
+        let zone_id = unhex::<16>(&m.zone_id).ok_or_else(|| MarkerError::Malformed("bad zone id".into()))?;
+        let mac = unhex::<{ NONCE_LEN + TAG_LEN }>(&m.mac).ok_or_else(|| MarkerError::Malformed("bad mac".into()))?;
+        master.verify_mac(&mac_input(&zone_id, &m.key), &mac).map_err(|_| MarkerError::AuthFailed)?;
+        Ok(ZoneMarker { zone_id, key: m.key })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Key;
+
+    #[test]
+    fn round_trip_and_tamper() {
+        let master = Key::random().cipher();
+        let m = ZoneMarker::new("k1");
+        let bytes = m.encode(&master);
+        assert_eq!(ZoneMarker::decode(&bytes, &master).unwrap(), m);
+        let edited = String::from_utf8(bytes.clone()).unwrap().replace("\"k1\"", "\"k2\"");
+        assert_eq!(ZoneMarker::decode(edited.as_bytes(), &master), Err(MarkerError::AuthFailed));
+        assert!(ZoneMarker::decode(&bytes, &Key::random().cipher()).is_err());
+        assert!(matches!(ZoneMarker::decode(b"{", &master), Err(MarkerError::Malformed(_))));
+        assert!(matches!(ZoneMarker::decode(b"", &master), Err(MarkerError::Malformed(_))));
+    }
+}
