@@ -35,6 +35,17 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The "major:minor" device of the mount at `mountpoint` (names its bdi in sysfs).
+pub fn device_of(mountpoint: &Path) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().rev().find_map(|l| {
+        let mut f = l.split(' ');
+        let dev = f.nth(2)?;
+        let mp = f.nth(1)?;
+        (Path::new(&unescape(mp)) == mountpoint).then(|| dev.to_owned())
+    })
+}
+
 /// Parses mountinfo text into (mountpoint, fstype, source) triples.
 pub fn parse(text: &str) -> Vec<(PathBuf, String, String)> {
     text.lines()

@@ -9,6 +9,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 
 /// Positioned I/O on the ciphertext of one file.
+#[allow(clippy::len_without_is_empty)] // a length in bytes, as File::metadata().len()
 pub trait Backing {
     /// Reads up to `buf.len()` bytes at `off`; fewer only at end of file.
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize>;
