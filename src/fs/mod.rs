@@ -55,6 +55,9 @@ pub struct Core {
     /// The backing dir (canonical).
     pub backing: PathBuf,
     pub read_only: bool,
+    /// Use the kernel's writeback cache: writes return once in the page cache and reach
+    /// us in large batches; the kernel then owns the file size while pages are dirty.
+    pub writeback: bool,
     /// Effective uid and gid of the daemon: files it creates for them need no chown.
     me: (u32, u32),
 }
@@ -139,6 +142,7 @@ impl Core {
             keys,
             backing,
             read_only,
+            writeback: !read_only,
             me,
         };
         Ok(core)
@@ -302,8 +306,14 @@ impl Core {
             }
             return Ok(Handle::Enc(enc));
         }
+        // The kernel computes append offsets itself and, with the writeback cache, reads
+        // pages of files opened write-only: the backing file is opened read-write.
         let strip = libc::O_APPEND | libc::O_DIRECT | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW;
-        let f = sys::reopen(ino.fd(), flags & !strip).map_err(io_err)?;
+        let mut flags = flags & !strip;
+        if self.writeback && flags & libc::O_ACCMODE == libc::O_WRONLY {
+            flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
+        }
+        let f = sys::reopen(ino.fd(), flags).map_err(io_err)?;
         Ok(Handle::Plain(f))
     }
 
@@ -401,6 +411,9 @@ impl Filesystem for EzFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
+        if self.0.writeback && config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE).is_err() {
+            log::warn!("the kernel offers no writeback cache; small writes will be slower");
+        }
         for flag in [
             fuser::InitFlags::FUSE_DO_READDIRPLUS,
             fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
