@@ -4,10 +4,10 @@
 //! Run with `cargo bench --bench codec` (add `-- --quick` for a short run).
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use std::hint::black_box;
 use ezfs::crypto::Key;
 use ezfs::format::layout::HEADER_LEN;
 use ezfs::format::{Backing, BlockCodec, MemBacking};
+use std::hint::black_box;
 
 const BLOCK: usize = 4096;
 const MIB: usize = 1 << 20;

@@ -147,7 +147,7 @@ mod tests {
             assert_eq!(entry_offset(b) / BLOCK, meta_offset(b / GROUP_BLOCKS) / BLOCK);
         }
         assert_eq!(data_offset(127) + BLOCK, meta_offset(1));
-        assert!(ENTRY_LEN * GROUP_BLOCKS <= BLOCK);
+        const { assert!(ENTRY_LEN * GROUP_BLOCKS <= BLOCK) };
     }
 
     #[test]

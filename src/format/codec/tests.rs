@@ -47,7 +47,13 @@ fn read_all(c: &BlockCodec, b: &dyn Backing, size: u64) -> Result<Vec<u8>, Codec
 }
 
 /// Reads `len` bytes at `off`, expecting no short read before end of file.
-fn read_range(c: &BlockCodec, b: &dyn Backing, size: u64, off: u64, len: usize) -> Result<Vec<u8>, CodecError> {
+fn read_range(
+    c: &BlockCodec,
+    b: &dyn Backing,
+    size: u64,
+    off: u64,
+    len: usize,
+) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![0xEEu8; len];
     let n = c.read(b, size, off, &mut out)?;
     out.truncate(n);
@@ -58,7 +64,10 @@ fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
     if a == b {
         return None; // memcmp: the slow path below is for reporting only
     }
-    a.iter().zip(b).position(|(x, y)| x != y).or_else(|| (a.len() != b.len()).then_some(a.len().min(b.len())))
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .or_else(|| (a.len() != b.len()).then_some(a.len().min(b.len())))
 }
 
 fn check_eq(what: &str, got: &[u8], want: &[u8]) -> Result<(), TestCaseError> {
@@ -126,7 +135,7 @@ fn length(max: usize) -> BoxedStrategy<usize> {
     prop_oneof![
         4 => 0..64usize,
         3 => 0..9000usize,
-        1 => prop::sample::select(vec![bs - 1, bs, bs + 1, 2 * bs, 16 * bs.min(max)]),
+        1 => prop::sample::select(vec![bs - 1, bs, bs + 1, 2 * bs, (16 * bs).min(max)]),
         1 => 0..max,
     ]
     .boxed()
@@ -163,7 +172,10 @@ fn op_sequences() -> impl Strategy<Value = Vec<Op>> {
 /// `ProptestConfig::with_cases(n)`, unless `PROPTEST_CASES` asks for another number
 /// (for thorough runs, e.g. `PROPTEST_CASES=2000 cargo test --release --lib format::codec`).
 fn cases(n: u32) -> ProptestConfig {
-    let n = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(n);
+    let n = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n);
     ProptestConfig::with_cases(n)
 }
 
@@ -179,7 +191,9 @@ fn run_model(ops: &[Op]) -> Result<(), TestCaseError> {
         match *op {
             Op::Write { off, len, seed } => {
                 let data = bytes(seed, len);
-                let new_size = c.write(&b, size, off, &data).map_err(|e| TestCaseError::fail(ctx(&e.to_string())))?;
+                let new_size = c
+                    .write(&b, size, off, &data)
+                    .map_err(|e| TestCaseError::fail(ctx(&e.to_string())))?;
                 if len > 0 {
                     let end = off as usize + len;
                     if model.len() < end {
@@ -195,7 +209,8 @@ fn run_model(ops: &[Op]) -> Result<(), TestCaseError> {
                     Op::TruncateBy(d) => size.saturating_add_signed(d),
                     _ => unreachable!(),
                 };
-                c.truncate(&b, size, new_size).map_err(|e| TestCaseError::fail(ctx(&e.to_string())))?;
+                c.truncate(&b, size, new_size)
+                    .map_err(|e| TestCaseError::fail(ctx(&e.to_string())))?;
                 model.resize(new_size as usize, 0);
             }
             Op::Read { .. } | Op::ReadRel { .. } => {
@@ -204,7 +219,8 @@ fn run_model(ops: &[Op]) -> Result<(), TestCaseError> {
                     Op::ReadRel { permille, len } => (size * permille as u64 / 1000, len),
                     _ => unreachable!(),
                 };
-                let got = read_range(&c, &b, size, off, len).map_err(|e| TestCaseError::fail(ctx(&e.to_string())))?;
+                let got = read_range(&c, &b, size, off, len)
+                    .map_err(|e| TestCaseError::fail(ctx(&e.to_string())))?;
                 let from = (off as usize).min(model.len());
                 let to = (off as usize).saturating_add(len).min(model.len());
                 check_eq(&ctx("ranged read"), &got, &model[from..to])?;
@@ -216,7 +232,8 @@ fn run_model(ops: &[Op]) -> Result<(), TestCaseError> {
             "{}",
             ctx("backing length")
         );
-        let all = read_all(&c, &b, model.len() as u64).map_err(|e| TestCaseError::fail(ctx(&e.to_string())))?;
+        let all =
+            read_all(&c, &b, model.len() as u64).map_err(|e| TestCaseError::fail(ctx(&e.to_string())))?;
         check_eq(&ctx("full read"), &all, &model)?;
     }
     // a healthy file has no damaged blocks, holes included
@@ -309,10 +326,18 @@ fn one_byte_at_1gib_leaves_a_hole() {
     assert_eq!(size, off + 1);
     assert_eq!(Backing::len(&f).unwrap(), backing_size(size));
     let allocated = f.metadata().unwrap().blocks() * 512;
-    assert!(allocated < 1 << 20, "{allocated} bytes allocated for a 1 GiB hole");
+    assert!(
+        allocated < 1 << 20,
+        "{allocated} bytes allocated for a 1 GiB hole"
+    );
 
     // the gap reads as zeros: its start, a group boundary, the middle, just before the byte
-    for (at, len) in [(0, 3 * G as usize), (G - 100, 200), (off / 2 - 5000, 70_000), (off - 2 * G, 2 * G as usize)] {
+    for (at, len) in [
+        (0, 3 * G as usize),
+        (G - 100, 200),
+        (off / 2 - 5000, 70_000),
+        (off - 2 * G, 2 * G as usize),
+    ] {
         let got = read_range(&c, &f, size, at, len).unwrap();
         assert_eq!(got.len(), len);
         assert!(got.iter().all(|&x| x == 0), "non-zero in the gap at {at}");
@@ -492,7 +517,10 @@ fn block_from_another_file_is_detected() {
     let (_, twin, twin_plain) = tamper_file(TAMPER_ID, 6);
     copy_block(&twin, &b, 2);
     let r = block_range(2);
-    assert_eq!(read_range(&c, &b, TAMPER_SIZE, r.start as u64, r.len()).unwrap(), &twin_plain[r]);
+    assert_eq!(
+        read_range(&c, &b, TAMPER_SIZE, r.start as u64, r.len()).unwrap(),
+        &twin_plain[r]
+    );
 }
 
 #[test]
@@ -591,7 +619,9 @@ fn shrink_mid_group_clears_cut_entries() {
     let size = truncate(&c, &b, size, 10 * BLOCK + 5);
     // the cut blocks' entries are zero, so growing reads holes, not stale data
     let v = b.0.read();
-    assert!(v[entry_offset(11) as usize..entry_offset(100) as usize].iter().all(|&x| x == 0));
+    assert!(v[entry_offset(11) as usize..entry_offset(100) as usize]
+        .iter()
+        .all(|&x| x == 0));
     drop(v);
     let size = truncate(&c, &b, size, 100 * BLOCK);
     let all = read_all(&c, &b, size).unwrap();
@@ -638,7 +668,10 @@ fn documented_aad(file_id: &[u8; 16], block: u64) -> Vec<u8> {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 /// Plaintext of the full-block vector: bytes 0, 1, .., 255, 0, 1, ...
@@ -695,7 +728,10 @@ fn codec_opens_known_answer_blocks() {
     assert_eq!(buf, KAT2_PLAIN);
     // the same bytes at any other index, or under another file id, fail
     let mut buf = unhex(KAT2_CT);
-    assert_corrupt(c.open_block(KAT2_BLOCK.swap_bytes(), &entry, &mut buf), KAT2_BLOCK.swap_bytes());
+    assert_corrupt(
+        c.open_block(KAT2_BLOCK.swap_bytes(), &entry, &mut buf),
+        KAT2_BLOCK.swap_bytes(),
+    );
     let other = BlockCodec::new(&Key::from_bytes(KAT_KEY), [0; 16]);
     let mut buf = unhex(KAT2_CT);
     assert_corrupt(other.open_block(KAT2_BLOCK, &entry, &mut buf), KAT2_BLOCK);
@@ -717,7 +753,10 @@ fn codec_reads_hand_made_known_answer_file() {
     b.write_at(&ct, 3 * BLOCK).unwrap(); // data_offset(1): header, meta 0, data 0
     b.write_at(&KAT_NONCE, HEADER_LEN + ENTRY_LEN).unwrap(); // entry_offset(1)
     b.write_at(&tag, HEADER_LEN + ENTRY_LEN + 12).unwrap();
-    assert_eq!((data_offset(1), entry_offset(1)), (3 * BLOCK, HEADER_LEN + ENTRY_LEN));
+    assert_eq!(
+        (data_offset(1), entry_offset(1)),
+        (3 * BLOCK, HEADER_LEN + ENTRY_LEN)
+    );
 
     let c = BlockCodec::new(&Key::from_bytes(KAT_KEY), KAT_FILE_ID);
     let all = read_all(&c, &b, size).unwrap();
@@ -739,7 +778,10 @@ fn codec_writes_documented_format() {
     assert_eq!(size, 131 * BLOCK + 33);
 
     let v = b.0.read();
-    for (i, want) in [(block, &plain[..BLOCK as usize]), (block + 1, &plain[BLOCK as usize..])] {
+    for (i, want) in [
+        (block, &plain[..BLOCK as usize]),
+        (block + 1, &plain[BLOCK as usize..]),
+    ] {
         let at = entry_offset(i) as usize;
         let nonce: [u8; 12] = v[at..at + 12].try_into().unwrap();
         let tag: [u8; 16] = v[at + 12..at + 28].try_into().unwrap();
@@ -747,16 +789,25 @@ fn codec_writes_documented_format() {
         let ct = &v[at..at + want.len()];
         assert_ne!(ct, want);
         let mut buf = ct.to_vec();
-        key.cipher().open(&nonce, &tag, &documented_aad(&KAT_FILE_ID, i), &mut buf).unwrap();
+        key.cipher()
+            .open(&nonce, &tag, &documented_aad(&KAT_FILE_ID, i), &mut buf)
+            .unwrap();
         assert_eq!(buf, want);
         // and not under another index
         let mut buf = ct.to_vec();
-        assert_eq!(key.cipher().open(&nonce, &tag, &documented_aad(&KAT_FILE_ID, i + 1), &mut buf), Err(AuthError));
+        assert_eq!(
+            key.cipher()
+                .open(&nonce, &tag, &documented_aad(&KAT_FILE_ID, i + 1), &mut buf),
+            Err(AuthError)
+        );
     }
     // all other entries of the file are zero (holes)
     for i in (0..block).chain([block + 2]) {
         let at = entry_offset(i) as usize;
-        assert!(v.get(at..at + ENTRY_LEN as usize).is_none_or(|e| e.iter().all(|&x| x == 0)), "entry {i}");
+        assert!(
+            v.get(at..at + ENTRY_LEN as usize)
+                .is_none_or(|e| e.iter().all(|&x| x == 0)),
+            "entry {i}"
+        );
     }
 }
-
