@@ -42,7 +42,9 @@ impl LocalProvider {
     /// Runs `f` on the keystore; if it fails for an unknown key or version, reloads once
     /// and tries again.
     fn with_reload<T>(&self, f: impl Fn(&Keystore) -> Result<T, KeyError>) -> Result<T, KeyError> {
-        match f(&self.store.read()) {
+        // bind first: a guard in the match scrutinee would live through reload()
+        let first = f(&self.store.read());
+        match first {
             Err(KeyError::NoSuchKey(_) | KeyError::NoSuchVersion(..)) => {
                 self.reload()?;
                 f(&self.store.read())
