@@ -323,6 +323,8 @@ impl Keystore {
         self.reload()?;
         let out = change(self)?;
         self.save()?;
+        // unseal what the change added (new key versions) the same way a reader would
+        self.reload()?;
         Ok(out)
     }
 
