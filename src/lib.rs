@@ -7,6 +7,7 @@
 //! - [`keys`]: the key-provider interface and the passphrase-sealed local keystore;
 //! - [`zone`]: zone markers and the boundary rules;
 //! - [`fs`]: the FUSE adapter; [`control`]: the socket the CLI uses to reach a mount;
+//! - [`fsck`]: offline verification of every header and block;
 //! - [`cli`]: the `ezfs` command.
 
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod control;
 pub mod crypto;
 pub mod format;
 pub mod fs;
+pub mod fsck;
 pub mod keys;
 pub mod zone;
 

@@ -2,6 +2,7 @@
 //! the library; errors are one sentence on stderr, exit 1 for a failed operation and
 //! 2 for a usage error.
 
+mod fsckcmd;
 mod keycmd;
 mod logger;
 mod mount;
@@ -89,6 +90,18 @@ enum Cmd {
     /// Manage encryption zones on a mounted ezfs.
     #[command(subcommand)]
     Zone(zonecmd::ZoneCmd),
+    /// Authenticate every header and block in BACKING; report damage (exit 1 if any).
+    Fsck {
+        backing: std::path::PathBuf,
+        #[command(flatten)]
+        pass: PassArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Move damaged files into lost+found inside their zone (nothing is deleted).
+        #[arg(long)]
+        quarantine: bool,
+    },
     /// Change the passphrase of BACKING's keystore (no data is rewritten).
     Passwd {
         backing: PathBuf,
@@ -117,6 +130,7 @@ pub fn run() -> i32 {
         Cmd::Umount { mountpoint } => mount::umount(&mountpoint),
         Cmd::Key(k) => keycmd::run(k),
         Cmd::Zone(z) => zonecmd::run(z),
+        Cmd::Fsck { backing, pass, json, quarantine } => fsckcmd::run(&backing, &pass, json, quarantine),
         Cmd::Passwd { backing, pass, new_passphrase_file } => {
             keycmd::passwd(&backing, &pass, new_passphrase_file.as_deref())
         }
@@ -124,7 +138,9 @@ pub fn run() -> i32 {
     match res {
         Ok(()) => 0,
         Err(f) => {
-            eprintln!("ezfs: {}", f.msg);
+            if !f.msg.is_empty() {
+                eprintln!("ezfs: {}", f.msg);
+            }
             f.code
         }
     }
