@@ -24,8 +24,13 @@ pub enum Request {
     Ping,
     /// Re-read the keystore (the command line changed it).
     Reload,
-    ZoneCreate { path: String, key: String },
-    ZoneInfo { path: String },
+    ZoneCreate {
+        path: String,
+        key: String,
+    },
+    ZoneInfo {
+        path: String,
+    },
     ZoneList,
 }
 
@@ -82,7 +87,11 @@ impl Server {
                 e
             }
         })?;
-        Ok(Server { listener, core, mountpoint })
+        Ok(Server {
+            listener,
+            core,
+            mountpoint,
+        })
     }
 
     /// Serves requests until the process exits.
@@ -116,7 +125,11 @@ impl Server {
                 mountpoint: self.mountpoint.clone(),
                 backing: c.backing.clone(),
             })),
-            Request::Reload => c.keys.reload().map(|_| serde_json::Value::Null).map_err(|e| e.to_string()),
+            Request::Reload => c
+                .keys
+                .reload()
+                .map(|_| serde_json::Value::Null)
+                .map_err(|e| e.to_string()),
             Request::ZoneCreate { path, key } => c.zone_create(&path, &key, uid).map(|z| json(&z)),
             Request::ZoneInfo { path } => c.zone_info(&path).map(|z| json(&z)),
             Request::ZoneList => Ok(json(&c.zone_list())),
@@ -142,14 +155,15 @@ pub enum ClientError {
 /// Sends `req` to the daemon serving `backing` and returns its answer.
 pub fn call(backing: &Path, req: &Request) -> Result<serde_json::Value, ClientError> {
     let addr = socket_addr(backing)?;
-    let stream = UnixStream::connect_addr(&addr).map_err(|_| ClientError::NotMounted(backing.to_path_buf()))?;
+    let stream =
+        UnixStream::connect_addr(&addr).map_err(|_| ClientError::NotMounted(backing.to_path_buf()))?;
     stream.set_read_timeout(Some(Duration::from_secs(600)))?;
     let mut line = serde_json::to_vec(req).expect("request serializes");
     line.push(b'\n');
     (&stream).write_all(&line)?;
     let mut answer = String::new();
     BufReader::new(&stream).read_line(&mut answer)?;
-    let resp: Response =
-        serde_json::from_str(&answer).map_err(|e| ClientError::Failed(format!("bad answer from the daemon: {e}")))?;
+    let resp: Response = serde_json::from_str(&answer)
+        .map_err(|e| ClientError::Failed(format!("bad answer from the daemon: {e}")))?;
     resp.result.map_err(ClientError::Failed)
 }

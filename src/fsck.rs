@@ -91,7 +91,13 @@ fn check_file(path: &Path, ks: &Keystore) -> (u64, Option<(String, Vec<(u64, u64
     let blocks = crate::format::layout::block_count(size);
     match codec.verify(&f, size) {
         Ok(bad) if bad.is_empty() => (blocks, None),
-        Ok(bad) => (blocks, Some((format!("{} block(s) fail authentication", bad.len()), ranges(&bad)))),
+        Ok(bad) => (
+            blocks,
+            Some((
+                format!("{} block(s) fail authentication", bad.len()),
+                ranges(&bad),
+            )),
+        ),
         Err(e) => (blocks, Some((format!("read error: {e}"), Vec::new()))),
     }
 }
@@ -100,7 +106,11 @@ fn check_file(path: &Path, ks: &Keystore) -> (u64, Option<(String, Vec<(u64, u64
 fn quarantine(backing: &Path, zone_root: &Path, path: &Path) -> std::io::Result<PathBuf> {
     let dir = zone_root.join(QUARANTINE_DIR);
     std::fs::create_dir_all(&dir)?;
-    let rel = path.strip_prefix(backing).unwrap_or(path).to_string_lossy().replace('/', "_");
+    let rel = path
+        .strip_prefix(backing)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .replace('/', "_");
     let mut target = dir.join(&rel);
     let mut n = 1;
     while target.exists() {
@@ -112,9 +122,19 @@ fn quarantine(backing: &Path, zone_root: &Path, path: &Path) -> std::io::Result<
 }
 
 /// Walks the backing dir. `progress(done_files)` is called after each file.
-pub fn check(backing: &Path, ks: &Keystore, quarantine_damaged: bool, progress: &mut dyn FnMut(u64)) -> Report {
+pub fn check(
+    backing: &Path,
+    ks: &Keystore,
+    quarantine_damaged: bool,
+    progress: &mut dyn FnMut(u64),
+) -> Report {
     let mut report = Report::default();
-    let rel = |p: &Path| p.strip_prefix(backing).unwrap_or(p).to_string_lossy().into_owned();
+    let rel = |p: &Path| {
+        p.strip_prefix(backing)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
+    };
     let mut seen_zones: BTreeMap<String, String> = BTreeMap::new();
     // depth-first, carrying the closest zone root (None outside zones)
     let mut stack: Vec<(PathBuf, Option<PathBuf>)> = vec![(backing.to_path_buf(), None)];
@@ -134,7 +154,9 @@ pub fn check(backing: &Path, ks: &Keystore, quarantine_damaged: bool, progress: 
             }
         }
         let Ok(entries) = std::fs::read_dir(&dir) else {
-            report.zone_problems.push(format!("/{}: cannot list directory", rel(&dir)));
+            report
+                .zone_problems
+                .push(format!("/{}: cannot list directory", rel(&dir)));
             continue;
         };
         let mut entries: Vec<_> = entries.flatten().collect();
@@ -160,14 +182,21 @@ pub fn check(backing: &Path, ks: &Keystore, quarantine_damaged: bool, progress: 
                         match quarantine(backing, zone_root, &p) {
                             Ok(t) => Some(rel(&t)),
                             Err(e) => {
-                                report.zone_problems.push(format!("/{}: quarantine failed: {e}", rel(&p)));
+                                report
+                                    .zone_problems
+                                    .push(format!("/{}: quarantine failed: {e}", rel(&p)));
                                 None
                             }
                         }
                     } else {
                         None
                     };
-                    report.damaged.push(Damage { path: rel(&p), problem, blocks, quarantined_to });
+                    report.damaged.push(Damage {
+                        path: rel(&p),
+                        problem,
+                        blocks,
+                        quarantined_to,
+                    });
                 }
                 progress(report.files);
             }
@@ -183,7 +212,9 @@ pub fn check(backing: &Path, ks: &Keystore, quarantine_damaged: bool, progress: 
     }
     for (id, path) in &seen_zones {
         if !ks.body().zones.contains_key(id) {
-            report.zone_problems.push(format!("/{path}: zone {id} is not in the keystore's registry"));
+            report
+                .zone_problems
+                .push(format!("/{path}: zone {id} is not in the keystore's registry"));
         }
     }
     report

@@ -26,10 +26,21 @@ pub fn run(backing: &Path, pass: &PassArgs, json: bool, quarantine: bool) -> Cli
         println!("{}", serde_json::to_string_pretty(&report).expect("serializes"));
     } else {
         for d in &report.damaged {
-            let blocks: Vec<String> =
-                d.blocks.iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
-            let at = if blocks.is_empty() { String::new() } else { format!(" (blocks {})", blocks.join(", ")) };
-            let moved = d.quarantined_to.as_ref().map(|t| format!("; moved to /{t}")).unwrap_or_default();
+            let blocks: Vec<String> = d
+                .blocks
+                .iter()
+                .map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+                .collect();
+            let at = if blocks.is_empty() {
+                String::new()
+            } else {
+                format!(" (blocks {})", blocks.join(", "))
+            };
+            let moved = d
+                .quarantined_to
+                .as_ref()
+                .map(|t| format!("; moved to /{t}"))
+                .unwrap_or_default();
             println!("DAMAGED /{}: {}{at}{moved}", d.path, d.problem);
         }
         for p in &report.zone_problems {
@@ -48,6 +59,9 @@ pub fn run(backing: &Path, pass: &PassArgs, json: bool, quarantine: bool) -> Cli
         Ok(())
     } else {
         // the report above says what is wrong; nothing more for stderr
-        Err(Failure { code: 1, msg: String::new() })
+        Err(Failure {
+            code: 1,
+            msg: String::new(),
+        })
     }
 }

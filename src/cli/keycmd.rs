@@ -57,7 +57,9 @@ pub struct BackingArg {
 impl BackingArg {
     fn resolve(&self) -> Result<PathBuf, Failure> {
         if let Some(b) = &self.backing {
-            return b.canonicalize().map_err(|e| Failure::op(format!("{}: {e}", b.display())));
+            return b
+                .canonicalize()
+                .map_err(|e| Failure::op(format!("{}: {e}", b.display())));
         }
         let cwd = std::env::current_dir().map_err(Failure::op)?;
         mountinfo::mount_of(&cwd).map(|m| m.backing).ok_or_else(|| {
@@ -80,17 +82,24 @@ fn unlock(backing: &Path, pass: &PassArgs) -> Result<Keystore, Failure> {
 fn notify_mount(backing: &Path) -> CliResult {
     match control::call(backing, &Request::Reload) {
         Ok(_) | Err(ClientError::NotMounted(_)) => Ok(()),
-        Err(e) => Err(Failure::op(format!("the keystore changed, but the running mount did not reload it: {e}"))),
+        Err(e) => Err(Failure::op(format!(
+            "the keystore changed, but the running mount did not reload it: {e}"
+        ))),
     }
 }
 
 pub fn init(backing: &Path, pass: &PassArgs) -> CliResult {
     if !backing.exists() {
-        std::fs::create_dir_all(backing).map_err(|e| Failure::op(format!("cannot create {}: {e}", backing.display())))?;
+        std::fs::create_dir_all(backing)
+            .map_err(|e| Failure::op(format!("cannot create {}: {e}", backing.display())))?;
     }
     let pw = obtain(pass, "passphrase", true)?;
     Keystore::init(backing, &pw, KdfParams::default())?;
-    println!("initialized {} (keystore in {}/.ezfs)", backing.display(), backing.display());
+    println!(
+        "initialized {} (keystore in {}/.ezfs)",
+        backing.display(),
+        backing.display()
+    );
     Ok(())
 }
 
@@ -121,10 +130,21 @@ fn key_views(body: &Body) -> Vec<KeyView<'_>> {
         .map(|(name, k)| KeyView {
             name,
             current_version: k.current(),
-            versions: k.versions.iter().map(|v| VersionView { version: v.version, created: v.created }).collect(),
+            versions: k
+                .versions
+                .iter()
+                .map(|v| VersionView {
+                    version: v.version,
+                    created: v.created,
+                })
+                .collect(),
             owner: k.owner,
             created: k.created,
-            zones: body.zones_using(name).into_iter().map(|p| format!("/{p}")).collect(),
+            zones: body
+                .zones_using(name)
+                .into_iter()
+                .map(|p| format!("/{p}"))
+                .collect(),
         })
         .collect()
 }
@@ -160,8 +180,17 @@ pub fn run(cmd: KeyCmd) -> CliResult {
             } else {
                 println!("{:<24} {:>8} {:>8}  ZONES", "KEY", "VERSION", "VERSIONS");
                 for k in views {
-                    let zones = if k.zones.is_empty() { "-".to_string() } else { k.zones.join(", ") };
-                    println!("{:<24} {:>8} {:>8}  {zones}", k.name, k.current_version, k.versions.len());
+                    let zones = if k.zones.is_empty() {
+                        "-".to_string()
+                    } else {
+                        k.zones.join(", ")
+                    };
+                    println!(
+                        "{:<24} {:>8} {:>8}  {zones}",
+                        k.name,
+                        k.current_version,
+                        k.versions.len()
+                    );
                 }
             }
         }

@@ -22,11 +22,17 @@ pub struct Failure {
 impl Failure {
     /// An operation that failed (exit 1).
     pub fn op(msg: impl std::fmt::Display) -> Failure {
-        Failure { code: 1, msg: msg.to_string() }
+        Failure {
+            code: 1,
+            msg: msg.to_string(),
+        }
     }
     /// A usage error (exit 2).
     pub fn usage(msg: impl std::fmt::Display) -> Failure {
-        Failure { code: 2, msg: msg.to_string() }
+        Failure {
+            code: 2,
+            msg: msg.to_string(),
+        }
     }
 }
 
@@ -81,9 +87,7 @@ enum Cmd {
     /// Mount BACKING at MOUNTPOINT (runs in the background unless --foreground).
     Mount(mount::MountArgs),
     /// Unmount an ezfs mount cleanly (fusermount3 -u works too).
-    Umount {
-        mountpoint: PathBuf,
-    },
+    Umount { mountpoint: PathBuf },
     /// Manage zone keys.
     #[command(subcommand)]
     Key(keycmd::KeyCmd),
@@ -130,10 +134,17 @@ pub fn run() -> i32 {
         Cmd::Umount { mountpoint } => mount::umount(&mountpoint),
         Cmd::Key(k) => keycmd::run(k),
         Cmd::Zone(z) => zonecmd::run(z),
-        Cmd::Fsck { backing, pass, json, quarantine } => fsckcmd::run(&backing, &pass, json, quarantine),
-        Cmd::Passwd { backing, pass, new_passphrase_file } => {
-            keycmd::passwd(&backing, &pass, new_passphrase_file.as_deref())
-        }
+        Cmd::Fsck {
+            backing,
+            pass,
+            json,
+            quarantine,
+        } => fsckcmd::run(&backing, &pass, json, quarantine),
+        Cmd::Passwd {
+            backing,
+            pass,
+            new_passphrase_file,
+        } => keycmd::passwd(&backing, &pass, new_passphrase_file.as_deref()),
     };
     match res {
         Ok(()) => 0,

@@ -43,7 +43,8 @@ pub struct MountArgs {
 const FUSE_THREADS: usize = 4;
 
 fn canonical(p: &Path, what: &str) -> Result<PathBuf, Failure> {
-    p.canonicalize().map_err(|e| Failure::op(format!("{what} {}: {e}", p.display())))
+    p.canonicalize()
+        .map_err(|e| Failure::op(format!("{what} {}: {e}", p.display())))
 }
 
 fn mount_config(a: &MountArgs, backing: &Path) -> Config {
@@ -55,7 +56,12 @@ fn mount_config(a: &MountArgs, backing: &Path) -> Config {
     if a.read_only {
         opts.push(MountOption::RO);
     }
-    for o in a.options.iter().flat_map(|s| s.split(',')).filter(|s| !s.is_empty() && *s != "nonempty") {
+    for o in a
+        .options
+        .iter()
+        .flat_map(|s| s.split(','))
+        .filter(|s| !s.is_empty() && *s != "nonempty")
+    {
         opts.push(match o {
             "ro" => MountOption::RO,
             "rw" => MountOption::RW,
@@ -75,7 +81,11 @@ fn mount_config(a: &MountArgs, backing: &Path) -> Config {
     }
     let mut c = Config::default();
     c.mount_options = opts;
-    c.acl = if a.allow_other { SessionACL::All } else { SessionACL::Owner };
+    c.acl = if a.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
     c.n_threads = Some(FUSE_THREADS);
     c.clone_fd = true;
     c
@@ -85,36 +95,55 @@ pub fn mount(a: MountArgs) -> CliResult {
     let backing = canonical(&a.backing, "backing directory")?;
     let mnt = canonical(&a.mountpoint, "mountpoint")?;
     if !mnt.is_dir() {
-        return Err(Failure::op(format!("mountpoint {} is not a directory", mnt.display())));
+        return Err(Failure::op(format!(
+            "mountpoint {} is not a directory",
+            mnt.display()
+        )));
     }
     if mnt.starts_with(&backing) || backing.starts_with(&mnt) {
-        return Err(Failure::op("the mountpoint and the backing directory must not contain each other"));
+        return Err(Failure::op(
+            "the mountpoint and the backing directory must not contain each other",
+        ));
     }
     if mountinfo::is_mountpoint(&mnt) {
         return Err(Failure::op(format!("{} is already a mount point", mnt.display())));
     }
-    let nonempty = a.options.iter().flat_map(|s| s.split(',')).any(|o| o == "nonempty");
-    let empty = std::fs::read_dir(&mnt).map(|mut d| d.next().is_none()).unwrap_or(false);
+    let nonempty = a
+        .options
+        .iter()
+        .flat_map(|s| s.split(','))
+        .any(|o| o == "nonempty");
+    let empty = std::fs::read_dir(&mnt)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false);
     if !empty && !nonempty {
         return Err(Failure::op(format!("mountpoint {} is not empty", mnt.display())));
     }
     read_body(&backing)?;
     if let Ok(v) = control::call(&backing, &Request::Ping) {
         let at = serde_json::from_value::<MountInfo>(v).map(|m| m.mountpoint.display().to_string());
-        return Err(Failure::op(format!("{} is already mounted at {}", backing.display(), at.unwrap_or_default())));
+        return Err(Failure::op(format!(
+            "{} is already mounted at {}",
+            backing.display(),
+            at.unwrap_or_default()
+        )));
     }
-    let pw = passphrase::obtain(a.pass.passphrase_file.as_deref(), "passphrase", false).map_err(Failure::op)?;
+    let pw =
+        passphrase::obtain(a.pass.passphrase_file.as_deref(), "passphrase", false).map_err(Failure::op)?;
     let keystore = Keystore::unlock(&backing, &pw)?;
     drop(pw);
     let keys = Arc::new(LocalProvider::new(keystore));
-    let core = Arc::new(Core::new(backing.clone(), keys, a.read_only).map_err(Failure::op)?);
+    let read_only = a.read_only || a.options.iter().flat_map(|s| s.split(',')).any(|o| o == "ro");
+    let core = Arc::new(Core::new(backing.clone(), keys, read_only).map_err(Failure::op)?);
     core.check_zones().map_err(Failure::op)?;
     let server = Server::bind(core.clone(), mnt.clone()).map_err(Failure::op)?;
     let config = mount_config(&a, &backing);
     if a.foreground {
         return serve(core, server, &mnt, &config, None);
     }
-    daemonize(&backing, &mnt, |notify| serve(core, server, &mnt, &config, Some(notify)))
+    daemonize(&backing, &mnt, |notify| {
+        serve(core, server, &mnt, &config, Some(notify))
+    })
 }
 
 /// Forks; the child runs `child` with the write end of a pipe on which it reports
@@ -165,14 +194,23 @@ fn detach(backing: &Path) {
     // SAFETY: plain syscalls on our own descriptors.
     unsafe {
         libc::setsid();
-        if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        if let Ok(null) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        {
             libc::dup2(null.as_raw_fd(), 0);
             libc::dup2(null.as_raw_fd(), 1);
         }
         if libc::isatty(2) == 1 {
             use std::os::unix::fs::OpenOptionsExt;
             let log = backing.join(crate::EZFS_DIR).join("ezfs.log");
-            if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(log) {
+            if let Ok(f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(log)
+            {
                 libc::dup2(f.as_raw_fd(), 2);
             }
         }
@@ -186,7 +224,13 @@ fn report(notify: &mut Option<OwnedFd>, msg: &str) {
 }
 
 /// Mounts and serves until unmounted.
-fn serve(core: Arc<Core>, server: Server, mnt: &Path, config: &Config, mut notify: Option<OwnedFd>) -> CliResult {
+fn serve(
+    core: Arc<Core>,
+    server: Server,
+    mnt: &Path,
+    config: &Config,
+    mut notify: Option<OwnedFd>,
+) -> CliResult {
     let mut session = match fuser::Session::new(EzFs(core.clone()), mnt, config) {
         Ok(s) => s,
         Err(e) => {
@@ -197,7 +241,10 @@ fn serve(core: Arc<Core>, server: Server, mnt: &Path, config: &Config, mut notif
     };
     raise_readahead(mnt);
     let mut unmounter = session.unmount_callable();
-    std::thread::Builder::new().name("ezfs-control".into()).spawn(move || server.run()).map_err(Failure::op)?;
+    std::thread::Builder::new()
+        .name("ezfs-control".into())
+        .spawn(move || server.run())
+        .map_err(Failure::op)?;
     let mnt_owned = mnt.to_path_buf();
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
         .map_err(Failure::op)?;
@@ -236,7 +283,10 @@ fn lazy_unmount(mnt: &Path) {
 }
 
 pub fn umount(mnt: &Path) -> CliResult {
-    let abs = mnt.canonicalize().or_else(|_| std::path::absolute(mnt)).map_err(Failure::op)?;
+    let abs = mnt
+        .canonicalize()
+        .or_else(|_| std::path::absolute(mnt))
+        .map_err(Failure::op)?;
     let m = mountinfo::ezfs_mounts()
         .into_iter()
         .find(|m| m.mountpoint == abs)
@@ -250,9 +300,18 @@ pub fn umount(mnt: &Path) -> CliResult {
     if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
         let e = std::io::Error::last_os_error();
         match e.raw_os_error() {
-            Some(libc::EBUSY) => return Err(Failure::op(format!("{} is busy (files open or a process inside it)", abs.display()))),
+            Some(libc::EBUSY) => {
+                return Err(Failure::op(format!(
+                    "{} is busy (files open or a process inside it)",
+                    abs.display()
+                )))
+            }
             Some(libc::EPERM) => {
-                let ok = std::process::Command::new("fusermount3").arg("-u").arg(&abs).status().is_ok_and(|s| s.success());
+                let ok = std::process::Command::new("fusermount3")
+                    .arg("-u")
+                    .arg(&abs)
+                    .status()
+                    .is_ok_and(|s| s.success());
                 if !ok {
                     return Err(Failure::op(format!("cannot unmount {}: {e}", abs.display())));
                 }

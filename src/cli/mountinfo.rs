@@ -4,11 +4,10 @@
 use std::path::{Path, PathBuf};
 
 /// Whether a mount is an ezfs mount: a FUSE mount whose source (ezfs sets it to the
-/// backing dir) holds an ezfs keystore. (The kernel shows the type as plain `fuse`
+/// backing dir) holds `.ezfs` (whose content only root can read, so not looked into). (The kernel shows the type as plain `fuse`
 /// when mounted directly, so the type alone cannot tell.)
 fn is_ezfs(fstype: &str, source: &str) -> bool {
-    (fstype == "fuse" || fstype == "fuse.ezfs")
-        && Path::new(source).join(crate::EZFS_DIR).join(crate::keys::keystore::KEYSTORE_FILE).exists()
+    (fstype == "fuse" || fstype == "fuse.ezfs") && Path::new(source).join(crate::EZFS_DIR).is_dir()
 }
 
 /// One ezfs mount.
@@ -55,7 +54,11 @@ pub fn parse(text: &str) -> Vec<(PathBuf, String, String)> {
             let mut post = post.split(' ');
             let fstype = post.next()?;
             let source = post.next()?;
-            Some((PathBuf::from(unescape(mountpoint)), fstype.to_owned(), unescape(source)))
+            Some((
+                PathBuf::from(unescape(mountpoint)),
+                fstype.to_owned(),
+                unescape(source),
+            ))
         })
         .collect()
 }
@@ -69,14 +72,23 @@ pub fn ezfs_mounts() -> Vec<EzMount> {
     all()
         .into_iter()
         .filter(|(_, t, s)| is_ezfs(t, s))
-        .map(|(mountpoint, _, src)| EzMount { mountpoint, backing: PathBuf::from(src) })
+        .map(|(mountpoint, _, src)| EzMount {
+            mountpoint,
+            backing: PathBuf::from(src),
+        })
         .collect()
 }
 
 /// The ezfs mount holding `path` (already canonical), if the closest mount is one.
 pub fn mount_of(path: &Path) -> Option<EzMount> {
-    let closest = all().into_iter().filter(|(mp, _, _)| path.starts_with(mp)).max_by_key(|(mp, _, _)| mp.as_os_str().len())?;
-    is_ezfs(&closest.1, &closest.2).then(|| EzMount { mountpoint: closest.0, backing: PathBuf::from(closest.2) })
+    let closest = all()
+        .into_iter()
+        .filter(|(mp, _, _)| path.starts_with(mp))
+        .max_by_key(|(mp, _, _)| mp.as_os_str().len())?;
+    is_ezfs(&closest.1, &closest.2).then(|| EzMount {
+        mountpoint: closest.0,
+        backing: PathBuf::from(closest.2),
+    })
 }
 
 /// Whether `path` (canonical) is itself a mount point.
@@ -90,10 +102,18 @@ mod tests {
 
     #[test]
     fn parses_and_unescapes() {
-        let text = "36 35 98:0 / /mnt/my\\040dir rw,noatime master:1 - fuse.ezfs /srv/back\\040ing rw,user_id=0\n\
+        let text =
+            "36 35 98:0 / /mnt/my\\040dir rw,noatime master:1 - fuse.ezfs /srv/back\\040ing rw,user_id=0\n\
                     22 1 0:21 / /proc rw - proc proc rw\n";
         let v = parse(text);
-        assert_eq!(v[0], (PathBuf::from("/mnt/my dir"), "fuse.ezfs".into(), "/srv/back ing".into()));
+        assert_eq!(
+            v[0],
+            (
+                PathBuf::from("/mnt/my dir"),
+                "fuse.ezfs".into(),
+                "/srv/back ing".into()
+            )
+        );
         assert_eq!(v[1].1, "proc");
     }
 }

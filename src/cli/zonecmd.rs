@@ -33,15 +33,24 @@ pub enum ZoneCmd {
 
 /// The mount holding `path` and `path` relative to its root.
 fn locate(path: &Path) -> Result<(mountinfo::EzMount, String), Failure> {
-    let canon = path.canonicalize().map_err(|e| Failure::op(format!("{}: {e}", path.display())))?;
+    let canon = path
+        .canonicalize()
+        .map_err(|e| Failure::op(format!("{}: {e}", path.display())))?;
     let m = mountinfo::mount_of(&canon)
         .ok_or_else(|| Failure::op(format!("{} is not inside an ezfs mount", path.display())))?;
-    let rel = canon.strip_prefix(&m.mountpoint).unwrap_or(Path::new("")).to_string_lossy().into_owned();
+    let rel = canon
+        .strip_prefix(&m.mountpoint)
+        .unwrap_or(Path::new(""))
+        .to_string_lossy()
+        .into_owned();
     Ok((m, rel))
 }
 
 fn shown(m: &mountinfo::EzMount, rel: &str) -> String {
-    m.mountpoint.join(rel.trim_start_matches('/')).display().to_string()
+    m.mountpoint
+        .join(rel.trim_start_matches('/'))
+        .display()
+        .to_string()
 }
 
 pub fn run(cmd: ZoneCmd) -> CliResult {
@@ -50,7 +59,12 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
             let (m, rel) = locate(&dir)?;
             let v = control::call(&m.backing, &Request::ZoneCreate { path: rel, key })?;
             let z: ZoneSummary = serde_json::from_value(v).map_err(Failure::op)?;
-            println!("created encryption zone {} with key {}@{}", shown(&m, &z.path), z.key, z.key_version);
+            println!(
+                "created encryption zone {} with key {}@{}",
+                shown(&m, &z.path),
+                z.key,
+                z.key_version
+            );
         }
         ZoneCmd::List { mountpoint, json } => {
             let (m, _) = locate(&mountpoint)?;
@@ -66,7 +80,12 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
             } else {
                 println!("{:<40} {:<20} {:>8}", "ZONE", "KEY", "FILES");
                 for z in zones {
-                    println!("{:<40} {:<20} {:>8}", z.path, format!("{}@{}", z.key, z.key_version), z.files);
+                    println!(
+                        "{:<40} {:<20} {:>8}",
+                        z.path,
+                        format!("{}@{}", z.key, z.key_version),
+                        z.files
+                    );
                 }
             }
         }

@@ -26,10 +26,21 @@ impl RustCryptoGcm {
         tag.into()
     }
 
-    pub fn open(&self, nonce: &[u8; NONCE_LEN], tag: &[u8; TAG_LEN], aad: &[u8], buf: &mut [u8]) -> Result<(), AuthError> {
+    pub fn open(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        tag: &[u8; TAG_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<(), AuthError> {
         use aes_gcm::aead::AeadInOut;
         self.0
-            .decrypt_inout_detached(&aes_gcm::Nonce::from(*nonce), aad, buf.into(), &aes_gcm::Tag::from(*tag))
+            .decrypt_inout_detached(
+                &aes_gcm::Nonce::from(*nonce),
+                aad,
+                buf.into(),
+                &aes_gcm::Tag::from(*tag),
+            )
             .map_err(|_| AuthError)
     }
 }
@@ -62,10 +73,22 @@ mod ring_gcm {
             tag.as_ref().try_into().expect("16-byte tag")
         }
 
-        pub fn open(&self, nonce: &[u8; NONCE_LEN], tag: &[u8; TAG_LEN], aad: &[u8], buf: &mut [u8]) -> Result<(), AuthError> {
+        pub fn open(
+            &self,
+            nonce: &[u8; NONCE_LEN],
+            tag: &[u8; TAG_LEN],
+            aad: &[u8],
+            buf: &mut [u8],
+        ) -> Result<(), AuthError> {
             let tag = Tag::from(*tag);
             self.0
-                .open_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), tag, buf, 0..)
+                .open_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(*nonce),
+                    Aad::from(aad),
+                    tag,
+                    buf,
+                    0..,
+                )
                 .map(drop)
                 .map_err(|_| AuthError)
         }

@@ -36,7 +36,13 @@ pub fn new_header(zone: &Zone, keys: &dyn KeyProvider) -> Result<(Header, BlockC
     let dek = Key::random();
     let aad = Header::aad(&file_id, &zone.id, &zone.key, version);
     let edek = keys.wrap(&zone.key, version, &aad, &dek)?;
-    let header = Header { file_id, zone_id: zone.id, key_name: zone.key.clone(), key_version: version, edek };
+    let header = Header {
+        file_id,
+        zone_id: zone.id,
+        key_name: zone.key.clone(),
+        key_version: version,
+        edek,
+    };
     Ok((header, BlockCodec::new(&dek, file_id)))
 }
 
@@ -50,7 +56,12 @@ pub fn read_header(file: &File) -> Result<Header, String> {
 impl EncFile {
     /// Opens the encrypted file behind `fd`. An empty file gets its header now when
     /// `writable`; `keys` unwraps the DEK. Failures are logged with the path.
-    pub fn open(fd: BorrowedFd<'_>, zone: &Zone, keys: &dyn KeyProvider, writable: bool) -> Result<EncFile, Errno> {
+    pub fn open(
+        fd: BorrowedFd<'_>,
+        zone: &Zone,
+        keys: &dyn KeyProvider,
+        writable: bool,
+    ) -> Result<EncFile, Errno> {
         let fail = |what: String| {
             log::error!("{}: {what}", sys::describe(fd));
             Errno::EIO
@@ -67,27 +78,45 @@ impl EncFile {
         if len == 0 {
             let cipher = if writable {
                 let (header, codec) = new_header(zone, keys).map_err(|e| fail(e.to_string()))?;
-                std::os::unix::fs::FileExt::write_all_at(&file, &header.encode(), 0).map_err(|e| errno(&e))?;
+                std::os::unix::fs::FileExt::write_all_at(&file, &header.encode(), 0)
+                    .map_err(|e| errno(&e))?;
                 Some((header, codec))
             } else {
                 None
             };
-            return Ok(EncFile { file, cipher, size: RwLock::new(0) });
+            return Ok(EncFile {
+                file,
+                cipher,
+                size: RwLock::new(0),
+            });
         }
-        let size = plain_size(len).map_err(|_| fail(format!("backing size {len} is too short for a header")))?;
+        let size =
+            plain_size(len).map_err(|_| fail(format!("backing size {len} is too short for a header")))?;
         let header = read_header(&file).map_err(fail)?;
         let dek = keys
-            .unwrap(&header.key_name, header.key_version, &header.own_aad(), &header.edek)
+            .unwrap(
+                &header.key_name,
+                header.key_version,
+                &header.own_aad(),
+                &header.edek,
+            )
             .map_err(|e| fail(e.to_string()))?;
         let codec = BlockCodec::new(&dek, header.file_id);
-        Ok(EncFile { file, cipher: Some((header, codec)), size: RwLock::new(size) })
+        Ok(EncFile {
+            file,
+            cipher: Some((header, codec)),
+            size: RwLock::new(size),
+        })
     }
 
     fn codec_error(&self, e: CodecError) -> Errno {
         match e {
             CodecError::Io(e) => errno(&e),
             CodecError::Corrupt { block } => {
-                log::error!("{}: block {block} failed authentication; reads of it get EIO", sys::describe(self.file.as_fd()));
+                log::error!(
+                    "{}: block {block} failed authentication; reads of it get EIO",
+                    sys::describe(self.file.as_fd())
+                );
                 Errno::EIO
             }
         }
@@ -109,7 +138,10 @@ impl EncFile {
             return Ok(Vec::new());
         }
         let mut buf = vec![0u8; len.min((*size - off).min(u32::MAX as u64) as u32) as usize];
-        let n = self.codec()?.read(&self.file, *size, off, &mut buf).map_err(|e| self.codec_error(e))?;
+        let n = self
+            .codec()?
+            .read(&self.file, *size, off, &mut buf)
+            .map_err(|e| self.codec_error(e))?;
         buf.truncate(n);
         Ok(buf)
     }
@@ -117,7 +149,10 @@ impl EncFile {
     /// Writes `data` at `off`.
     pub fn write(&self, off: u64, data: &[u8]) -> Result<(), Errno> {
         let mut size = self.size.write();
-        *size = self.codec()?.write(&self.file, *size, off, data).map_err(|e| self.codec_error(e))?;
+        *size = self
+            .codec()?
+            .write(&self.file, *size, off, data)
+            .map_err(|e| self.codec_error(e))?;
         Ok(())
     }
 
@@ -127,7 +162,9 @@ impl EncFile {
         if new_size == *size && self.cipher.is_some() {
             return Ok(());
         }
-        self.codec()?.truncate(&self.file, *size, new_size).map_err(|e| self.codec_error(e))?;
+        self.codec()?
+            .truncate(&self.file, *size, new_size)
+            .map_err(|e| self.codec_error(e))?;
         *size = new_size;
         Ok(())
     }
@@ -136,7 +173,11 @@ impl EncFile {
     /// the plaintext zeros are encrypted, so the result authenticates like any data.
     pub fn zero_range(&self, off: u64, len: u64, keep_size: bool) -> Result<(), Errno> {
         let size = self.size();
-        let end = if keep_size { (off + len).min(size) } else { off + len };
+        let end = if keep_size {
+            (off + len).min(size)
+        } else {
+            off + len
+        };
         let zeros = vec![0u8; 1 << 20];
         let mut at = off;
         while at < end {
@@ -159,7 +200,12 @@ impl EncFile {
     }
 
     pub fn sync(&self, data_only: bool) -> Result<(), Errno> {
-        if data_only { self.file.sync_data() } else { self.file.sync_all() }.map_err(|e| errno(&e))
+        if data_only {
+            self.file.sync_data()
+        } else {
+            self.file.sync_all()
+        }
+        .map_err(|e| errno(&e))
     }
 
     /// The header (None for an empty file not yet given one).

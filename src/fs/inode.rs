@@ -83,7 +83,11 @@ impl InodeTable {
         let mut t = Tables::default();
         t.by_key.insert(root_key, ROOT);
         t.by_id.insert(ROOT, root);
-        InodeTable { t: RwLock::new(t), root_dev: root_key.0, next_synthetic: AtomicU64::new(SYNTHETIC_BASE) }
+        InodeTable {
+            t: RwLock::new(t),
+            root_dev: root_key.0,
+            next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
+        }
     }
 
     pub fn get(&self, id: u64) -> Option<Arc<Inode>> {
@@ -143,7 +147,9 @@ impl InodeTable {
         }
         let mut t = self.t.write();
         let Some(ino) = t.by_id.get(&id) else { return };
-        let prev = ino.nlookup.fetch_sub(n.min(ino.nlookup.load(Ordering::Relaxed)), Ordering::Relaxed);
+        let prev = ino
+            .nlookup
+            .fetch_sub(n.min(ino.nlookup.load(Ordering::Relaxed)), Ordering::Relaxed);
         if prev <= n {
             let key = ino.key;
             t.by_id.remove(&id);

@@ -13,9 +13,9 @@ pub mod zones;
 use encfile::{errno, EncFile};
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use inode::{Inode, InodeTable, ROOT};
 use parking_lot::RwLock;
@@ -113,7 +113,10 @@ fn timespec(t: TimeOrNow) -> Option<libc::timespec> {
                     }
                 }
             };
-            Some(libc::timespec { tv_sec: sec, tv_nsec: nsec })
+            Some(libc::timespec {
+                tv_sec: sec,
+                tv_nsec: nsec,
+            })
         }
     }
 }
@@ -172,12 +175,22 @@ impl Core {
         let mut bytes = Vec::new();
         let res = io::Read::read_to_end(&mut &f, &mut bytes)
             .map_err(|e| e.to_string())
-            .and_then(|_| ZoneMarker::decode(&bytes, self.keys.store().read().master()).map_err(|e| e.to_string()));
+            .and_then(|_| {
+                ZoneMarker::decode(&bytes, self.keys.store().read().master()).map_err(|e| e.to_string())
+            });
         Some(Arc::new(match res {
-            Ok(m) => Zone { id: m.zone_id, key: m.key, broken: None },
+            Ok(m) => Zone {
+                id: m.zone_id,
+                key: m.key,
+                broken: None,
+            },
             Err(why) => {
                 log::error!("{}: {why}; files in this zone give EIO", sys::describe(dir));
-                Zone { id: [0xff; 16], key: String::new(), broken: Some(why) }
+                Zone {
+                    id: [0xff; 16],
+                    key: String::new(),
+                    broken: Some(why),
+                }
             }
         }))
     }
@@ -226,7 +239,11 @@ impl Core {
             .inodes
             .insert((st.st_dev, st.st_ino), is_dir, || {
                 let fd = sys::open_at(parent.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-                let own = if is_dir { self.read_marker(std::os::fd::AsFd::as_fd(&fd)) } else { None };
+                let own = if is_dir {
+                    self.read_marker(std::os::fd::AsFd::as_fd(&fd))
+                } else {
+                    None
+                };
                 let root = own.is_some();
                 Ok((fd, own.or_else(|| parent.zone()), root))
             })
@@ -242,7 +259,11 @@ impl Core {
             return Ok(());
         }
         let pst = sys::stat_at(parent.fd(), OsStr::new("")).map_err(io_err)?;
-        let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { req.gid() };
+        let gid = if pst.st_mode & libc::S_ISGID != 0 {
+            pst.st_gid
+        } else {
+            req.gid()
+        };
         sys::chown(ino.fd(), req.uid(), gid).map_err(io_err)
     }
 
@@ -308,7 +329,12 @@ impl Core {
         }
         // The kernel computes append offsets itself and, with the writeback cache, reads
         // pages of files opened write-only: the backing file is opened read-write.
-        let strip = libc::O_APPEND | libc::O_DIRECT | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW;
+        let strip = libc::O_APPEND
+            | libc::O_DIRECT
+            | libc::O_CREAT
+            | libc::O_EXCL
+            | libc::O_NOCTTY
+            | libc::O_NOFOLLOW;
         let mut flags = flags & !strip;
         if self.writeback && flags & libc::O_ACCMODE == libc::O_WRONLY {
             flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
@@ -323,15 +349,28 @@ impl Core {
         if Self::is_encrypted(ino, st.st_mode) {
             self.enc_file(ino)?.truncate(size)
         } else {
-            sys::reopen(ino.fd(), libc::O_WRONLY).and_then(|f| f.set_len(size)).map_err(io_err)
+            sys::reopen(ino.fd(), libc::O_WRONLY)
+                .and_then(|f| f.set_len(size))
+                .map_err(io_err)
         }
     }
 
     fn rmdir(&self, parent: &Inode, name: &OsStr) -> FsResult<()> {
-        let dir = sys::open_at(parent.fd(), name, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)
-            .map_err(io_err)?;
+        let dir = sys::open_at(
+            parent.fd(),
+            name,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )
+        .map_err(io_err)?;
         let dirfd = std::os::fd::AsFd::as_fd(&dir);
-        let marker = sys::open_at(dirfd, OsStr::new(MARKER_FILE), libc::O_RDONLY | libc::O_NOFOLLOW, 0).ok();
+        let marker = sys::open_at(
+            dirfd,
+            OsStr::new(MARKER_FILE),
+            libc::O_RDONLY | libc::O_NOFOLLOW,
+            0,
+        )
+        .ok();
         let Some(marker) = marker else {
             return sys::unlink_at(parent.fd(), name, libc::AT_REMOVEDIR).map_err(io_err);
         };
@@ -339,7 +378,11 @@ impl Core {
         // if that fails (a file appeared), put the marker back.
         let mut bytes = Vec::new();
         io::Read::read_to_end(&mut File::from(marker), &mut bytes).map_err(io_err)?;
-        if sys::read_dir(dirfd).map_err(io_err)?.iter().any(|(n, _, _)| n != MARKER_FILE) {
+        if sys::read_dir(dirfd)
+            .map_err(io_err)?
+            .iter()
+            .any(|(n, _, _)| n != MARKER_FILE)
+        {
             return Err(Errno::ENOTEMPTY);
         }
         let zone = ZoneMarker::decode(&bytes, self.keys.store().read().master()).ok();
@@ -353,7 +396,10 @@ impl Core {
         }
         if let Some(z) = zone {
             if let Err(e) = self.keys.store().write().unregister_zone(&z.id_hex()) {
-                log::error!("zone {} removed, but the keystore could not forget it: {e}", z.id_hex());
+                log::error!(
+                    "zone {} removed, but the keystore could not forget it: {e}",
+                    z.id_hex()
+                );
             }
         }
         Ok(())
@@ -361,7 +407,12 @@ impl Core {
 
     /// After a rename, a moved zone root's path in the keystore registry is updated.
     fn note_moved_zone(&self, dir: &Inode, name: &OsStr) {
-        let Ok(fd) = sys::open_at(dir.fd(), name, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0) else {
+        let Ok(fd) = sys::open_at(
+            dir.fd(),
+            name,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        ) else {
             return;
         };
         if let Some(z) = self.read_marker(std::os::fd::AsFd::as_fd(&fd)) {
@@ -378,11 +429,17 @@ impl Core {
 
     /// A backing path relative to the backing root, as the registry stores it.
     pub fn relative(&self, p: &std::path::Path) -> String {
-        p.strip_prefix(&self.backing).unwrap_or(p).to_string_lossy().into_owned()
+        p.strip_prefix(&self.backing)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
     }
 
     fn dir_entries(&self, ino: &Inode) -> FsResult<Vec<(OsString, u64, u8)>> {
-        let mut v = vec![(OsString::from("."), ino.key.1, libc::DT_DIR), (OsString::from(".."), ino.key.1, libc::DT_DIR)];
+        let mut v = vec![
+            (OsString::from("."), ino.key.1, libc::DT_DIR),
+            (OsString::from(".."), ino.key.1, libc::DT_DIR),
+        ];
         for e in sys::read_dir(ino.fd()).map_err(io_err)? {
             if !zone::is_reserved(e.0.as_bytes(), ino.id == ROOT) {
                 v.push(e);
@@ -411,10 +468,18 @@ impl Filesystem for EzFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
-        if self.0.writeback && config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE).is_err() {
+        if self.0.writeback
+            && config
+                .add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE)
+                .is_err()
+        {
             log::warn!("the kernel offers no writeback cache; small writes will be slower");
         }
+        // We clear set-user/group-id bits on write and truncate ourselves, which lets the
+        // kernel mark inodes "no security xattrs" instead of asking for
+        // security.capability on every write(2) (a request per write otherwise).
         for flag in [
+            fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2,
             fuser::InitFlags::FUSE_DO_READDIRPLUS,
             fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
             fuser::InitFlags::FUSE_PARALLEL_DIROPS,
@@ -443,7 +508,7 @@ impl Filesystem for EzFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -468,13 +533,23 @@ impl Filesystem for EzFs {
             tri!(reply, sys::chmod(i.fd(), mode & 0o7777).map_err(io_err));
         }
         if uid.is_some() || gid.is_some() {
-            tri!(reply, sys::chown(i.fd(), uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX)).map_err(io_err));
+            tri!(
+                reply,
+                sys::chown(i.fd(), uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX)).map_err(io_err)
+            );
         }
         if let Some(size) = size {
             tri!(reply, c.set_size(&i, size));
+            // what the kernel does for a truncate by an unprivileged user
+            if req.uid() != 0 && mode.is_none() {
+                tri!(reply, kill_suidgid(&i));
+            }
         }
         if atime.is_some() || mtime.is_some() {
-            tri!(reply, sys::utimens(i.fd(), atime.map(timespec), mtime.map(timespec)).map_err(io_err));
+            tri!(
+                reply,
+                sys::utimens(i.fd(), atime.map(timespec), mtime.map(timespec)).map_err(io_err)
+            );
         }
         let attr = tri!(reply, c.getattr_of(&i));
         reply.attr(&TTL, &attr);
@@ -500,7 +575,10 @@ impl Filesystem for EzFs {
         tri!(reply, c.writable_check());
         let p = tri!(reply, c.inode(parent));
         tri!(reply, Core::check_new_name(&p, name));
-        tri!(reply, sys::mknod_at(p.fd(), name, mode & !umask, rdev as u64).map_err(io_err));
+        tri!(
+            reply,
+            sys::mknod_at(p.fd(), name, mode & !umask, rdev as u64).map_err(io_err)
+        );
         let (_, attr) = tri!(reply, c.created(req, &p, name));
         reply.entry(&TTL, &attr, Generation(0));
     }
@@ -510,7 +588,10 @@ impl Filesystem for EzFs {
         tri!(reply, c.writable_check());
         let p = tri!(reply, c.inode(parent));
         tri!(reply, Core::check_new_name(&p, name));
-        tri!(reply, sys::mkdir_at(p.fd(), name, mode & !umask & 0o7777).map_err(io_err));
+        tri!(
+            reply,
+            sys::mkdir_at(p.fd(), name, mode & !umask & 0o7777).map_err(io_err)
+        );
         let (_, attr) = tri!(reply, c.created(req, &p, name));
         reply.entry(&TTL, &attr, Generation(0));
     }
@@ -537,12 +618,22 @@ impl Filesystem for EzFs {
         reply.ok();
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
         let c = &self.0;
         tri!(reply, c.writable_check());
         let p = tri!(reply, c.inode(parent));
         tri!(reply, Core::check_new_name(&p, link_name));
-        tri!(reply, sys::symlink_at(target.as_os_str(), p.fd(), link_name).map_err(io_err));
+        tri!(
+            reply,
+            sys::symlink_at(target.as_os_str(), p.fd(), link_name).map_err(io_err)
+        );
         let (_, attr) = tri!(reply, c.created(req, &p, link_name));
         reply.entry(&TTL, &attr, Generation(0));
     }
@@ -568,7 +659,10 @@ impl Filesystem for EzFs {
         if zone::check_rename(p.zone_id(), np.zone_id()).is_err() {
             return reply.error(Errno::EXDEV);
         }
-        tri!(reply, sys::rename_at(p.fd(), name, np.fd(), newname, flags.bits()).map_err(io_err));
+        tri!(
+            reply,
+            sys::rename_at(p.fd(), name, np.fd(), newname, flags.bits()).map_err(io_err)
+        );
         c.note_moved_zone(&np, newname);
         if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             c.note_moved_zone(&p, name);
@@ -626,16 +720,20 @@ impl Filesystem for EzFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let h = tri!(reply, self.0.handle(fh));
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            let i = tri!(reply, self.0.inode(ino));
+            tri!(reply, kill_suidgid(&i));
+        }
         match &*h {
             Handle::Enc(e) => tri!(reply, e.write(offset, data)),
             Handle::Plain(f) => tri!(reply, f.write_all_at(data, offset).map_err(io_err)),
@@ -644,7 +742,14 @@ impl Filesystem for EzFs {
         reply.written(data.len() as u32);
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
@@ -682,7 +787,9 @@ impl Filesystem for EzFs {
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let h = tri!(reply, self.0.handle(fh));
-        let Handle::Dir(entries) = &*h else { return reply.error(Errno::ENOTDIR) };
+        let Handle::Dir(entries) = &*h else {
+            return reply.error(Errno::ENOTDIR);
+        };
         for (i, (name, ino, t)) in entries.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*ino), i as u64 + 1, dtype_to_file_type(*t), name) {
                 break;
@@ -691,11 +798,20 @@ impl Filesystem for EzFs {
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         let c = &self.0;
         let h = tri!(reply, c.handle(fh));
         let dir = tri!(reply, c.inode(ino));
-        let Handle::Dir(entries) = &*h else { return reply.error(Errno::ENOTDIR) };
+        let Handle::Dir(entries) = &*h else {
+            return reply.error(Errno::ENOTDIR);
+        };
         for (i, (name, _, _)) in entries.iter().enumerate().skip(offset as usize) {
             let next = i as u64 + 1;
             if name == "." || name == ".." {
@@ -706,7 +822,9 @@ impl Filesystem for EzFs {
                 }
                 continue;
             }
-            let Ok((child, attr)) = c.lookup_child(&dir, name) else { continue };
+            let Ok((child, attr)) = c.lookup_child(&dir, name) else {
+                continue;
+            };
             if reply.add(INodeNo(child.id), next, name, &TTL, &attr, Generation(0)) {
                 c.inodes.forget(child.id, 1);
                 break;
@@ -715,14 +833,26 @@ impl Filesystem for EzFs {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.0.handles.write().remove(&fh.0);
         reply.ok();
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let i = tri!(reply, self.0.inode(ino));
-        tri!(reply, sys::reopen(i.fd(), libc::O_RDONLY | libc::O_DIRECTORY).and_then(|f| f.sync_all()).map_err(io_err));
+        tri!(
+            reply,
+            sys::reopen(i.fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err)
+        );
         reply.ok();
     }
 
@@ -813,8 +943,13 @@ impl Filesystem for EzFs {
         let excl = flags & libc::O_EXCL;
         let f = tri!(
             reply,
-            sys::open_at(p.fd(), name, libc::O_CREAT | excl | libc::O_WRONLY | libc::O_NOFOLLOW, mode & !umask & 0o7777)
-                .map_err(io_err)
+            sys::open_at(
+                p.fd(),
+                name,
+                libc::O_CREAT | excl | libc::O_WRONLY | libc::O_NOFOLLOW,
+                mode & !umask & 0o7777
+            )
+            .map_err(io_err)
         );
         drop(f);
         let (ino, _) = tri!(reply, c.created(req, &p, name));
@@ -829,7 +964,16 @@ impl Filesystem for EzFs {
         reply.created(&TTL, &attr, Generation(0), c.add_handle(h), FopenFlags::empty());
     }
 
-    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
         tri!(reply, self.0.writable_check());
         let h = tri!(reply, self.0.handle(fh));
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
@@ -846,6 +990,20 @@ impl Filesystem for EzFs {
         tri!(reply, r);
         reply.ok();
     }
+}
+
+/// Clears set-user-id, and set-group-id when group-executable, as the kernel does when
+/// an unprivileged user writes or truncates a file (we asked for FUSE_HANDLE_KILLPRIV_V2).
+fn kill_suidgid(i: &Inode) -> FsResult<()> {
+    let st = sys::stat_at(i.fd(), OsStr::new("")).map_err(io_err)?;
+    let mut kill = libc::S_ISUID;
+    if st.st_mode & libc::S_IXGRP != 0 {
+        kill |= libc::S_ISGID;
+    }
+    if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_mode & kill != 0 {
+        sys::chmod(i.fd(), st.st_mode & 0o7777 & !kill).map_err(io_err)?;
+    }
+    Ok(())
 }
 
 /// Extended attributes go through the file itself; symlinks (whose `/proc` link would

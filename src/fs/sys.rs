@@ -108,7 +108,13 @@ pub fn rename_at(
 pub fn link_at(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     let (src, name) = (proc_path(fd.as_raw_fd()), cstr(name)?);
     check(unsafe {
-        libc::linkat(libc::AT_FDCWD, src.as_ptr(), dir.as_raw_fd(), name.as_ptr(), libc::AT_SYMLINK_FOLLOW)
+        libc::linkat(
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
     })
     .map(drop)
 }
@@ -129,7 +135,13 @@ pub fn readlink(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
 pub fn chown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
     let empty = c"";
     check(unsafe {
-        libc::fchownat(fd.as_raw_fd(), empty.as_ptr(), uid, gid, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+        libc::fchownat(
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            uid,
+            gid,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
     })
     .map(drop)
 }
@@ -140,10 +152,20 @@ pub fn chmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
 }
 
 /// Sets atime/mtime (each `None` = leave, `Some(None)` = now).
-pub fn utimens(fd: BorrowedFd<'_>, atime: Option<Option<libc::timespec>>, mtime: Option<Option<libc::timespec>>) -> io::Result<()> {
+pub fn utimens(
+    fd: BorrowedFd<'_>,
+    atime: Option<Option<libc::timespec>>,
+    mtime: Option<Option<libc::timespec>>,
+) -> io::Result<()> {
     let conv = |t: Option<Option<libc::timespec>>| match t {
-        None => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-        Some(None) => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(None) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
         Some(Some(ts)) => ts,
     };
     let times = [conv(atime), conv(mtime)];
@@ -177,8 +199,16 @@ pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Result<u
 
 pub fn setxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
     let p = proc_path(fd.as_raw_fd());
-    xattr_result(unsafe { libc::setxattr(p.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags) } as isize)
-        .map(drop)
+    xattr_result(unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    } as isize)
+    .map(drop)
 }
 
 pub fn listxattr(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {

@@ -45,7 +45,9 @@ fn walk(dir: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata)) {
     let Ok(rd) = std::fs::read_dir(dir) else { return };
     for e in rd.flatten() {
         let p = e.path();
-        let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
         f(&p, &m);
         if m.is_dir() {
             walk(&p, f);
@@ -105,15 +107,25 @@ impl Core {
         if caller != 0 && meta.uid() != caller {
             return Err(format!("{shown}: only its owner or root may make it a zone"));
         }
-        let is_empty = || std::fs::read_dir(&dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+        let is_empty = || {
+            std::fs::read_dir(&dir)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false)
+        };
         if self.marker_at(&dir).is_some() {
             return Err(format!("{shown} is already an encryption zone"));
         }
         if !is_empty() {
-            return Err(format!("{shown} is not empty; a zone can only be created on an empty directory"));
+            return Err(format!(
+                "{shown} is not empty; a zone can only be created on an empty directory"
+            ));
         }
         let marker = ZoneMarker::new(key);
-        let zone = Arc::new(Zone { id: marker.zone_id, key: key.into(), broken: None });
+        let zone = Arc::new(Zone {
+            id: marker.zone_id,
+            key: key.into(),
+            broken: None,
+        });
         let old_zone = self.enclosing_zone(&dir);
         self.set_cached_zone(&dir, Some(zone.clone()), true);
         let bytes = marker.encode(self.keys.store().read().master());
@@ -125,22 +137,38 @@ impl Core {
         if !only_marker {
             let _ = std::fs::remove_file(&marker_path);
             self.set_cached_zone(&dir, old_zone, false);
-            return Err(format!("{shown} is not empty; a zone can only be created on an empty directory"));
+            return Err(format!(
+                "{shown} is not empty; a zone can only be created on an empty directory"
+            ));
         }
         self.keys
             .store()
             .write()
             .register_zone(&marker.id_hex(), key, &self.relative(&dir))
             .map_err(|e| e.to_string())?;
-        Ok(ZoneSummary { path: shown, zone_id: marker.id_hex(), key: key.into(), key_version: version, files: 0 })
+        Ok(ZoneSummary {
+            path: shown,
+            zone_id: marker.id_hex(),
+            key: key.into(),
+            key_version: version,
+            files: 0,
+        })
     }
 
     /// The zone a directory's contents belonged to before it became a zone root.
     fn enclosing_zone(&self, dir: &Path) -> Option<Arc<Zone>> {
         let (_, m) = self.zone_root_of(dir.parent()?)?;
         Some(Arc::new(match m {
-            Ok(m) => Zone { id: m.zone_id, key: m.key, broken: None },
-            Err(why) => Zone { id: [0xff; 16], key: String::new(), broken: Some(why) },
+            Ok(m) => Zone {
+                id: m.zone_id,
+                key: m.key,
+                broken: None,
+            },
+            Err(why) => Zone {
+                id: [0xff; 16],
+                key: String::new(),
+                broken: Some(why),
+            },
         }))
     }
 
@@ -164,8 +192,14 @@ impl Core {
         let p = self.resolve(rel)?;
         let shown = self.mount_rel(&p);
         let meta = std::fs::symlink_metadata(&p).map_err(|e| format!("{shown}: {e}"))?;
-        let start = if meta.is_dir() { p.as_path() } else { p.parent().unwrap_or(&p) };
-        let (root, marker) = self.zone_root_of(start).ok_or_else(|| format!("{shown} is not in an encryption zone"))?;
+        let start = if meta.is_dir() {
+            p.as_path()
+        } else {
+            p.parent().unwrap_or(&p)
+        };
+        let (root, marker) = self
+            .zone_root_of(start)
+            .ok_or_else(|| format!("{shown} is not in an encryption zone"))?;
         let marker = marker.map_err(|e| format!("zone {}: {e}", self.mount_rel(&root)))?;
         let mut info = PathInfo {
             path: shown.clone(),
@@ -212,7 +246,11 @@ impl Core {
                 }
             } else if m.is_file() && p.file_name().is_some_and(|n| n != MARKER_FILE) {
                 // the closest zone root above the file: the longest matching prefix
-                if let Some(z) = zones.iter_mut().filter(|(root, _)| p.starts_with(root)).max_by_key(|(r, _)| r.as_os_str().len()) {
+                if let Some(z) = zones
+                    .iter_mut()
+                    .filter(|(root, _)| p.starts_with(root))
+                    .max_by_key(|(r, _)| r.as_os_str().len())
+                {
                     z.1.files += 1;
                 }
             }
@@ -236,7 +274,15 @@ impl Core {
             .iter()
             .filter(|(id, z)| {
                 let dir = self.backing.join(&z.path);
-                !matches!(self.marker_at(&dir), Some(Ok(m)) if &m.id_hex() == *id)
+                match self.marker_at(&dir) {
+                    Some(Ok(m)) => &m.id_hex() != *id,
+                    // present but not authentic: the zone stays a zone, its files give EIO
+                    Some(Err(e)) => {
+                        log::error!("zone /{} (key {}): {e}; its files will give EIO", z.path, z.key);
+                        false
+                    }
+                    None => true,
+                }
             })
             .collect();
         if missing.is_empty() {
@@ -257,7 +303,11 @@ impl Core {
             if let Some(p) = found.get(id) {
                 let rel = self.relative(p);
                 log::info!("zone {id} (key {}) moved from /{} to /{rel}", z.key, z.path);
-                self.keys.store().write().register_zone(id, &z.key, &rel).map_err(|e| e.to_string())?;
+                self.keys
+                    .store()
+                    .write()
+                    .register_zone(id, &z.key, &rel)
+                    .map_err(|e| e.to_string())?;
             } else if self.backing.join(&z.path).is_dir() {
                 return Err(format!(
                     "zone /{} (key {}, id {id}) has lost its marker {MARKER_FILE}; refusing to mount so that new \
@@ -266,8 +316,16 @@ impl Core {
                     z.path, z.key
                 ));
             } else {
-                log::warn!("zone /{} (key {}, id {id}) no longer exists; forgetting it", z.path, z.key);
-                self.keys.store().write().unregister_zone(id).map_err(|e| e.to_string())?;
+                log::warn!(
+                    "zone /{} (key {}, id {id}) no longer exists; forgetting it",
+                    z.path,
+                    z.key
+                );
+                self.keys
+                    .store()
+                    .write()
+                    .unregister_zone(id)
+                    .map_err(|e| e.to_string())?;
             }
         }
         Ok(())

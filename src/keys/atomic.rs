@@ -31,7 +31,12 @@ pub struct FileLock(File);
 
 impl FileLock {
     pub fn acquire(path: &Path) -> io::Result<FileLock> {
-        let f = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(path)?;
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path)?;
         loop {
             // SAFETY: flock on a valid, owned descriptor.
             let r = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) };

@@ -41,7 +41,11 @@ pub struct KdfParams {
 impl Default for KdfParams {
     /// 64 MiB, 3 passes, 1 lane: about 0.2 s on a current core.
     fn default() -> Self {
-        KdfParams { m_kib: 64 * 1024, t: 3, p: 1 }
+        KdfParams {
+            m_kib: 64 * 1024,
+            t: 3,
+            p: 1,
+        }
     }
 }
 
@@ -97,7 +101,11 @@ pub struct Body {
 impl Body {
     /// Zone roots (paths) that use key `name`.
     pub fn zones_using(&self, name: &str) -> Vec<String> {
-        self.zones.values().filter(|z| z.key == name).map(|z| z.path.clone()).collect()
+        self.zones
+            .values()
+            .filter(|z| z.key == name)
+            .map(|z| z.path.clone())
+            .collect()
     }
 }
 
@@ -124,19 +132,26 @@ pub struct Keystore {
 
 impl std::fmt::Debug for Keystore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keystore").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("Keystore")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 fn master_aad(kdf: &Kdf) -> Vec<u8> {
@@ -189,11 +204,16 @@ fn read_store(dir: &Path) -> Result<StoreFile, KeyError> {
     let data = match std::fs::read(&path) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(KeyError::NotInitialized(dir.parent().unwrap_or(dir).to_path_buf()))
+            return Err(KeyError::NotInitialized(
+                dir.parent().unwrap_or(dir).to_path_buf(),
+            ))
         }
         Err(e) => return Err(KeyError::io(format!("cannot read {}", path.display()))(e)),
     };
-    let corrupt = |why: String| KeyError::Corrupt { path: path.clone(), why };
+    let corrupt = |why: String| KeyError::Corrupt {
+        path: path.clone(),
+        why,
+    };
     let store: StoreFile = serde_json::from_slice(&data).map_err(|e| corrupt(e.to_string()))?;
     if store.format != KEYSTORE_FORMAT {
         return Err(KeyError::UnsupportedFormat(store.format));
@@ -213,26 +233,44 @@ impl Keystore {
     /// Creates `BACKING/.ezfs` with an empty keystore sealed by `passphrase`.
     /// Refuses when `.ezfs` exists or the backing dir is not empty.
     pub fn init(backing: &Path, passphrase: &[u8], params: KdfParams) -> Result<Keystore, KeyError> {
-        let meta = std::fs::metadata(backing)
-            .map_err(KeyError::io(format!("cannot use {} as backing directory", backing.display())))?;
+        let meta = std::fs::metadata(backing).map_err(KeyError::io(format!(
+            "cannot use {} as backing directory",
+            backing.display()
+        )))?;
         if !meta.is_dir() {
-            return Err(KeyError::Other(format!("{} is not a directory", backing.display())));
+            return Err(KeyError::Other(format!(
+                "{} is not a directory",
+                backing.display()
+            )));
         }
         let dir = ezfs_dir(backing);
         if dir.exists() {
-            return Err(KeyError::Other(format!("{} is already initialized (.ezfs exists)", backing.display())));
+            return Err(KeyError::Other(format!(
+                "{} is already initialized (.ezfs exists)",
+                backing.display()
+            )));
         }
-        let mut entries = std::fs::read_dir(backing).map_err(KeyError::io(format!("cannot list {}", backing.display())))?;
+        let mut entries =
+            std::fs::read_dir(backing).map_err(KeyError::io(format!("cannot list {}", backing.display())))?;
         if entries.next().is_some() {
-            return Err(KeyError::Other(format!("{} is not empty; ezfs init wants an empty directory", backing.display())));
+            return Err(KeyError::Other(format!(
+                "{} is not empty; ezfs init wants an empty directory",
+                backing.display()
+            )));
         }
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&dir)
             .map_err(KeyError::io(format!("cannot create {}", dir.display())))?;
-        let kdf = Kdf { algorithm: "argon2id".into(), params, salt: hex(&random_bytes::<16>()) };
+        let kdf = Kdf {
+            algorithm: "argon2id".into(),
+            params,
+            salt: hex(&random_bytes::<16>()),
+        };
         let master = Key::random();
-        let sealed_master = hex(&derive_kek(passphrase, &kdf)?.cipher().wrap_key(&master_aad(&kdf), &master));
+        let sealed_master = hex(&derive_kek(passphrase, &kdf)?
+            .cipher()
+            .wrap_key(&master_aad(&kdf), &master));
         let ks = Keystore {
             dir,
             kdf,
@@ -251,11 +289,15 @@ impl Keystore {
         let dir = ezfs_dir(backing);
         let store = read_store(&dir)?;
         let path = dir.join(KEYSTORE_FILE);
-        let wrapped = to_wrapped(&store.master)
-            .ok_or_else(|| KeyError::Corrupt { path: path.clone(), why: "bad master key field".into() })?;
+        let wrapped = to_wrapped(&store.master).ok_or_else(|| KeyError::Corrupt {
+            path: path.clone(),
+            why: "bad master key field".into(),
+        })?;
         let kek = derive_kek(passphrase, &store.kdf)?;
-        let master =
-            kek.cipher().unwrap_key(&master_aad(&store.kdf), &wrapped).map_err(|_| KeyError::WrongPassphrase)?;
+        let master = kek
+            .cipher()
+            .unwrap_key(&master_aad(&store.kdf), &wrapped)
+            .map_err(|_| KeyError::WrongPassphrase)?;
         let mut ks = Keystore {
             dir,
             kdf: store.kdf.clone(),
@@ -272,9 +314,13 @@ impl Keystore {
     /// Verifies the body's MAC and unseals every key version.
     fn load(&mut self, store: StoreFile) -> Result<(), KeyError> {
         let path = self.dir.join(KEYSTORE_FILE);
-        let corrupt = |why: &str| KeyError::Corrupt { path: path.clone(), why: why.into() };
-        let mac: [u8; NONCE_LEN + TAG_LEN] =
-            unhex(&store.mac).and_then(|m| m.try_into().ok()).ok_or_else(|| corrupt("bad mac field"))?;
+        let corrupt = |why: &str| KeyError::Corrupt {
+            path: path.clone(),
+            why: why.into(),
+        };
+        let mac: [u8; NONCE_LEN + TAG_LEN] = unhex(&store.mac)
+            .and_then(|m| m.try_into().ok())
+            .ok_or_else(|| corrupt("bad mac field"))?;
         self.master
             .verify_mac(&body_aad(&store.body), &mac)
             .map_err(|_| corrupt("authentication failed (was it edited?)"))?;
@@ -317,9 +363,13 @@ impl Keystore {
     }
 
     /// Applies `change` to the freshest copy of the keystore under the lock, then saves.
-    fn update<T>(&mut self, change: impl FnOnce(&mut Keystore) -> Result<T, KeyError>) -> Result<T, KeyError> {
+    fn update<T>(
+        &mut self,
+        change: impl FnOnce(&mut Keystore) -> Result<T, KeyError>,
+    ) -> Result<T, KeyError> {
         let lock_path = self.dir.join(LOCK_FILE);
-        let _lock = FileLock::acquire(&lock_path).map_err(KeyError::io(format!("cannot lock {}", lock_path.display())))?;
+        let _lock = FileLock::acquire(&lock_path)
+            .map_err(KeyError::io(format!("cannot lock {}", lock_path.display())))?;
         self.reload()?;
         let out = change(self)?;
         self.save()?;
@@ -346,7 +396,11 @@ impl Keystore {
 
     /// Newest version of key `name`.
     pub fn current_version(&self, name: &str) -> Result<u32, KeyError> {
-        self.body.keys.get(name).map(KeyEntry::current).ok_or_else(|| KeyError::NoSuchKey(name.into()))
+        self.body
+            .keys
+            .get(name)
+            .map(KeyEntry::current)
+            .ok_or_else(|| KeyError::NoSuchKey(name.into()))
     }
 
     /// Material of `name@version`.
@@ -376,7 +430,14 @@ impl Keystore {
                 return Err(KeyError::KeyExists(name.into()));
             }
             let v = ks.seal_version(name, 1);
-            ks.body.keys.insert(name.into(), KeyEntry { owner, created: now(), versions: vec![v] });
+            ks.body.keys.insert(
+                name.into(),
+                KeyEntry {
+                    owner,
+                    created: now(),
+                    versions: vec![v],
+                },
+            );
             Ok(())
         })?;
         Ok(())
@@ -400,7 +461,10 @@ impl Keystore {
             }
             let zones = ks.body.zones_using(name);
             if !zones.is_empty() {
-                return Err(KeyError::KeyInUse { name: name.into(), zones });
+                return Err(KeyError::KeyInUse {
+                    name: name.into(),
+                    zones,
+                });
             }
             ks.body.keys.remove(name);
             Ok(())
@@ -411,7 +475,13 @@ impl Keystore {
     pub fn register_zone(&mut self, zone_id: &str, key: &str, path: &str) -> Result<(), KeyError> {
         self.update(|ks| {
             ks.current_version(key)?;
-            ks.body.zones.insert(zone_id.into(), ZoneEntry { key: key.into(), path: path.into() });
+            ks.body.zones.insert(
+                zone_id.into(),
+                ZoneEntry {
+                    key: key.into(),
+                    path: path.into(),
+                },
+            );
             Ok(())
         })
     }
@@ -426,7 +496,11 @@ impl Keystore {
 
     /// Re-seals the master key under a new passphrase; nothing else changes.
     pub fn change_passphrase(&mut self, new_passphrase: &[u8]) -> Result<(), KeyError> {
-        let kdf = Kdf { algorithm: "argon2id".into(), params: self.kdf.params, salt: hex(&random_bytes::<16>()) };
+        let kdf = Kdf {
+            algorithm: "argon2id".into(),
+            params: self.kdf.params,
+            salt: hex(&random_bytes::<16>()),
+        };
         let kek = derive_kek(new_passphrase, &kdf)?;
         self.update(|ks| {
             // reload() proved the file still authenticates under this master key
@@ -443,7 +517,11 @@ use std::os::unix::fs::DirBuilderExt;
 mod tests {
     use super::*;
 
-    const CHEAP: KdfParams = KdfParams { m_kib: 64, t: 1, p: 1 };
+    const CHEAP: KdfParams = KdfParams {
+        m_kib: 64,
+        t: 1,
+        p: 1,
+    };
 
     fn fresh() -> (tempfile::TempDir, Keystore) {
         let d = tempfile::tempdir().unwrap();
@@ -456,24 +534,43 @@ mod tests {
         let (d, mut ks) = fresh();
         ks.create_key("k1", 0).unwrap();
         let before = std::fs::read(d.path().join(".ezfs/keystore.json")).unwrap();
-        assert!(matches!(Keystore::unlock(d.path(), b"nope"), Err(KeyError::WrongPassphrase)));
-        assert_eq!(std::fs::read(d.path().join(".ezfs/keystore.json")).unwrap(), before, "nothing changed");
+        assert!(matches!(
+            Keystore::unlock(d.path(), b"nope"),
+            Err(KeyError::WrongPassphrase)
+        ));
+        assert_eq!(
+            std::fs::read(d.path().join(".ezfs/keystore.json")).unwrap(),
+            before,
+            "nothing changed"
+        );
         let ks2 = Keystore::unlock(d.path(), b"pw").unwrap();
         assert_eq!(ks2.material("k1", 1).unwrap(), ks.material("k1", 1).unwrap());
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(d.path().join(".ezfs/keystore.json")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(d.path().join(".ezfs/keystore.json"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
     fn init_refuses_non_empty_or_existing() {
         let (d, _) = fresh();
-        assert!(Keystore::init(d.path(), b"pw", CHEAP).unwrap_err().to_string().contains("already initialized"));
+        assert!(Keystore::init(d.path(), b"pw", CHEAP)
+            .unwrap_err()
+            .to_string()
+            .contains("already initialized"));
         let d2 = tempfile::tempdir().unwrap();
         std::fs::write(d2.path().join("f"), b"x").unwrap();
-        assert!(Keystore::init(d2.path(), b"pw", CHEAP).unwrap_err().to_string().contains("not empty"));
+        assert!(Keystore::init(d2.path(), b"pw", CHEAP)
+            .unwrap_err()
+            .to_string()
+            .contains("not empty"));
         let d3 = tempfile::tempdir().unwrap();
-        assert!(matches!(Keystore::unlock(d3.path(), b"pw"), Err(KeyError::NotInitialized(_))));
+        assert!(matches!(
+            Keystore::unlock(d3.path(), b"pw"),
+            Err(KeyError::NotInitialized(_))
+        ));
     }
 
     #[test]
@@ -517,7 +614,10 @@ mod tests {
         // an edited body (e.g. a zone removed) fails the MAC
         let edited = text.replace("\"owner\": 0", "\"owner\": 1");
         std::fs::write(&p, edited).unwrap();
-        assert!(matches!(Keystore::unlock(d.path(), b"pw"), Err(KeyError::Corrupt { .. })));
+        assert!(matches!(
+            Keystore::unlock(d.path(), b"pw"),
+            Err(KeyError::Corrupt { .. })
+        ));
     }
 
     #[test]
@@ -525,7 +625,10 @@ mod tests {
         let (d, mut ks) = fresh();
         ks.create_key("k1", 0).unwrap();
         ks.change_passphrase(b"new").unwrap();
-        assert!(matches!(Keystore::unlock(d.path(), b"pw"), Err(KeyError::WrongPassphrase)));
+        assert!(matches!(
+            Keystore::unlock(d.path(), b"pw"),
+            Err(KeyError::WrongPassphrase)
+        ));
         let ks2 = Keystore::unlock(d.path(), b"new").unwrap();
         assert_eq!(ks2.material("k1", 1).unwrap(), ks.material("k1", 1).unwrap());
         // a process that unlocked before the change still reloads fine
@@ -543,7 +646,10 @@ mod tests {
         let dek = Key::random();
         let w = provider.wrap("late", 1, b"aad", &dek).unwrap();
         assert_eq!(provider.unwrap("late", 1, b"aad", &w).unwrap(), dek);
-        assert!(matches!(provider.unwrap("late", 1, b"other", &w), Err(KeyError::Unwrap(..))));
+        assert!(matches!(
+            provider.unwrap("late", 1, b"other", &w),
+            Err(KeyError::Unwrap(..))
+        ));
     }
 
     use crate::keys::LocalProvider as LocalProviderForTest;

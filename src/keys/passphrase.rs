@@ -17,7 +17,11 @@ pub fn from_file(path: &Path) -> Result<Passphrase, String> {
         std::fs::read(path).map_err(|e| format!("cannot read passphrase file {}: {e}", path.display()))?,
     );
     let end = data.iter().position(|&b| b == b'\n').unwrap_or(data.len());
-    let end = if end > 0 && data[end - 1] == b'\r' { end - 1 } else { end };
+    let end = if end > 0 && data[end - 1] == b'\r' {
+        end - 1
+    } else {
+        end
+    };
     if end == 0 {
         return Err(format!("passphrase file {} is empty", path.display()));
     }
@@ -39,14 +43,16 @@ pub fn obtain(file: Option<&Path>, what: &str, confirm: bool) -> Result<Passphra
         ));
     }
     let first = Zeroizing::new(
-        rpassword::prompt_password(format!("{}: ", capitalize(what))).map_err(|e| format!("cannot read {what}: {e}"))?,
+        rpassword::prompt_password(format!("{}: ", capitalize(what)))
+            .map_err(|e| format!("cannot read {what}: {e}"))?,
     );
     if first.is_empty() {
         return Err(format!("the {what} must not be empty"));
     }
     if confirm {
         let again = Zeroizing::new(
-            rpassword::prompt_password(format!("Repeat {what}: ")).map_err(|e| format!("cannot read {what}: {e}"))?,
+            rpassword::prompt_password(format!("Repeat {what}: "))
+                .map_err(|e| format!("cannot read {what}: {e}"))?,
         );
         if *again != *first {
             return Err(format!("the two {what}s differ"));
@@ -57,7 +63,9 @@ pub fn obtain(file: Option<&Path>, what: &str, confirm: bool) -> Result<Passphra
 
 fn capitalize(s: &str) -> String {
     let mut c = s.chars();
-    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

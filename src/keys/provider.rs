@@ -13,9 +13,21 @@ pub trait KeyProvider: Send + Sync {
     /// The version new files under key `name` use.
     fn current_version(&self, name: &str) -> Result<u32, KeyError>;
     /// Wraps `dek` with `name@version`, binding `aad`.
-    fn wrap(&self, name: &str, version: u32, aad: &[u8], dek: &Key) -> Result<[u8; WRAPPED_KEY_LEN], KeyError>;
+    fn wrap(
+        &self,
+        name: &str,
+        version: u32,
+        aad: &[u8],
+        dek: &Key,
+    ) -> Result<[u8; WRAPPED_KEY_LEN], KeyError>;
     /// Unwraps an EDEK made by [`KeyProvider::wrap`] with the same `aad`.
-    fn unwrap(&self, name: &str, version: u32, aad: &[u8], edek: &[u8; WRAPPED_KEY_LEN]) -> Result<Key, KeyError>;
+    fn unwrap(
+        &self,
+        name: &str,
+        version: u32,
+        aad: &[u8],
+        edek: &[u8; WRAPPED_KEY_LEN],
+    ) -> Result<Key, KeyError>;
 }
 
 /// The local keystore as a provider. Reloads the file when asked for a key or version
@@ -26,7 +38,9 @@ pub struct LocalProvider {
 
 impl LocalProvider {
     pub fn new(store: Keystore) -> LocalProvider {
-        LocalProvider { store: RwLock::new(store) }
+        LocalProvider {
+            store: RwLock::new(store),
+        }
     }
 
     /// The keystore, for zone registration and listing.
@@ -59,11 +73,23 @@ impl KeyProvider for LocalProvider {
         self.with_reload(|ks| ks.current_version(name))
     }
 
-    fn wrap(&self, name: &str, version: u32, aad: &[u8], dek: &Key) -> Result<[u8; WRAPPED_KEY_LEN], KeyError> {
+    fn wrap(
+        &self,
+        name: &str,
+        version: u32,
+        aad: &[u8],
+        dek: &Key,
+    ) -> Result<[u8; WRAPPED_KEY_LEN], KeyError> {
         self.with_reload(|ks| Ok(ks.material(name, version)?.cipher().wrap_key(aad, dek)))
     }
 
-    fn unwrap(&self, name: &str, version: u32, aad: &[u8], edek: &[u8; WRAPPED_KEY_LEN]) -> Result<Key, KeyError> {
+    fn unwrap(
+        &self,
+        name: &str,
+        version: u32,
+        aad: &[u8],
+        edek: &[u8; WRAPPED_KEY_LEN],
+    ) -> Result<Key, KeyError> {
         self.with_reload(|ks| {
             ks.material(name, version)?
                 .cipher()

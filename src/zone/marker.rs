@@ -61,7 +61,10 @@ fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
 impl ZoneMarker {
     /// A new zone with a random id.
     pub fn new(key: &str) -> ZoneMarker {
-        ZoneMarker { zone_id: crate::crypto::random_bytes(), key: key.to_owned() }
+        ZoneMarker {
+            zone_id: crate::crypto::random_bytes(),
+            key: key.to_owned(),
+        }
     }
 
     /// Zone id as hex (how the keystore and the CLI name zones).
@@ -84,13 +87,17 @@ impl ZoneMarker {
 
     /// Parses and authenticates a marker file.
     pub fn decode(bytes: &[u8], master: &Cipher) -> Result<ZoneMarker, MarkerError> {
-        let m: MarkerFile = serde_json::from_slice(bytes).map_err(|e| MarkerError::Malformed(e.to_string()))?;
+        let m: MarkerFile =
+            serde_json::from_slice(bytes).map_err(|e| MarkerError::Malformed(e.to_string()))?;
         if m.format != MARKER_FORMAT {
             return Err(MarkerError::UnsupportedFormat(m.format));
         }
         let zone_id = unhex::<16>(&m.zone_id).ok_or_else(|| MarkerError::Malformed("bad zone id".into()))?;
-        let mac = unhex::<{ NONCE_LEN + TAG_LEN }>(&m.mac).ok_or_else(|| MarkerError::Malformed("bad mac".into()))?;
-        master.verify_mac(&mac_input(&zone_id, &m.key), &mac).map_err(|_| MarkerError::AuthFailed)?;
+        let mac = unhex::<{ NONCE_LEN + TAG_LEN }>(&m.mac)
+            .ok_or_else(|| MarkerError::Malformed("bad mac".into()))?;
+        master
+            .verify_mac(&mac_input(&zone_id, &m.key), &mac)
+            .map_err(|_| MarkerError::AuthFailed)?;
         Ok(ZoneMarker { zone_id, key: m.key })
     }
 }
@@ -106,10 +113,21 @@ mod tests {
         let m = ZoneMarker::new("k1");
         let bytes = m.encode(&master);
         assert_eq!(ZoneMarker::decode(&bytes, &master).unwrap(), m);
-        let edited = String::from_utf8(bytes.clone()).unwrap().replace("\"k1\"", "\"k2\"");
-        assert_eq!(ZoneMarker::decode(edited.as_bytes(), &master), Err(MarkerError::AuthFailed));
+        let edited = String::from_utf8(bytes.clone())
+            .unwrap()
+            .replace("\"k1\"", "\"k2\"");
+        assert_eq!(
+            ZoneMarker::decode(edited.as_bytes(), &master),
+            Err(MarkerError::AuthFailed)
+        );
         assert!(ZoneMarker::decode(&bytes, &Key::random().cipher()).is_err());
-        assert!(matches!(ZoneMarker::decode(b"{", &master), Err(MarkerError::Malformed(_))));
-        assert!(matches!(ZoneMarker::decode(b"", &master), Err(MarkerError::Malformed(_))));
+        assert!(matches!(
+            ZoneMarker::decode(b"{", &master),
+            Err(MarkerError::Malformed(_))
+        ));
+        assert!(matches!(
+            ZoneMarker::decode(b"", &master),
+            Err(MarkerError::Malformed(_))
+        ));
     }
 }

@@ -19,7 +19,12 @@ pub struct Zone {
 
 impl fmt::Debug for Zone {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Zone({}, key {})", crate::format::header::hex(&self.id), self.key)
+        write!(
+            f,
+            "Zone({}, key {})",
+            crate::format::header::hex(&self.id),
+            self.key
+        )
     }
 }
 

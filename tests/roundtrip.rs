@@ -1,0 +1,419 @@
+//! Data written through a mount reads back identically: in a zone (encrypted) at
+//! block and group edges, under random overwrites, appends, truncation, sparse
+//! writes and mmap; and outside zones, where backing files are the plaintext itself.
+
+mod common;
+
+use common::*;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+
+const GROUP: usize = 128 * 4096;
+
+/// Sizes at every block and group edge, and a large odd size.
+const SIZES: [usize; 8] = [0, 1, 4095, 4096, 4097, GROUP, GROUP + 1, 10 * 1024 * 1024 + 3];
+
+#[test]
+fn sizes_at_block_and_group_edges_survive_remount() {
+    let f = Fixture::new();
+    let m = f.mount();
+    f.zone("z", "k1");
+    let mut rng = Rng::new(1);
+    let files: Vec<(String, Vec<u8>)> = SIZES.iter().map(|&n| (format!("z/f{n}"), rng.bytes(n))).collect();
+    for (rel, data) in &files {
+        fs::write(f.m(rel), data).unwrap();
+    }
+    for (rel, data) in &files {
+        assert_same(&fs::read(f.m(rel)).unwrap(), data, rel);
+        assert_eq!(
+            fs::metadata(f.m(rel)).unwrap().len(),
+            data.len() as u64,
+            "{rel}: st_size"
+        );
+        let raw = fs::metadata(f.b(rel)).unwrap().len();
+        if data.is_empty() {
+            assert!(
+                raw == 0 || raw == HEADER_LEN,
+                "{rel}: empty file stored as {raw} bytes"
+            );
+        } else {
+            assert_eq!(raw, backing_size(data.len() as u64), "{rel}: backing size");
+            assert_eq!(&f.raw(rel)[..8], MAGIC, "{rel}: header magic");
+        }
+    }
+    m.unmount();
+    let _m = f.mount();
+    for (rel, data) in &files {
+        assert_eq!(
+            fs::metadata(f.m(rel)).unwrap().len(),
+            data.len() as u64,
+            "{rel}: st_size after remount"
+        );
+        assert_same(
+            &fs::read(f.m(rel)).unwrap(),
+            data,
+            &format!("{rel} after remount"),
+        );
+    }
+    // reads that straddle block and group edges, through pread
+    let (rel, data) = &files[7];
+    let fh = File::open(f.m(rel)).unwrap();
+    for (off, len) in [
+        (4090usize, 12usize),
+        (GROUP - 5, 10),
+        (GROUP - 4096, 8192),
+        (data.len() - 7, 100),
+        (3, 1 << 20),
+    ] {
+        let mut buf = vec![0u8; len];
+        let n = fh.read_at(&mut buf, off as u64).unwrap();
+        let end = (off + len).min(data.len());
+        assert_eq!(n, end - off, "short read at {off}");
+        assert_same(&buf[..n], &data[off..end], &format!("pread {off}+{len}"));
+    }
+}
+
+/// Random writes, reads and truncations against an in-memory model.
+#[test]
+fn random_overwrites_match_model() {
+    let f = Fixture::new();
+    let m = f.mount();
+    f.zone("z", "k1");
+    let p = f.m("z/random");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    let mut model: Vec<u8> = Vec::new();
+    let mut rng = Rng::new(0xC0FFEE);
+    // offsets up to ~1.3 groups so that group boundaries and metadata blocks get hit
+    let span = (GROUP + GROUP / 3) as u64;
+    for op in 0..300 {
+        match rng.below(10) {
+            0..=5 => {
+                let off = rng.below(span) as usize;
+                let len = match rng.below(4) {
+                    0 => 1 + rng.below(16) as usize,
+                    1 => 4096,
+                    2 => 1 + rng.below(3 * 4096) as usize,
+                    _ => 1 + rng.below(70_000) as usize,
+                };
+                let data = rng.bytes(len);
+                file.write_all_at(&data, off as u64).unwrap();
+                if model.len() < off + len {
+                    model.resize(off + len, 0);
+                }
+                model[off..off + len].copy_from_slice(&data);
+            }
+            6..=8 => {
+                let off = rng.below(span) as usize;
+                let len = 1 + rng.below(20_000) as usize;
+                let mut buf = vec![0u8; len];
+                let n = file.read_at(&mut buf, off as u64).unwrap();
+                let end = (off + len).min(model.len()).max(off);
+                let expect = model.get(off..end).unwrap_or(&[]);
+                // a single pread may legally return less; it never returns wrong bytes
+                assert!(
+                    n <= expect.len(),
+                    "op {op}: read {n} bytes past EOF (size {})",
+                    model.len()
+                );
+                assert_same(&buf[..n], &expect[..n], &format!("op {op}: pread {off}+{len}"));
+                if n < expect.len() {
+                    let mut rest = vec![0u8; expect.len() - n];
+                    file.read_exact_at(&mut rest, (off + n) as u64).unwrap();
+                    assert_same(&rest, &expect[n..], &format!("op {op}: pread rest"));
+                }
+            }
+            _ => {
+                let n = rng.below(span) as usize;
+                file.set_len(n as u64).unwrap();
+                model.resize(n, 0);
+            }
+        }
+        if op % 50 == 49 {
+            assert_eq!(
+                file.metadata().unwrap().len(),
+                model.len() as u64,
+                "op {op}: size"
+            );
+        }
+    }
+    drop(file);
+    assert_same(&fs::read(&p).unwrap(), &model, "whole file after random ops");
+    m.unmount();
+    let _m = f.mount();
+    assert_same(&fs::read(&p).unwrap(), &model, "whole file after remount");
+}
+
+fn append_two_handles(f: &Fixture, rel: &str) {
+    let p = f.m(rel);
+    fs::write(&p, b"start:").unwrap();
+    let mut a = OpenOptions::new().append(true).open(&p).unwrap();
+    let mut b = OpenOptions::new().append(true).open(&p).unwrap();
+    let mut expect = b"start:".to_vec();
+    let mut rng = Rng::new(7);
+    for i in 0..60 {
+        let len = [1usize, 100, 4095, 4097, 9000][i % 5];
+        let chunk = rng.bytes(len);
+        let h = if rng.below(2) == 0 { &mut a } else { &mut b };
+        h.write_all(&chunk).unwrap();
+        expect.extend_from_slice(&chunk);
+    }
+    // an append handle's writes go to the end even after seeking
+    a.seek(SeekFrom::Start(0)).unwrap();
+    a.write_all(b"END").unwrap();
+    expect.extend_from_slice(b"END");
+    drop((a, b));
+    assert_same(&fs::read(&p).unwrap(), &expect, &format!("{rel} after appends"));
+}
+
+#[test]
+fn append_from_two_handles() {
+    let f = Fixture::new();
+    let _m = f.mount();
+    f.zone("z", "k1");
+    append_two_handles(&f, "z/appended");
+    fs::create_dir(f.m("plain")).unwrap();
+    append_two_handles(&f, "plain/appended");
+    assert_eq!(f.raw("plain/appended"), fs::read(f.m("plain/appended")).unwrap());
+}
+
+#[test]
+fn truncate_down_and_up_reads_zeros() {
+    let f = Fixture::new();
+    let m = f.mount();
+    f.zone("z", "k1");
+    let p = f.m("z/trunc");
+    let mut rng = Rng::new(99);
+    let data = rng.bytes(GROUP + 3 * 4096 + 17);
+    fs::write(&p, &data).unwrap();
+    let file = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let mut model = data.clone();
+    // down into the middle of a block, then up: the old bytes must not come back
+    for (n, what) in [
+        (5000usize, "down mid-block"),
+        (20_000, "up"),
+        (GROUP + 10, "up past a group edge"),
+        (GROUP - 1, "down just before the group edge"),
+        (GROUP + 2 * 4096, "up again"),
+        (4096, "down to one block"),
+        (0, "down to zero"),
+        (3 * 4096 + 1, "up from zero"),
+    ] {
+        file.set_len(n as u64).unwrap();
+        model.resize(n, 0);
+        assert_eq!(file.metadata().unwrap().len(), n as u64, "{what}: size");
+        let mut buf = vec![0xEEu8; n];
+        file.read_exact_at(&mut buf, 0).unwrap();
+        assert_same(&buf, &model, &format!("truncate {what} to {n}"));
+        // and write a little after each step so the tail block is rewritten
+        let tail = rng.bytes(7);
+        let off = n / 2;
+        file.write_all_at(&tail, off as u64).unwrap();
+        if model.len() < off + 7 {
+            model.resize(off + 7, 0);
+        }
+        model[off..off + 7].copy_from_slice(&tail);
+    }
+    // truncate by path (setattr without a handle) and via O_TRUNC
+    drop(file);
+    OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    model.truncate(100);
+    assert_same(
+        &fs::read(&p).unwrap(),
+        &model,
+        "after set_len 100 on a new handle",
+    );
+    let q = f.m("z/otrunc");
+    fs::write(&q, rng.bytes(50_000)).unwrap();
+    fs::write(&q, b"short").unwrap();
+    assert_eq!(fs::read(&q).unwrap(), b"short");
+    m.unmount();
+    let _m = f.mount();
+    assert_same(&fs::read(&p).unwrap(), &model, "after remount");
+    assert_eq!(fs::read(&q).unwrap(), b"short");
+}
+
+#[test]
+fn sparse_file_stays_sparse() {
+    let f = Fixture::new();
+    let _m = f.mount();
+    f.zone("z", "k1");
+    let p = f.m("z/sparse");
+    const GIB: u64 = 1 << 30;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&p)
+        .unwrap();
+    file.write_all_at(b"X", GIB).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+    assert_eq!(fs::metadata(&p).unwrap().len(), GIB + 1);
+    let raw = fs::metadata(f.b("z/sparse")).unwrap();
+    assert_eq!(
+        raw.len(),
+        backing_size(GIB + 1),
+        "backing size of a 1 GiB + 1 file"
+    );
+    let allocated = raw.blocks() * 512;
+    assert!(
+        allocated < 4 << 20,
+        "backing file of a sparse file allocates {allocated} bytes"
+    );
+    let file = File::open(&p).unwrap();
+    for off in [0u64, 4096 * 127, GROUP as u64, GIB / 2, GIB - 65536] {
+        let mut buf = vec![0xAAu8; 65536];
+        file.read_exact_at(&mut buf, off).unwrap();
+        assert!(
+            buf.iter().all(|&b| b == 0),
+            "hole at {off} does not read as zeros"
+        );
+    }
+    let mut last = [0u8; 2];
+    assert_eq!(file.read_at(&mut last, GIB).unwrap(), 1);
+    assert_eq!(last[0], b'X');
+    let mut tail = [0xAAu8; 4096];
+    file.read_exact_at(&mut tail, GIB - 4095).unwrap();
+    assert!(tail[..4095].iter().all(|&b| b == 0));
+    assert_eq!(tail[4095], b'X');
+}
+
+/// Maps `len` bytes of `file` shared and read-write.
+fn map(file: &File, len: usize) -> &'static mut [u8] {
+    // SAFETY: a fresh shared mapping of an open file; the slice is only used while
+    // the mapping exists (unmapped by `unmap` below before anything else).
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        std::slice::from_raw_parts_mut(p.cast::<u8>(), len)
+    }
+}
+
+fn unmap(s: &'static mut [u8]) {
+    // SAFETY: `s` is exactly a mapping made by `map`.
+    unsafe {
+        assert_eq!(
+            libc::msync(s.as_mut_ptr().cast(), s.len(), libc::MS_SYNC),
+            0,
+            "msync"
+        );
+        assert_eq!(libc::munmap(s.as_mut_ptr().cast(), s.len()), 0, "munmap");
+    }
+}
+
+fn mmap_roundtrip(f: &Fixture, rel: &str) {
+    let p = f.m(rel);
+    let len = 3 * 4096 + 100;
+    let mut rng = Rng::new(5);
+    let data = rng.bytes(len);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    file.set_len(len as u64).unwrap();
+    let s = map(&file, len);
+    s.copy_from_slice(&data);
+    unmap(s);
+    drop(file);
+    assert_same(
+        &fs::read(&p).unwrap(),
+        &data,
+        &format!("{rel}: read after mmap write"),
+    );
+    // read through a mapping, and modify a few bytes in the middle of it
+    let file = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let s = map(&file, len);
+    assert_same(s, &data, &format!("{rel}: mmap read"));
+    s[5000..5010].copy_from_slice(b"0123456789");
+    unmap(s);
+    drop(file);
+    let mut expect = data.clone();
+    expect[5000..5010].copy_from_slice(b"0123456789");
+    drop_caches();
+    let mut got = Vec::new();
+    File::open(&p).unwrap().read_to_end(&mut got).unwrap();
+    assert_same(&got, &expect, &format!("{rel}: read after mmap modify"));
+}
+
+#[test]
+fn mmap_write_then_read() {
+    let f = Fixture::new();
+    let m = f.mount();
+    f.zone("z", "k1");
+    mmap_roundtrip(&f, "z/mapped");
+    fs::create_dir(f.m("plain")).unwrap();
+    mmap_roundtrip(&f, "plain/mapped");
+    let expect = fs::read(f.m("z/mapped")).unwrap();
+    m.unmount();
+    let _m = f.mount();
+    assert_same(
+        &fs::read(f.m("z/mapped")).unwrap(),
+        &expect,
+        "mapped file after remount",
+    );
+}
+
+#[test]
+fn plain_directory_is_byte_identical_in_backing() {
+    let f = Fixture::new();
+    let m = f.mount();
+    f.zone("z", "k1"); // a zone elsewhere must not affect plain files
+    fs::create_dir_all(f.m("plain/sub")).unwrap();
+    let mut rng = Rng::new(3);
+    let mut files = Vec::new();
+    for (i, &n) in [0usize, 1, 4097, GROUP + 1, (1 << 20) + 5].iter().enumerate() {
+        let rel = if i % 2 == 0 {
+            format!("plain/f{n}")
+        } else {
+            format!("plain/sub/f{n}")
+        };
+        let data = rng.bytes(n);
+        fs::write(f.m(&rel), &data).unwrap();
+        files.push((rel, data));
+    }
+    fs::write(f.m("top-level"), b"at the root").unwrap();
+    files.push(("top-level".into(), b"at the root".to_vec()));
+    // partial overwrite keeps identity too
+    let fh = OpenOptions::new().write(true).open(f.m(&files[3].0)).unwrap();
+    fh.write_all_at(b"patch", 4000).unwrap();
+    drop(fh);
+    files[3].1[4000..4005].copy_from_slice(b"patch");
+    for (rel, data) in &files {
+        assert_same(&f.raw(rel), data, &format!("backing {rel}"));
+        assert_same(&fs::read(f.m(rel)).unwrap(), data, &format!("mount {rel}"));
+    }
+    m.unmount();
+    for (rel, data) in &files {
+        assert_same(&f.raw(rel), data, &format!("backing {rel} unmounted"));
+    }
+    // and files put into the backing dir directly show up unchanged
+    fs::write(f.b("plain/direct"), b"written behind the mount").unwrap();
+    let _m = f.mount();
+    assert_eq!(
+        fs::read(f.m("plain/direct")).unwrap(),
+        b"written behind the mount"
+    );
+}
