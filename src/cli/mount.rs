@@ -12,6 +12,7 @@ use crate::keys::keystore::read_body;
 use crate::keys::{passphrase, Keystore, LocalProvider};
 use fuser::{Config, MountOption, SessionACL};
 use std::io::{Read, Write};
+use std::ops::Not;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -282,6 +283,14 @@ fn lazy_unmount(mnt: &Path) {
     }
 }
 
+/// Whether process `pid` still runs (a zombie waiting for its reaper does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']).not()))
+        .unwrap_or(false)
+}
+
 pub fn umount(mnt: &Path) -> CliResult {
     let abs = mnt
         .canonicalize()
@@ -322,8 +331,7 @@ pub fn umount(mnt: &Path) -> CliResult {
     // wait for the daemon to finish (it flushes and exits once the kernel lets go)
     if let Some(pid) = pid {
         let deadline = Instant::now() + Duration::from_secs(20);
-        // SAFETY: signal 0 only checks that the process exists.
-        while unsafe { libc::kill(pid as i32, 0) } == 0 && Instant::now() < deadline {
+        while running(pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
