@@ -31,6 +31,12 @@ pub enum CodecError {
 }
 
 const ENTRY: usize = ENTRY_LEN as usize;
+
+thread_local! {
+    /// Per-thread buffer for the ciphertext of a write, reused so that a 1 MiB write
+    /// costs no allocation and no zeroing.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 const BS: usize = BLOCK as usize;
 
 /// The block cipher of one file: its DEK and file id.
@@ -181,37 +187,46 @@ impl BlockCodec {
                 self.resize_block(b, size, old_last, new_size)?;
             }
         }
-        let mut buf = Vec::new();
-        let mut entries = Vec::new();
-        for (lo, hi) in group_runs(first, last) {
-            let start = lo * BLOCK;
-            let len = run_len(lo, hi, new_size);
-            buf.clear();
-            buf.resize(len, 0);
-            // blocks the write covers only in part keep their other bytes
-            for i in [lo, hi] {
-                let (bstart, blen) = (i * BLOCK, block_len(i, new_size));
-                let covered = off <= bstart && end >= bstart + blen;
-                let old_len = block_len(i, size) as usize;
-                if !covered && old_len > 0 {
-                    let at = (bstart - start) as usize;
-                    self.read_run(b, size, i, i, &mut buf[at..at + old_len])?;
+        SCRATCH.with_borrow_mut(|buf| {
+            let mut entries = Vec::with_capacity(GROUP_BLOCKS as usize * ENTRY);
+            for (lo, hi) in group_runs(first, last) {
+                let start = lo * BLOCK;
+                let len = run_len(lo, hi, new_size);
+                // a reused buffer: every byte below is written before it is sealed
+                if buf.len() < len {
+                    buf.resize(len, 0);
                 }
-                if lo == hi {
-                    break;
+                let buf = &mut buf[..len];
+                // blocks the write covers only in part keep their other bytes (zeros
+                // past their old end)
+                for i in [lo, hi] {
+                    let (bstart, blen) = (i * BLOCK, block_len(i, new_size));
+                    let covered = off <= bstart && end >= bstart + blen;
+                    if !covered {
+                        let at = (bstart - start) as usize;
+                        let old_len = block_len(i, size) as usize;
+                        buf[at..at + blen as usize].fill(0);
+                        if old_len > 0 {
+                            self.read_run(b, size, i, i, &mut buf[at..at + old_len])?;
+                        }
+                    }
+                    if lo == hi {
+                        break;
+                    }
                 }
+                let from = off.max(start);
+                let to = end.min(start + len as u64);
+                buf[(from - start) as usize..(to - start) as usize]
+                    .copy_from_slice(&data[(from - off) as usize..(to - off) as usize]);
+                entries.clear();
+                for (i, chunk) in buf.chunks_mut(BS).enumerate() {
+                    entries.extend_from_slice(&self.seal_block(lo + i as u64, chunk));
+                }
+                b.write_at(buf, data_offset(lo))?;
+                b.write_at(&entries, entry_offset(lo))?;
             }
-            let from = off.max(start);
-            let to = end.min(start + len as u64);
-            buf[(from - start) as usize..(to - start) as usize]
-                .copy_from_slice(&data[(from - off) as usize..(to - off) as usize]);
-            entries.clear();
-            for (i, chunk) in buf.chunks_mut(BS).enumerate() {
-                entries.extend_from_slice(&self.seal_block(lo + i as u64, chunk));
-            }
-            b.write_at(&buf, data_offset(lo))?;
-            b.write_at(&entries, entry_offset(lo))?;
-        }
+            Ok::<(), CodecError>(())
+        })?;
         Ok(new_size)
     }
 

@@ -131,19 +131,13 @@ impl EncFile {
         *self.size.read()
     }
 
-    /// Reads up to `len` bytes at `off`.
-    pub fn read(&self, off: u64, len: u32) -> Result<Vec<u8>, Errno> {
+    /// Reads up to `out.len()` bytes at `off` into `out`; returns how many.
+    pub fn read_into(&self, off: u64, out: &mut [u8]) -> Result<usize, Errno> {
         let size = self.size.read();
         if off >= *size {
-            return Ok(Vec::new());
+            return Ok(0);
         }
-        let mut buf = vec![0u8; len.min((*size - off).min(u32::MAX as u64) as u32) as usize];
-        let n = self
-            .codec()?
-            .read(&self.file, *size, off, &mut buf)
-            .map_err(|e| self.codec_error(e))?;
-        buf.truncate(n);
-        Ok(buf)
+        self.codec()?.read(&self.file, *size, off, out).map_err(|e| self.codec_error(e))
     }
 
     /// Writes `data` at `off`.

@@ -62,6 +62,10 @@ pub struct Core {
     me: (u32, u32),
 }
 
+thread_local! {
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The object handed to fuser.
 pub struct EzFs(pub Arc<Core>);
 
@@ -703,18 +707,22 @@ impl Filesystem for EzFs {
         reply: ReplyData,
     ) {
         let h = tri!(reply, self.0.handle(fh));
-        match &*h {
-            Handle::Enc(e) => {
-                let data = tri!(reply, e.read(offset, size));
-                reply.data(&data);
+        // a per-thread buffer: no allocation or zeroing per request
+        READ_BUF.with_borrow_mut(|buf| {
+            if buf.len() < size as usize {
+                buf.resize(size as usize, 0);
             }
-            Handle::Plain(f) => {
-                let mut buf = vec![0u8; size as usize];
-                let n = tri!(reply, Backing::read_at(f, &mut buf, offset).map_err(io_err));
-                reply.data(&buf[..n]);
+            let buf = &mut buf[..size as usize];
+            let n = match &*h {
+                Handle::Enc(e) => e.read_into(offset, buf),
+                Handle::Plain(f) => Backing::read_at(f, buf, offset).map_err(io_err),
+                Handle::Dir(_) => Err(Errno::EISDIR),
+            };
+            match n {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(e),
             }
-            Handle::Dir(_) => reply.error(Errno::EISDIR),
-        }
+        });
     }
 
     fn write(
