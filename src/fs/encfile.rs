@@ -62,22 +62,36 @@ impl EncFile {
         keys: &dyn KeyProvider,
         writable: bool,
     ) -> Result<EncFile, Errno> {
-        let fail = |what: String| {
-            log::error!("{}: {what}", sys::describe(fd));
-            Errno::EIO
-        };
         if let Some(why) = &zone.broken {
-            return Err(fail(format!("zone unusable: {why}")));
+            log::error!("{}: zone unusable: {why}", sys::describe(fd));
+            return Err(Errno::EIO);
         }
         let file = match writable {
             true => sys::reopen(fd, libc::O_RDWR).or_else(|_| sys::reopen(fd, libc::O_RDONLY)),
             false => sys::reopen(fd, libc::O_RDONLY),
         }
         .map_err(|e| errno(&e))?;
+        Self::from_file(file, zone, keys, writable)
+    }
+
+    /// Like [`EncFile::open`], on a backing file already open (read-write when `writable`).
+    pub fn from_file(
+        file: File,
+        zone: &Zone,
+        keys: &dyn KeyProvider,
+        writable: bool,
+    ) -> Result<EncFile, Errno> {
+        let fail = |file: &File, what: String| {
+            log::error!("{}: {what}", sys::describe(file.as_fd()));
+            Errno::EIO
+        };
+        if let Some(why) = &zone.broken {
+            return Err(fail(&file, format!("zone unusable: {why}")));
+        }
         let len = file.metadata().map_err(|e| errno(&e))?.len();
         if len == 0 {
             let cipher = if writable {
-                let (header, codec) = new_header(zone, keys).map_err(|e| fail(e.to_string()))?;
+                let (header, codec) = new_header(zone, keys).map_err(|e| fail(&file, e.to_string()))?;
                 std::os::unix::fs::FileExt::write_all_at(&file, &header.encode(), 0)
                     .map_err(|e| errno(&e))?;
                 Some((header, codec))
@@ -90,9 +104,9 @@ impl EncFile {
                 size: RwLock::new(0),
             });
         }
-        let size =
-            plain_size(len).map_err(|_| fail(format!("backing size {len} is too short for a header")))?;
-        let header = read_header(&file).map_err(fail)?;
+        let size = plain_size(len)
+            .map_err(|_| fail(&file, format!("backing size {len} is too short for a header")))?;
+        let header = read_header(&file).map_err(|e| fail(&file, e))?;
         let dek = keys
             .unwrap(
                 &header.key_name,
@@ -100,7 +114,7 @@ impl EncFile {
                 &header.own_aad(),
                 &header.edek,
             )
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(&file, e.to_string()))?;
         let codec = BlockCodec::new(&dek, header.file_id);
         Ok(EncFile {
             file,
@@ -137,7 +151,9 @@ impl EncFile {
         if off >= *size {
             return Ok(0);
         }
-        self.codec()?.read(&self.file, *size, off, out).map_err(|e| self.codec_error(e))
+        self.codec()?
+            .read(&self.file, *size, off, out)
+            .map_err(|e| self.codec_error(e))
     }
 
     /// Writes `data` at `off`.

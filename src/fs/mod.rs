@@ -314,6 +314,27 @@ impl Core {
         Ok(e)
     }
 
+    /// The handle for a file `create` just opened read-write as `file`.
+    fn created_handle(&self, ino: &Inode, file: File, flags: i32) -> FsResult<Handle> {
+        let Some(zone) = ino.zone() else {
+            return Ok(Handle::Plain(file));
+        };
+        let mut slot = ino.enc.lock();
+        let enc = match slot.upgrade() {
+            Some(e) => e,
+            None => {
+                let e = Arc::new(EncFile::from_file(file, &zone, &*self.keys, true)?);
+                *slot = Arc::downgrade(&e);
+                e
+            }
+        };
+        drop(slot);
+        if flags & libc::O_TRUNC != 0 {
+            enc.truncate(0)?;
+        }
+        Ok(Handle::Enc(enc))
+    }
+
     fn is_encrypted(ino: &Inode, st_mode: u32) -> bool {
         st_mode & libc::S_IFMT == libc::S_IFREG && ino.zone.read().is_some()
     }
@@ -948,20 +969,21 @@ impl Filesystem for EzFs {
         tri!(reply, c.writable_check());
         let p = tri!(reply, c.inode(parent));
         tri!(reply, Core::check_new_name(&p, name));
-        let excl = flags & libc::O_EXCL;
+        // Create read-write and keep the descriptor: no second open of the new file.
+        let encrypted = p.zone().is_some();
+        let keep = libc::O_EXCL | if encrypted { 0 } else { libc::O_TRUNC };
         let f = tri!(
             reply,
             sys::open_at(
                 p.fd(),
                 name,
-                libc::O_CREAT | excl | libc::O_WRONLY | libc::O_NOFOLLOW,
+                libc::O_CREAT | libc::O_RDWR | libc::O_NOFOLLOW | (flags & keep),
                 mode & !umask & 0o7777
             )
             .map_err(io_err)
         );
-        drop(f);
         let (ino, _) = tri!(reply, c.created(req, &p, name));
-        let h = match c.open_file(&ino, flags & !libc::O_EXCL) {
+        let h = match c.created_handle(&ino, File::from(f), flags) {
             Ok(h) => h,
             Err(e) => {
                 c.inodes.forget(ino.id, 1);
