@@ -59,8 +59,11 @@ fn ranges(blocks: &[u64]) -> Vec<(u64, u64)> {
     out
 }
 
+/// What is wrong with a file, and which block ranges.
+type Problem = (String, Vec<(u64, u64)>);
+
 /// Checks one encrypted file; returns the number of blocks and the damage, if any.
-fn check_file(path: &Path, ks: &Keystore) -> (u64, Option<(String, Vec<(u64, u64)>)>) {
+fn check_file(path: &Path, ks: &Keystore) -> (u64, Option<Problem>) {
     let fail = |msg: String| (0, Some((msg, Vec::new())));
     let f = match File::open(path) {
         Ok(f) => f,

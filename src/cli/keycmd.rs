@@ -140,11 +140,7 @@ fn key_views(body: &Body) -> Vec<KeyView<'_>> {
                 .collect(),
             owner: k.owner,
             created: k.created,
-            zones: body
-                .zones_using(name)
-                .into_iter()
-                .map(|p| format!("/{p}"))
-                .collect(),
+            zones: body.zones_using(name),
         })
         .collect()
 }

@@ -20,7 +20,9 @@ impl Log for Logger {
             Level::Info => "info",
             Level::Debug | Level::Trace => "debug",
         };
-        eprintln!("ezfs[{}]: {level}: {}", std::process::id(), r.args());
+        // one write per line, so lines from several threads never interleave
+        let line = format!("ezfs[{}]: {level}: {}\n", std::process::id(), r.args());
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
     }
     fn flush(&self) {}
 }

@@ -10,7 +10,7 @@
 //!
 //! Nonce budget: nonces are random, so one DEK should seal at most 2^32 blocks
 //! (NIST SP 800-38D), i.e. 16 TiB of block writes to one file, before the collision
-//! probability reaches 2^-32. `zone reencrypt --data` gives a file a new DEK.
+//! probability reaches 2^-32; copying the file gives the copy a new DEK.
 //!
 //! The codec holds no state besides the key: the caller passes the current plaintext
 //! size and serializes writers (see the filesystem's per-file lock).
@@ -32,9 +32,15 @@ pub enum CodecError {
 
 const ENTRY: usize = ENTRY_LEN as usize;
 
+/// Blocks sealed, written or read per step. Larger steps evict the data from the CPU
+/// cache between sealing and writing it: measured here, 1 MiB writes to ext4 cost 3x
+/// the kernel CPU time of 512 KiB or smaller ones.
+const CHUNK_BLOCKS: u64 = 16;
+const CHUNK: usize = CHUNK_BLOCKS as usize * BS;
+
 thread_local! {
-    /// Per-thread buffer for the ciphertext of a write, reused so that a 1 MiB write
-    /// costs no allocation and no zeroing.
+    /// Per-thread buffer for the ciphertext of a write, reused so that a write costs
+    /// no allocation and no zeroing.
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 const BS: usize = BLOCK as usize;
@@ -112,11 +118,17 @@ impl BlockCodec {
         out: &mut [u8],
     ) -> Result<(), CodecError> {
         debug_assert_eq!(out.len(), run_len(lo, hi, size));
-        let mut entries = vec![0u8; (hi - lo + 1) as usize * ENTRY];
-        read_or_zero(b, &mut entries, entry_offset(lo))?;
-        read_or_zero(b, out, data_offset(lo))?;
-        for (i, (chunk, entry)) in out.chunks_mut(BS).zip(entries.chunks(ENTRY)).enumerate() {
-            self.open_block(lo + i as u64, entry, chunk)?;
+        let mut entries = [0u8; GROUP_BLOCKS as usize * ENTRY];
+        let entries = &mut entries[..(hi - lo + 1) as usize * ENTRY];
+        read_or_zero(b, entries, entry_offset(lo))?;
+        // read and open a chunk at a time, so each block is decrypted while in cache
+        for (c, chunk) in out.chunks_mut(CHUNK).enumerate() {
+            let first = lo + (c * CHUNK / BS) as u64;
+            read_or_zero(b, chunk, data_offset(first))?;
+            let entries = &entries[(first - lo) as usize * ENTRY..];
+            for (i, (block, entry)) in chunk.chunks_mut(BS).zip(entries.chunks(ENTRY)).enumerate() {
+                self.open_block(first + i as u64, entry, block)?;
+            }
         }
         Ok(())
     }
@@ -188,42 +200,49 @@ impl BlockCodec {
             }
         }
         SCRATCH.with_borrow_mut(|buf| {
-            let mut entries = Vec::with_capacity(GROUP_BLOCKS as usize * ENTRY);
+            if buf.len() < CHUNK {
+                buf.resize(CHUNK, 0);
+            }
+            let mut entries = [0u8; GROUP_BLOCKS as usize * ENTRY];
             for (lo, hi) in group_runs(first, last) {
-                let start = lo * BLOCK;
-                let len = run_len(lo, hi, new_size);
-                // a reused buffer: every byte below is written before it is sealed
-                if buf.len() < len {
-                    buf.resize(len, 0);
-                }
-                let buf = &mut buf[..len];
-                // blocks the write covers only in part keep their other bytes (zeros
-                // past their old end)
-                for i in [lo, hi] {
-                    let (bstart, blen) = (i * BLOCK, block_len(i, new_size));
-                    let covered = off <= bstart && end >= bstart + blen;
-                    if !covered {
-                        let at = (bstart - start) as usize;
-                        let old_len = block_len(i, size) as usize;
-                        buf[at..at + blen as usize].fill(0);
-                        if old_len > 0 {
-                            self.read_run(b, size, i, i, &mut buf[at..at + old_len])?;
+                // a chunk at a time: fill, seal and write while the chunk is in cache
+                let mut a = lo;
+                while a <= hi {
+                    let z = (a + CHUNK_BLOCKS - 1).min(hi);
+                    let start = a * BLOCK;
+                    let len = run_len(a, z, new_size);
+                    // a reused buffer: every byte below is written before it is sealed
+                    let buf = &mut buf[..len];
+                    // blocks the write covers only in part keep their other bytes
+                    // (zeros past their old end); only the write's ends can be such
+                    for i in [a, z] {
+                        let (bstart, blen) = (i * BLOCK, block_len(i, new_size));
+                        let covered = off <= bstart && end >= bstart + blen;
+                        if !covered {
+                            let at = (bstart - start) as usize;
+                            let old_len = block_len(i, size) as usize;
+                            buf[at..at + blen as usize].fill(0);
+                            if old_len > 0 {
+                                self.read_run(b, size, i, i, &mut buf[at..at + old_len])?;
+                            }
+                        }
+                        if a == z {
+                            break;
                         }
                     }
-                    if lo == hi {
-                        break;
+                    let from = off.max(start);
+                    let to = end.min(start + len as u64);
+                    buf[(from - start) as usize..(to - start) as usize]
+                        .copy_from_slice(&data[(from - off) as usize..(to - off) as usize]);
+                    for (i, chunk) in buf.chunks_mut(BS).enumerate() {
+                        let at = (a - lo) as usize + i;
+                        entries[at * ENTRY..(at + 1) * ENTRY]
+                            .copy_from_slice(&self.seal_block(a + i as u64, chunk));
                     }
+                    b.write_at(buf, data_offset(a))?;
+                    a = z + 1;
                 }
-                let from = off.max(start);
-                let to = end.min(start + len as u64);
-                buf[(from - start) as usize..(to - start) as usize]
-                    .copy_from_slice(&data[(from - off) as usize..(to - off) as usize]);
-                entries.clear();
-                for (i, chunk) in buf.chunks_mut(BS).enumerate() {
-                    entries.extend_from_slice(&self.seal_block(lo + i as u64, chunk));
-                }
-                b.write_at(buf, data_offset(lo))?;
-                b.write_at(&entries, entry_offset(lo))?;
+                b.write_at(&entries[..(hi - lo + 1) as usize * ENTRY], entry_offset(lo))?;
             }
             Ok::<(), CodecError>(())
         })?;

@@ -13,14 +13,33 @@ use parking_lot::RwLock;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Shared state of one open encrypted file. The size lock also serializes writers, so
-/// a read-modify-write of a partial block never loses a concurrent writer's bytes.
+/// Shared state of one open encrypted file.
+///
+/// Locking: `layout` is taken exclusively by truncates and by writes that must read a
+/// block back (partial blocks, growing a short last block), so a read-modify-write
+/// never loses a concurrent writer's bytes; reads and whole-block writes take it
+/// shared and then lock the stripes of the block groups they touch (shared to read,
+/// exclusive to write), so writes to different groups proceed in parallel and a read
+/// never sees a block whose data and tag are half written.
 pub struct EncFile {
     file: File,
     /// `None` only for an empty file without header opened where it cannot be written.
     cipher: Option<(Header, BlockCodec)>,
-    size: RwLock<u64>,
+    size: AtomicU64,
+    layout: RwLock<()>,
+    stripes: [RwLock<()>; STRIPES],
+}
+
+/// Lock stripes over block groups (a group is 512 KiB of plaintext).
+const STRIPES: usize = 32;
+
+/// Holds the stripe locks of a range of groups, taken in ascending order.
+#[allow(dead_code)] // the guards are held for their Drop
+enum StripeGuards<'a> {
+    Shared(Vec<parking_lot::RwLockReadGuard<'a, ()>>),
+    Exclusive(Vec<parking_lot::RwLockWriteGuard<'a, ()>>),
 }
 
 /// Converts an I/O error to the errno the kernel should see.
@@ -98,11 +117,7 @@ impl EncFile {
             } else {
                 None
             };
-            return Ok(EncFile {
-                file,
-                cipher,
-                size: RwLock::new(0),
-            });
+            return Ok(EncFile::new(file, cipher, 0));
         }
         let size = plain_size(len)
             .map_err(|_| fail(&file, format!("backing size {len} is too short for a header")))?;
@@ -116,11 +131,7 @@ impl EncFile {
             )
             .map_err(|e| fail(&file, e.to_string()))?;
         let codec = BlockCodec::new(&dek, header.file_id);
-        Ok(EncFile {
-            file,
-            cipher: Some((header, codec)),
-            size: RwLock::new(size),
-        })
+        Ok(EncFile::new(file, Some((header, codec)), size))
     }
 
     fn codec_error(&self, e: CodecError) -> Errno {
@@ -140,42 +151,91 @@ impl EncFile {
         self.cipher.as_ref().map(|(_, c)| c).ok_or(Errno::EBADF)
     }
 
+    fn new(file: File, cipher: Option<(Header, BlockCodec)>, size: u64) -> EncFile {
+        EncFile {
+            file,
+            cipher,
+            size: AtomicU64::new(size),
+            layout: RwLock::new(()),
+            stripes: std::array::from_fn(|_| RwLock::new(())),
+        }
+    }
+
+    /// Locks the stripes of the groups holding plaintext bytes `[off, end)`.
+    fn stripes(&self, off: u64, end: u64, exclusive: bool) -> StripeGuards<'_> {
+        let span = layout::BLOCK * layout::GROUP_BLOCKS;
+        let (g0, g1) = (off / span, end.saturating_sub(1).max(off) / span);
+        let mut idx: Vec<usize> = (g0..=g1.min(g0 + STRIPES as u64))
+            .map(|g| (g % STRIPES as u64) as usize)
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        let locks = idx.into_iter().map(|i| &self.stripes[i]);
+        if exclusive {
+            StripeGuards::Exclusive(locks.map(|l| l.write()).collect())
+        } else {
+            StripeGuards::Shared(locks.map(|l| l.read()).collect())
+        }
+    }
+
     /// Current plaintext size.
     pub fn size(&self) -> u64 {
-        *self.size.read()
+        self.size.load(Ordering::Acquire)
     }
 
     /// Reads up to `out.len()` bytes at `off` into `out`; returns how many.
     pub fn read_into(&self, off: u64, out: &mut [u8]) -> Result<usize, Errno> {
-        let size = self.size.read();
-        if off >= *size {
+        let _layout = self.layout.read();
+        let size = self.size();
+        if off >= size {
             return Ok(0);
         }
+        let _g = self.stripes(off, size.min(off + out.len() as u64), false);
         self.codec()?
-            .read(&self.file, *size, off, out)
+            .read(&self.file, size, off, out)
             .map_err(|e| self.codec_error(e))
     }
 
     /// Writes `data` at `off`.
     pub fn write(&self, off: u64, data: &[u8]) -> Result<(), Errno> {
-        let mut size = self.size.write();
-        *size = self
+        let end = off + data.len() as u64;
+        let whole_blocks = off % layout::BLOCK == 0 && data.len() as u64 % layout::BLOCK == 0;
+        if whole_blocks {
+            let _layout = self.layout.read();
+            let size = self.size();
+            // a short last block before the write would have to grow: exclusive path
+            let grows_short_block = size % layout::BLOCK != 0 && size < off;
+            if !grows_short_block {
+                let _g = self.stripes(off, end, true);
+                let new_size = self
+                    .codec()?
+                    .write(&self.file, size, off, data)
+                    .map_err(|e| self.codec_error(e))?;
+                self.size.fetch_max(new_size, Ordering::AcqRel);
+                return Ok(());
+            }
+        }
+        let _layout = self.layout.write();
+        let size = self.size();
+        let new_size = self
             .codec()?
-            .write(&self.file, *size, off, data)
+            .write(&self.file, size, off, data)
             .map_err(|e| self.codec_error(e))?;
+        self.size.store(new_size, Ordering::Release);
         Ok(())
     }
 
     /// Sets the plaintext size.
     pub fn truncate(&self, new_size: u64) -> Result<(), Errno> {
-        let mut size = self.size.write();
-        if new_size == *size && self.cipher.is_some() {
+        let _layout = self.layout.write();
+        let size = self.size();
+        if new_size == size && self.cipher.is_some() {
             return Ok(());
         }
         self.codec()?
-            .truncate(&self.file, *size, new_size)
+            .truncate(&self.file, size, new_size)
             .map_err(|e| self.codec_error(e))?;
-        *size = new_size;
+        self.size.store(new_size, Ordering::Release);
         Ok(())
     }
 

@@ -99,12 +99,12 @@ pub struct Body {
 }
 
 impl Body {
-    /// Zone roots (paths) that use key `name`.
+    /// Zone roots that use key `name`, as paths from the mount root ("/dir").
     pub fn zones_using(&self, name: &str) -> Vec<String> {
         self.zones
             .values()
             .filter(|z| z.key == name)
-            .map(|z| z.path.clone())
+            .map(|z| format!("/{}", z.path))
             .collect()
     }
 }
