@@ -53,6 +53,13 @@ pub const fn block_count(size: u64) -> u64 {
 }
 
 /// Backing size of an encrypted file of `size` plaintext bytes (header included).
+///
+/// ```
+/// use ezfs::format::layout::{backing_size, plain_size};
+/// // header, one metadata block, then the 5 ciphertext bytes
+/// assert_eq!(backing_size(5), 4096 + 4096 + 5);
+/// assert_eq!(plain_size(backing_size(5)), Ok(5));
+/// ```
 pub fn backing_size(size: u64) -> u64 {
     if size == 0 {
         return HEADER_LEN;

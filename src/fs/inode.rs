@@ -145,18 +145,24 @@ impl InodeTable {
         if id == ROOT {
             return;
         }
-        let mut t = self.t.write();
-        let Some(ino) = t.by_id.get(&id) else { return };
-        let prev = ino
-            .nlookup
-            .fetch_sub(n.min(ino.nlookup.load(Ordering::Relaxed)), Ordering::Relaxed);
-        if prev <= n {
+        let gone = {
+            let mut t = self.t.write();
+            let Some(ino) = t.by_id.get(&id) else { return };
+            let prev = ino
+                .nlookup
+                .fetch_sub(n.min(ino.nlookup.load(Ordering::Relaxed)), Ordering::Relaxed);
+            if prev > n {
+                return;
+            }
             let key = ino.key;
-            t.by_id.remove(&id);
             if t.by_key.get(&key) == Some(&id) {
                 t.by_key.remove(&key);
             }
-        }
+            t.by_id.remove(&id)
+        };
+        // closed outside the lock: the last close of an unlinked file frees its blocks,
+        // which must not hold up every other lookup
+        drop(gone);
     }
 
     /// Number of inodes known (for tests and memory accounting).

@@ -792,7 +792,9 @@ impl Filesystem for EzFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.0.handles.write().remove(&fh.0);
+        // dropped after the lock is released: closing a backing file can be slow
+        let handle = self.0.handles.write().remove(&fh.0);
+        drop(handle);
         reply.ok();
     }
 
@@ -870,7 +872,9 @@ impl Filesystem for EzFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.0.handles.write().remove(&fh.0);
+        // dropped after the lock is released: closing a backing file can be slow
+        let handle = self.0.handles.write().remove(&fh.0);
+        drop(handle);
         reply.ok();
     }
 
