@@ -133,12 +133,7 @@ fn io_err(e: io::Error) -> Errno {
 
 impl Core {
     pub fn new(backing: PathBuf, keys: Arc<LocalProvider>, read_only: bool) -> io::Result<Core> {
-        let root_fd = sys::open_at(
-            rustix_cwd(),
-            backing.as_os_str(),
-            libc::O_PATH | libc::O_DIRECTORY,
-            0,
-        )?;
+        let root_fd = sys::open_at(at_cwd(), backing.as_os_str(), libc::O_PATH | libc::O_DIRECTORY, 0)?;
         let st = sys::stat_at(std::os::fd::AsFd::as_fd(&root_fd), OsStr::new(""))?;
         // SAFETY: geteuid/getegid cannot fail.
         let me = unsafe { (libc::geteuid(), libc::getegid()) };
@@ -288,6 +283,15 @@ impl Core {
         } else {
             Ok(())
         }
+    }
+
+    /// The directory `parent`, checked for creating `name` in it: writable mount, no
+    /// reserved name, usable zone.
+    fn parent_for_new(&self, parent: INodeNo, name: &OsStr) -> FsResult<Arc<Inode>> {
+        self.writable_check()?;
+        let p = self.inode(parent)?;
+        Self::check_new_name(&p, name)?;
+        Ok(p)
     }
 
     fn check_new_name(parent: &Inode, name: &OsStr) -> FsResult<()> {
@@ -475,7 +479,7 @@ impl Core {
 }
 
 /// AT_FDCWD as a borrowed descriptor, for opening the backing root by path.
-fn rustix_cwd() -> std::os::fd::BorrowedFd<'static> {
+fn at_cwd() -> std::os::fd::BorrowedFd<'static> {
     // SAFETY: AT_FDCWD is a valid "descriptor" for *at calls for the whole program.
     unsafe { std::os::fd::BorrowedFd::borrow_raw(libc::AT_FDCWD) }
 }
@@ -597,9 +601,7 @@ impl Filesystem for EzFs {
         reply: ReplyEntry,
     ) {
         let c = &self.0;
-        tri!(reply, c.writable_check());
-        let p = tri!(reply, c.inode(parent));
-        tri!(reply, Core::check_new_name(&p, name));
+        let p = tri!(reply, c.parent_for_new(parent, name));
         tri!(
             reply,
             sys::mknod_at(p.fd(), name, mode & !umask, rdev as u64).map_err(io_err)
@@ -610,9 +612,7 @@ impl Filesystem for EzFs {
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let c = &self.0;
-        tri!(reply, c.writable_check());
-        let p = tri!(reply, c.inode(parent));
-        tri!(reply, Core::check_new_name(&p, name));
+        let p = tri!(reply, c.parent_for_new(parent, name));
         tri!(
             reply,
             sys::mkdir_at(p.fd(), name, mode & !umask & 0o7777).map_err(io_err)
@@ -652,9 +652,7 @@ impl Filesystem for EzFs {
         reply: ReplyEntry,
     ) {
         let c = &self.0;
-        tri!(reply, c.writable_check());
-        let p = tri!(reply, c.inode(parent));
-        tri!(reply, Core::check_new_name(&p, link_name));
+        let p = tri!(reply, c.parent_for_new(parent, link_name));
         tri!(
             reply,
             sys::symlink_at(target.as_os_str(), p.fd(), link_name).map_err(io_err)
@@ -970,9 +968,7 @@ impl Filesystem for EzFs {
         reply: ReplyCreate,
     ) {
         let c = &self.0;
-        tri!(reply, c.writable_check());
-        let p = tri!(reply, c.inode(parent));
-        tri!(reply, Core::check_new_name(&p, name));
+        let p = tri!(reply, c.parent_for_new(parent, name));
         // Create read-write and keep the descriptor: no second open of the new file.
         let encrypted = p.zone().is_some();
         let keep = libc::O_EXCL | if encrypted { 0 } else { libc::O_TRUNC };
