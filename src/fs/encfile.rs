@@ -277,9 +277,4 @@ impl EncFile {
         }
         .map_err(|e| errno(&e))
     }
-
-    /// The header (None for an empty file not yet given one).
-    pub fn header(&self) -> Option<&Header> {
-        self.cipher.as_ref().map(|(h, _)| h)
-    }
 }

@@ -28,8 +28,6 @@ pub struct Inode {
     pub is_dir: bool,
     /// The zone this entry's contents (file) or children (directory) belong to.
     pub zone: RwLock<Option<Arc<Zone>>>,
-    /// True when this directory is the root of its zone.
-    pub zone_root: std::sync::atomic::AtomicBool,
     nlookup: AtomicU64,
     /// Shared state of an encrypted regular file while any handle has it open.
     pub enc: Mutex<Weak<EncFile>>,
@@ -47,10 +45,6 @@ impl Inode {
     /// The zone id, for boundary checks.
     pub fn zone_id(&self) -> Option<[u8; 16]> {
         self.zone.read().as_ref().map(|z| z.id)
-    }
-
-    pub fn is_zone_root(&self) -> bool {
-        self.zone_root.load(Ordering::Relaxed)
     }
 }
 
@@ -76,7 +70,6 @@ impl InodeTable {
             key: root_key,
             is_dir: true,
             zone: RwLock::new(root_zone),
-            zone_root: false.into(),
             nlookup: AtomicU64::new(2),
             enc: Mutex::new(Weak::new()),
         });
@@ -108,12 +101,12 @@ impl InodeTable {
         &self,
         key: (u64, u64),
         is_dir: bool,
-        make: impl FnOnce() -> std::io::Result<(OwnedFd, Option<Arc<Zone>>, bool)>,
+        make: impl FnOnce() -> std::io::Result<(OwnedFd, Option<Arc<Zone>>)>,
     ) -> std::io::Result<Arc<Inode>> {
         if let Some(i) = self.find_and_ref(key) {
             return Ok(i);
         }
-        let (fd, zone, zone_root) = make()?;
+        let (fd, zone) = make()?;
         let mut t = self.t.write();
         if let Some(id) = t.by_key.get(&key) {
             let i = t.by_id[id].clone();
@@ -131,7 +124,6 @@ impl InodeTable {
             key,
             is_dir,
             zone: RwLock::new(zone),
-            zone_root: zone_root.into(),
             nlookup: AtomicU64::new(1),
             enc: Mutex::new(Weak::new()),
         });
@@ -163,14 +155,5 @@ impl InodeTable {
         // closed outside the lock: the last close of an unlinked file frees its blocks,
         // which must not hold up every other lookup
         drop(gone);
-    }
-
-    /// Number of inodes known (for tests and memory accounting).
-    pub fn len(&self) -> usize {
-        self.t.read().by_id.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

@@ -243,8 +243,7 @@ impl Core {
                 } else {
                     None
                 };
-                let root = own.is_some();
-                Ok((fd, own.or_else(|| parent.zone()), root))
+                Ok((fd, own.or_else(|| parent.zone())))
             })
             .map_err(io_err)?;
         let attr = self.attr(&ino, &st);

@@ -80,11 +80,10 @@ impl Core {
         Some(ZoneMarker::decode(&bytes, self.keys.store().read().master()).map_err(|e| e.to_string()))
     }
 
-    /// Marks the cached inode of directory `dir` (if the kernel knows it) as root of `zone`.
-    fn set_cached_zone(&self, dir: &Path, zone: Option<Arc<Zone>>, is_root: bool) {
+    /// Gives the cached inode of directory `dir` (if the kernel knows it) the zone `zone`.
+    fn set_cached_zone(&self, dir: &Path, zone: Option<Arc<Zone>>) {
         if let Ok(m) = std::fs::symlink_metadata(dir) {
             if let Some(ino) = self.inodes.find_and_ref((m.dev(), m.ino())) {
-                ino.zone_root.store(is_root, std::sync::atomic::Ordering::Relaxed);
                 *ino.zone.write() = zone;
                 self.inodes.forget(ino.id, 1);
             }
@@ -127,16 +126,16 @@ impl Core {
             broken: None,
         });
         let old_zone = self.enclosing_zone(&dir);
-        self.set_cached_zone(&dir, Some(zone.clone()), true);
+        self.set_cached_zone(&dir, Some(zone.clone()));
         let bytes = marker.encode(self.keys.store().read().master());
         let marker_path = dir.join(MARKER_FILE);
         crate::keys::atomic::write_file(&marker_path, &bytes, 0o644).map_err(|e| format!("{shown}: {e}"))?;
-        self.set_cached_zone(&dir, Some(zone.clone()), true);
+        self.set_cached_zone(&dir, Some(zone.clone()));
         // a file created meanwhile would be plaintext in a zone: undo
         let only_marker = std::fs::read_dir(&dir).map(|d| d.count() == 1).unwrap_or(false);
         if !only_marker {
             let _ = std::fs::remove_file(&marker_path);
-            self.set_cached_zone(&dir, old_zone, false);
+            self.set_cached_zone(&dir, old_zone);
             return Err(format!(
                 "{shown} is not empty; a zone can only be created on an empty directory"
             ));
