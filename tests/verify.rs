@@ -23,7 +23,11 @@ fn fio(f: &Fixture, dir: &std::path::Path, extra: &[&str]) -> std::process::Outp
         "--group_reporting",
     ];
     args.extend_from_slice(extra);
-    run_cmd(Command::new("fio").args(&args), &f.scratch())
+    // fio leaves verify state files in its working directory: keep them in the fixture
+    run_cmd(
+        Command::new("fio").args(&args).current_dir(f.scratch()),
+        &f.scratch(),
+    )
 }
 
 #[test]
