@@ -186,11 +186,13 @@ impl EncFile {
     /// Reads up to `out.len()` bytes at `off` into `out`; returns how many.
     pub fn read_into(&self, off: u64, out: &mut [u8]) -> Result<usize, Errno> {
         let _layout = self.layout.read();
+        // the size is read under the stripe locks: a whole-block write that grew a short
+        // last block while we waited must not be read with the old, shorter length
+        let _g = self.stripes(off, off + out.len() as u64, false);
         let size = self.size();
         if off >= size {
             return Ok(0);
         }
-        let _g = self.stripes(off, size.min(off + out.len() as u64), false);
         self.codec()?
             .read(&self.file, size, off, out)
             .map_err(|e| self.codec_error(e))
