@@ -32,6 +32,15 @@ pub enum Request {
         path: String,
     },
     ZoneList,
+    /// Start re-encrypting the zone rooted at `path`.
+    ReencryptStart {
+        path: String,
+        data: bool,
+    },
+    /// Re-encryption status of every zone, or of the zone rooted at `path`.
+    ReencryptStatus {
+        path: Option<String>,
+    },
 }
 
 /// The daemon's answer: `Ok(data)` or one error sentence.
@@ -133,6 +142,8 @@ impl Server {
             Request::ZoneCreate { path, key } => c.zone_create(&path, &key, uid).map(|z| json(&z)),
             Request::ZoneInfo { path } => c.zone_info(&path).map(|z| json(&z)),
             Request::ZoneList => Ok(json(&c.zone_list())),
+            Request::ReencryptStart { path, data } => c.reencrypt_start(&path, data, uid).map(|j| json(&j)),
+            Request::ReencryptStatus { path } => c.reencrypt_status(path.as_deref()).map(|j| json(&j)),
         }
     }
 }

@@ -79,7 +79,7 @@ fn check_file(path: &Path, ks: &Keystore) -> (u64, Option<Problem>) {
     let Ok(size) = plain_size(len) else {
         return fail(format!("backing size {len} is too short for a header"));
     };
-    let header = match crate::fs::encfile::read_header(&f) {
+    let header = match crate::format::header::read_header(&f) {
         Ok(h) => h,
         Err(e) => return fail(e),
     };

@@ -1,13 +1,16 @@
 //! `ezfs init`, `ezfs key …` and `ezfs passwd`: keystore commands. They work whether
 //! or not the backing dir is mounted; a running mount is told to reload the keystore.
 
-use super::{mountinfo, CliResult, Failure, PassArgs};
+use super::{mountinfo, users, CliResult, Failure, PassArgs};
 use crate::control::{self, ClientError, Request};
-use crate::keys::keystore::{read_body, Body};
+use crate::keys::exec::{ExecProvider, EXEC_PREFIX};
+use crate::keys::keystore::{read_body, Body, Principal};
 use crate::keys::passphrase::{self, Passphrase};
 use crate::keys::{KdfParams, Keystore};
+use crate::zone::usage::{self, Usage};
 use clap::Subcommand;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Subcommand, Debug)]
@@ -44,6 +47,66 @@ pub enum KeyCmd {
         #[command(flatten)]
         pass: PassArgs,
     },
+    /// Drop the versions of a key that no file uses any more (the newest always stays).
+    Prune {
+        name: String,
+        #[command(flatten)]
+        at: BackingArg,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
+    /// Let a user or group open files in the zones of a key.
+    Grant {
+        name: String,
+        #[command(flatten)]
+        who: WhoArg,
+        #[command(flatten)]
+        at: BackingArg,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
+    /// Take back a grant.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        who: WhoArg,
+        #[command(flatten)]
+        at: BackingArg,
+        #[command(flatten)]
+        pass: PassArgs,
+    },
+    /// Show who may use a key: its owner, root, and the users and groups granted.
+    Acl {
+        name: String,
+        #[command(flatten)]
+        at: BackingArg,
+    },
+}
+
+/// A user or a group, by name or number.
+#[derive(clap::Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct WhoArg {
+    /// A user name or uid.
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+    /// A group name or gid.
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
+}
+
+impl WhoArg {
+    fn resolve(&self) -> Result<(Principal, String), Failure> {
+        match (&self.user, &self.group) {
+            (Some(u), _) => users::uid_of(u)
+                .map(|id| (Principal::User(id), format!("user {}", users::user_name(id))))
+                .ok_or_else(|| Failure::op(format!("no user named '{u}'"))),
+            (_, Some(g)) => users::gid_of(g)
+                .map(|id| (Principal::Group(id), format!("group {}", users::group_name(id))))
+                .ok_or_else(|| Failure::op(format!("no group named '{g}'"))),
+            _ => Err(Failure::usage("give --user or --group")),
+        }
+    }
 }
 
 /// Which backing dir a key command acts on.
@@ -88,17 +151,49 @@ fn notify_mount(backing: &Path) -> CliResult {
     }
 }
 
-pub fn init(backing: &Path, pass: &PassArgs) -> CliResult {
+/// Checks a `--key-provider` setting and makes its program path absolute (the mount
+/// daemon runs from `/`).
+fn provider_setting(setting: &str) -> Result<String, Failure> {
+    let rest = setting.strip_prefix(EXEC_PREFIX).ok_or_else(|| {
+        Failure::usage(format!(
+            "unknown key provider '{setting}': use exec:PROGRAM [ARGS…]"
+        ))
+    })?;
+    let mut words = rest.split_whitespace();
+    let program = words
+        .next()
+        .ok_or_else(|| Failure::usage("--key-provider exec: names no program"))?;
+    let program = if program.contains('/') {
+        Path::new(program)
+            .canonicalize()
+            .map_err(|e| Failure::op(format!("key provider {program}: {e}")))?
+            .display()
+            .to_string()
+    } else {
+        program.to_owned()
+    };
+    Ok(std::iter::once(format!("{EXEC_PREFIX}{program}"))
+        .chain(words.map(str::to_owned))
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
+pub fn init(backing: &Path, pass: &PassArgs, key_provider: Option<&str>) -> CliResult {
+    let provider = key_provider.map(provider_setting).transpose()?;
     if !backing.exists() {
         std::fs::create_dir_all(backing)
             .map_err(|e| Failure::op(format!("cannot create {}: {e}", backing.display())))?;
     }
     let pw = obtain(pass, "passphrase", true)?;
-    Keystore::init(backing, &pw, KdfParams::default())?;
+    let mut ks = Keystore::init(backing, &pw, KdfParams::default())?;
+    if let Some(p) = &provider {
+        ks.set_provider(p)?;
+    }
     println!(
-        "initialized {} (keystore in {}/.ezfs)",
+        "initialized {} (keystore in {}/.ezfs{})",
         backing.display(),
-        backing.display()
+        backing.display(),
+        provider.map_or(String::new(), |p| format!("; zone keys in {p}"))
     );
     Ok(())
 }
@@ -115,16 +210,27 @@ struct KeyView<'a> {
     versions: Vec<VersionView>,
     owner: u32,
     created: u64,
-    zones: Vec<String>,
+    /// Held by the external key provider.
+    external: bool,
+    zones: Vec<ZoneUse>,
 }
 
 #[derive(Serialize)]
 struct VersionView {
     version: u32,
     created: u64,
+    /// Files whose EDEK is wrapped with this version.
+    files: u64,
 }
 
-fn key_views(body: &Body) -> Vec<KeyView<'_>> {
+/// A zone of a key and how many of its files use each version.
+#[derive(Serialize)]
+struct ZoneUse {
+    path: String,
+    files_by_version: BTreeMap<u32, u64>,
+}
+
+fn key_views<'a>(body: &'a Body, usage: &Usage) -> Vec<KeyView<'a>> {
     body.keys
         .iter()
         .map(|(name, k)| KeyView {
@@ -136,13 +242,45 @@ fn key_views(body: &Body) -> Vec<KeyView<'_>> {
                 .map(|v| VersionView {
                     version: v.version,
                     created: v.created,
+                    files: usage.files(name, v.version),
                 })
                 .collect(),
             owner: k.owner,
             created: k.created,
-            zones: body.zones_using(name),
+            external: k.external,
+            zones: body
+                .zones
+                .values()
+                .filter(|z| &z.key == name)
+                .map(|z| ZoneUse {
+                    path: format!("/{}", z.path),
+                    files_by_version: usage
+                        .zones
+                        .get(&z.path)
+                        .map(|m| {
+                            m.iter()
+                                .filter_map(|(kv, n)| {
+                                    let (k, v) = kv.rsplit_once('@')?;
+                                    (k == name).then(|| Some((v.parse().ok()?, *n)))?
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })
+                .collect(),
         })
         .collect()
+}
+
+/// "v1: 3 files, v2: 10 files" style summary of a version map.
+fn by_version(m: &BTreeMap<u32, u64>) -> String {
+    if m.is_empty() {
+        return "no files".into();
+    }
+    m.iter()
+        .map(|(v, n)| format!("{n} on @{v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn run(cmd: KeyCmd) -> CliResult {
@@ -150,15 +288,123 @@ pub fn run(cmd: KeyCmd) -> CliResult {
         KeyCmd::Create { name, at, pass } => {
             let backing = at.resolve()?;
             crate::keys::validate_key_name(&name)?;
-            unlock(&backing, &pass)?.create_key(&name, real_uid())?;
+            let mut ks = unlock(&backing, &pass)?;
+            let version = match external(&ks)? {
+                Some(p) => {
+                    if ks.body().keys.contains_key(&name) {
+                        return Err(crate::keys::KeyError::KeyExists(name).into());
+                    }
+                    let v = p.create(&name)?;
+                    ks.create_external_key(&name, real_uid(), v)?;
+                    v
+                }
+                None => {
+                    ks.create_key(&name, real_uid())?;
+                    1
+                }
+            };
             notify_mount(&backing)?;
-            println!("created key {name}@1");
+            println!("created key {name}@{version}");
         }
         KeyCmd::Roll { name, at, pass } => {
             let backing = at.resolve()?;
-            let v = unlock(&backing, &pass)?.roll_key(&name)?;
+            let mut ks = unlock(&backing, &pass)?;
+            let v = if ks.key(&name)?.external {
+                let p =
+                    external(&ks)?.ok_or_else(|| Failure::op("no external key provider is configured"))?;
+                let v = p.roll(&name)?;
+                ks.add_external_version(&name, v)?;
+                v
+            } else {
+                ks.roll_key(&name)?
+            };
             notify_mount(&backing)?;
             println!("rolled key {name} to version {v}; new files use {name}@{v}");
+        }
+        KeyCmd::Prune { name, at, pass } => {
+            let backing = at.resolve()?;
+            let mut ks = unlock(&backing, &pass)?;
+            ks.key(&name)?;
+            let usage = usage::scan(&backing);
+            if usage.unreadable > 0 {
+                eprintln!(
+                    "ezfs: warning: {} file(s) in zones have unreadable headers (see 'ezfs fsck'); \
+                     their key versions are unknown",
+                    usage.unreadable
+                );
+            }
+            let dropped = ks.prune_key(&name, &|v| usage.files(&name, v) > 0)?;
+            notify_mount(&backing)?;
+            let current = ks.current_version(&name)?;
+            if dropped.is_empty() {
+                println!("nothing to prune: every version of {name} is in use or the newest");
+            } else {
+                let list: Vec<String> = dropped.iter().map(|v| format!("{name}@{v}")).collect();
+                println!("pruned {}", list.join(", "));
+            }
+            let still: Vec<u32> = ks
+                .key(&name)?
+                .versions
+                .iter()
+                .map(|v| v.version)
+                .filter(|&v| v != current)
+                .collect();
+            if !still.is_empty() {
+                for v in &still {
+                    let ex = usage
+                        .examples
+                        .get(&name)
+                        .and_then(|m| m.get(v))
+                        .cloned()
+                        .unwrap_or_default();
+                    let n = usage.files(&name, *v);
+                    eprintln!(
+                        "ezfs: {name}@{v} is still used by {n} file(s): /{}{}",
+                        ex.join(", /"),
+                        if n > ex.len() as u64 { ", …" } else { "" }
+                    );
+                }
+                return Err(Failure::op(format!(
+                    "kept {} version(s) of {name} that files still use; run 'ezfs zone reencrypt' on their zones first",
+                    still.len()
+                )));
+            }
+        }
+        KeyCmd::Grant { name, who, at, pass } => {
+            let backing = at.resolve()?;
+            let (p, shown) = who.resolve()?;
+            let changed = unlock(&backing, &pass)?.grant(&name, p)?;
+            notify_mount(&backing)?;
+            match changed {
+                true => println!("granted {shown} the use of key {name}"),
+                false => println!("{shown} already had the use of key {name}"),
+            }
+        }
+        KeyCmd::Revoke { name, who, at, pass } => {
+            let backing = at.resolve()?;
+            let (p, shown) = who.resolve()?;
+            let changed = unlock(&backing, &pass)?.revoke(&name, p)?;
+            notify_mount(&backing)?;
+            match changed {
+                true => println!("revoked the use of key {name} from {shown}"),
+                false => println!("{shown} had no grant on key {name}"),
+            }
+        }
+        KeyCmd::Acl { name, at } => {
+            let body = read_body(&at.resolve()?)?;
+            let k = body
+                .keys
+                .get(&name)
+                .ok_or_else(|| crate::keys::KeyError::NoSuchKey(name.clone()))?;
+            println!("key {name}:");
+            println!("  owner:  {}", users::user_name(k.owner));
+            println!("  root:   always");
+            for u in &k.acl.users {
+                println!("  user:   {}", users::user_name(*u));
+            }
+            for g in &k.acl.groups {
+                println!("  group:  {}", users::group_name(*g));
+            }
         }
         KeyCmd::Delete { name, at, pass } => {
             let backing = at.resolve()?;
@@ -167,31 +413,62 @@ pub fn run(cmd: KeyCmd) -> CliResult {
             println!("deleted key {name}");
         }
         KeyCmd::List { at, json } => {
-            let body = read_body(&at.resolve()?)?;
-            let views = key_views(&body);
+            let backing = at.resolve()?;
+            let body = read_body(&backing)?;
+            let usage = usage::scan(&backing);
+            let views = key_views(&body, &usage);
             if json {
                 println!("{}", serde_json::to_string_pretty(&views).expect("serializes"));
             } else if views.is_empty() {
                 println!("no keys");
             } else {
-                println!("{:<24} {:>8} {:>8}  ZONES", "KEY", "VERSION", "VERSIONS");
+                println!(
+                    "{:<20} {:>7}  {:<28}  ZONES",
+                    "KEY", "CURRENT", "FILES BY VERSION"
+                );
                 for k in views {
+                    let files: BTreeMap<u32, u64> = k.versions.iter().map(|v| (v.version, v.files)).collect();
                     let zones = if k.zones.is_empty() {
                         "-".to_string()
                     } else {
-                        k.zones.join(", ")
+                        k.zones
+                            .iter()
+                            .map(|z| format!("{} ({})", z.path, by_version(&z.files_by_version)))
+                            .collect::<Vec<_>>()
+                            .join("; ")
                     };
+                    let versions = files
+                        .iter()
+                        .map(|(v, n)| format!("@{v}:{n}"))
+                        .collect::<Vec<_>>()
+                        .join(" ");
                     println!(
-                        "{:<24} {:>8} {:>8}  {zones}",
-                        k.name,
-                        k.current_version,
-                        k.versions.len()
+                        "{:<20} {:>7}  {:<28}  {zones}",
+                        format!("{}{}", k.name, if k.external { "*" } else { "" }),
+                        format!("@{}", k.current_version),
+                        versions
+                    );
+                }
+                if body.keys.values().any(|k| k.external) {
+                    println!(
+                        "* held by the external key provider {}",
+                        body.provider.as_deref().unwrap_or("?")
                     );
                 }
             }
         }
     }
     Ok(())
+}
+
+/// The external key provider, when the keystore names one.
+fn external(ks: &Keystore) -> Result<Option<ExecProvider>, Failure> {
+    Ok(ks
+        .body()
+        .provider
+        .as_deref()
+        .map(ExecProvider::from_setting)
+        .transpose()?)
 }
 
 pub fn passwd(backing: &Path, pass: &PassArgs, new_file: Option<&Path>) -> CliResult {

@@ -7,6 +7,7 @@ mod keycmd;
 mod logger;
 mod mount;
 pub mod mountinfo;
+mod users;
 mod zonecmd;
 
 use clap::{Parser, Subcommand};
@@ -83,6 +84,10 @@ enum Cmd {
         backing: PathBuf,
         #[command(flatten)]
         pass: PassArgs,
+        /// Keep zone keys in an external key provider: exec:PROGRAM [ARGS…] (a program speaking
+        /// ezfs's JSON line protocol, see ezfs(1)); default: the local keystore.
+        #[arg(long, value_name = "exec:PROGRAM")]
+        key_provider: Option<String>,
     },
     /// Mount BACKING at MOUNTPOINT (runs in the background unless --foreground).
     Mount(mount::MountArgs),
@@ -129,7 +134,11 @@ pub fn run() -> i32 {
     };
     logger::init();
     let res = match cli.cmd {
-        Cmd::Init { backing, pass } => keycmd::init(&backing, &pass),
+        Cmd::Init {
+            backing,
+            pass,
+            key_provider,
+        } => keycmd::init(&backing, &pass, key_provider.as_deref()),
         Cmd::Mount(args) => mount::mount(args),
         Cmd::Umount { mountpoint } => mount::umount(&mountpoint),
         Cmd::Key(k) => keycmd::run(k),

@@ -241,6 +241,7 @@ fn serve(
         }
     };
     raise_readahead(mnt);
+    let _ = core.notifier.set(session.notifier());
     let mut unmounter = session.unmount_callable();
     std::thread::Builder::new()
         .name("ezfs-control".into())

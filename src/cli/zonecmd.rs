@@ -2,9 +2,12 @@
 
 use super::{mountinfo, CliResult, Failure};
 use crate::control::{self, Request};
+use crate::fs::reencrypt::{JobState, JobStatus};
 use crate::fs::zones::{PathInfo, ZoneSummary};
 use clap::Subcommand;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Subcommand, Debug)]
 pub enum ZoneCmd {
@@ -25,6 +28,22 @@ pub enum ZoneCmd {
     /// Show how a file or directory is encrypted: zone, key@version, cipher suite, EDEK, file id.
     Info {
         path: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-wrap every file's data key in zone DIR with the zone key's newest version
+    /// (data untouched), or with --status show each zone's re-encryption state.
+    Reencrypt {
+        /// The zone root (with --status: optional, default every zone of the current mount).
+        #[arg(required_unless_present = "status")]
+        dir: Option<PathBuf>,
+        /// Also give every file a new data key and re-encrypt its blocks.
+        #[arg(long, conflicts_with = "status")]
+        data: bool,
+        /// Show the state of re-encryption jobs instead of starting one.
+        #[arg(long)]
+        status: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -78,13 +97,23 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
             } else if zones.is_empty() {
                 println!("no encryption zones");
             } else {
-                println!("{:<40} {:<20} {:>8}", "ZONE", "KEY", "FILES");
+                println!("{:<40} {:<20} {:>8}  BY VERSION", "ZONE", "KEY", "FILES");
                 for z in zones {
+                    let per: Vec<String> = z
+                        .files_by_version
+                        .iter()
+                        .map(|(kv, n)| format!("{kv}:{n}"))
+                        .collect();
                     println!(
-                        "{:<40} {:<20} {:>8}",
+                        "{:<40} {:<20} {:>8}  {}",
                         z.path,
                         format!("{}@{}", z.key, z.key_version),
-                        z.files
+                        z.files,
+                        if per.is_empty() {
+                            "-".to_string()
+                        } else {
+                            per.join(" ")
+                        }
                     );
                 }
             }
@@ -106,8 +135,163 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
                     println!("file id:      {id}");
                     println!("EDEK:         {edek}");
                 }
+                if !i.files_by_version.is_empty() {
+                    let per: Vec<String> = i
+                        .files_by_version
+                        .iter()
+                        .map(|(kv, n)| format!("{n} on {kv}"))
+                        .collect();
+                    println!("files:        {}", per.join(", "));
+                }
+            }
+        }
+        ZoneCmd::Reencrypt {
+            dir,
+            data,
+            status: true,
+            json,
+        } => {
+            let _ = data;
+            let (m, rel) = match &dir {
+                Some(d) => {
+                    let (m, rel) = locate(d)?;
+                    (m, Some(rel))
+                }
+                None => {
+                    let cwd = std::env::current_dir().map_err(Failure::op)?;
+                    let (m, _) = locate(&cwd)?;
+                    (m, None)
+                }
+            };
+            let v = control::call(&m.backing, &Request::ReencryptStatus { path: rel })?;
+            let mut jobs: Vec<JobStatus> = serde_json::from_value(v).map_err(Failure::op)?;
+            for j in &mut jobs {
+                j.zone = shown(&m, &j.zone);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs).expect("serializes"));
+            } else {
+                print_status_table(&jobs);
+            }
+        }
+        ZoneCmd::Reencrypt { dir, data, json, .. } => {
+            let dir = dir.ok_or_else(|| Failure::usage("give the zone directory"))?;
+            let (m, rel) = locate(&dir)?;
+            let v = control::call(
+                &m.backing,
+                &Request::ReencryptStart {
+                    path: rel.clone(),
+                    data,
+                },
+            )?;
+            let mut job: JobStatus = serde_json::from_value(v).map_err(Failure::op)?;
+            let tty = std::io::stderr().is_terminal();
+            if tty {
+                eprintln!("re-encrypting in the mount daemon (Ctrl-C stops only this display)");
+            }
+            while job.state == JobState::Running {
+                if tty {
+                    eprint!("\r{}", progress_line(&job));
+                }
+                std::thread::sleep(Duration::from_millis(250));
+                let v = control::call(
+                    &m.backing,
+                    &Request::ReencryptStatus {
+                        path: Some(rel.clone()),
+                    },
+                )?;
+                let jobs: Vec<JobStatus> = serde_json::from_value(v).map_err(Failure::op)?;
+                job = jobs
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| Failure::op("the zone disappeared during re-encryption"))?;
+            }
+            if tty {
+                eprintln!("\r{}", progress_line(&job));
+            }
+            job.zone = shown(&m, &job.zone);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&job).expect("serializes"));
+            } else {
+                println!(
+                    "zone {}: {} file(s) {} to {}@{}, {} already current, {} failed ({:.1} s)",
+                    job.zone,
+                    job.files_done,
+                    if job.data { "re-encrypted" } else { "re-wrapped" },
+                    job.key,
+                    job.target_version,
+                    job.files_current,
+                    job.files_failed,
+                    job.elapsed_ms as f64 / 1000.0
+                );
+                if job.data && job.files_done == 0 && job.files_failed == 0 {
+                    println!(
+                        "every file already uses {}@{}: roll the key first ('ezfs key roll {}') to replace data keys",
+                        job.key, job.target_version, job.key
+                    );
+                }
+            }
+            if job.state != JobState::Completed || job.files_failed > 0 {
+                for f in &job.failures {
+                    eprintln!("ezfs: {f}");
+                }
+                return Err(Failure::op(format!(
+                    "{} file(s) in {} could not be re-encrypted; run the command again once fixed",
+                    job.files_failed, job.zone
+                )));
             }
         }
     }
     Ok(())
+}
+
+fn progress_line(j: &JobStatus) -> String {
+    let seen = j.files_seen();
+    let pct = if j.files_total == 0 {
+        100.0
+    } else {
+        100.0 * seen.min(j.files_total) as f64 / j.files_total as f64
+    };
+    let rate = if j.elapsed_ms > 0 {
+        seen as f64 * 1000.0 / j.elapsed_ms as f64
+    } else {
+        0.0
+    };
+    format!(
+        "  {seen}/{} files ({pct:.0}%), {rate:.0} files/s, {} failed ",
+        j.files_total, j.files_failed
+    )
+}
+
+fn print_status_table(jobs: &[JobStatus]) {
+    if jobs.is_empty() {
+        println!("no encryption zones");
+        return;
+    }
+    println!(
+        "{:<32} {:<12} {:<16} {:>8} {:>8} {:>8} {:>7}",
+        "ZONE", "STATE", "KEY", "TOTAL", "DONE", "CURRENT", "FAILED"
+    );
+    for j in jobs {
+        let state = match j.state {
+            JobState::None => "never",
+            JobState::Running => "running",
+            JobState::Completed if j.files_failed > 0 => "failures",
+            JobState::Completed => "completed",
+            JobState::Interrupted => "interrupted",
+        };
+        println!(
+            "{:<32} {:<12} {:<16} {:>8} {:>8} {:>8} {:>7}",
+            j.zone,
+            format!("{state}{}", if j.data { "+data" } else { "" }),
+            format!("{}@{}", j.key, j.target_version),
+            j.files_total,
+            j.files_done,
+            j.files_current,
+            j.files_failed
+        );
+    }
+    if jobs.iter().any(|j| j.state == JobState::Interrupted) {
+        println!("interrupted jobs finish when 'ezfs zone reencrypt DIR' is run again");
+    }
 }

@@ -100,6 +100,12 @@ impl Header {
         Self::aad(&self.file_id, &self.zone_id, &self.key_name, self.key_version)
     }
 
+    /// Length of the header's meaningful prefix (fields and EDEK; the rest is zeros):
+    /// re-wrapping rewrites only these bytes, one sector.
+    pub fn used_len(&self) -> usize {
+        FIXED_LEN + self.key_name.len() + WRAPPED_KEY_LEN
+    }
+
     /// The full 4096-byte header block.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = self.own_aad();
@@ -150,6 +156,13 @@ impl Header {
             edek: bytes[edek_at..end].try_into().expect("60 bytes"),
         })
     }
+}
+
+/// Reads and parses the header of a non-empty encrypted backing file.
+pub fn read_header(file: &std::fs::File) -> Result<Header, String> {
+    let mut buf = vec![0u8; HEADER_LEN as usize];
+    let n = super::Backing::read_at(file, &mut buf, 0).map_err(|e| e.to_string())?;
+    Header::decode(&buf[..n]).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -4,8 +4,9 @@
 
 use super::sys;
 use crate::crypto::{random_bytes, Key};
+use crate::format::header::read_header;
 use crate::format::layout::{self, plain_size};
-use crate::format::{Backing, BlockCodec, CodecError, Header};
+use crate::format::{BlockCodec, CodecError, Header};
 use crate::keys::{KeyError, KeyProvider};
 use crate::zone::Zone;
 use fuser::Errno;
@@ -63,13 +64,6 @@ pub fn new_header(zone: &Zone, keys: &dyn KeyProvider) -> Result<(Header, BlockC
         edek,
     };
     Ok((header, BlockCodec::new(&dek, file_id)))
-}
-
-/// Reads and parses the header of a non-empty encrypted backing file.
-pub fn read_header(file: &File) -> Result<Header, String> {
-    let mut buf = vec![0u8; layout::HEADER_LEN as usize];
-    let n = Backing::read_at(file, &mut buf, 0).map_err(|e| e.to_string())?;
-    Header::decode(&buf[..n]).map_err(|e| e.to_string())
 }
 
 impl EncFile {

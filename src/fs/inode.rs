@@ -11,7 +11,7 @@ use crate::zone::Zone;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 /// Node id of the mount's root.
@@ -31,6 +31,10 @@ pub struct Inode {
     nlookup: AtomicU64,
     /// Shared state of an encrypted regular file while any handle has it open.
     pub enc: Mutex<Weak<EncFile>>,
+    /// `zone reencrypt --data` replaced this backing file by a new one under the same
+    /// name; opening this inode gives ESTALE, so the kernel looks the name up again.
+    /// (The descriptor pins the old inode number, so it cannot be reused meanwhile.)
+    pub stale: AtomicBool,
 }
 
 impl Inode {
@@ -72,6 +76,7 @@ impl InodeTable {
             zone: RwLock::new(root_zone),
             nlookup: AtomicU64::new(2),
             enc: Mutex::new(Weak::new()),
+            stale: AtomicBool::new(false),
         });
         let mut t = Tables::default();
         t.by_key.insert(root_key, ROOT);
@@ -126,6 +131,7 @@ impl InodeTable {
             zone: RwLock::new(zone),
             nlookup: AtomicU64::new(1),
             enc: Mutex::new(Weak::new()),
+            stale: AtomicBool::new(false),
         });
         t.by_key.insert(key, id);
         t.by_id.insert(id, ino.clone());

@@ -7,6 +7,8 @@
 
 pub mod encfile;
 pub mod inode;
+pub mod reencrypt;
+mod rekey;
 pub mod sys;
 pub mod zones;
 
@@ -18,8 +20,8 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use inode::{Inode, InodeTable, ROOT};
-use parking_lot::RwLock;
-use std::collections::HashMap;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
@@ -60,6 +62,14 @@ pub struct Core {
     pub writeback: bool,
     /// Effective uid and gid of the daemon: files it creates for them need no chown.
     me: (u32, u32),
+    /// Re-encryption status records.
+    pub jobs: reencrypt::Jobs,
+    /// Zones (ids) with a running re-encryption job.
+    reencrypting: Mutex<HashSet<String>>,
+    /// Serialize reading a header at open with rewriting it (striped by inode number).
+    header_locks: [RwLock<()>; 64],
+    /// Tells the kernel to drop cached names (set once the session exists).
+    pub notifier: std::sync::OnceLock<fuser::Notifier>,
 }
 
 thread_local! {
@@ -133,6 +143,7 @@ fn io_err(e: io::Error) -> Errno {
 
 impl Core {
     pub fn new(backing: PathBuf, keys: Arc<LocalProvider>, read_only: bool) -> io::Result<Core> {
+        let backing_dir = backing.clone();
         let root_fd = sys::open_at(at_cwd(), backing.as_os_str(), libc::O_PATH | libc::O_DIRECTORY, 0)?;
         let st = sys::stat_at(std::os::fd::AsFd::as_fd(&root_fd), OsStr::new(""))?;
         // SAFETY: geteuid/getegid cannot fail.
@@ -146,6 +157,10 @@ impl Core {
             read_only,
             writeback: !read_only,
             me,
+            jobs: reencrypt::Jobs::load(&crate::keys::keystore::ezfs_dir(&backing_dir)),
+            reencrypting: Mutex::new(HashSet::new()),
+            header_locks: std::array::from_fn(|_| RwLock::new(())),
+            notifier: std::sync::OnceLock::new(),
         };
         Ok(core)
     }
@@ -305,11 +320,21 @@ impl Core {
         Ok(())
     }
 
+    /// The lock that orders header reads at open against header rewrites.
+    pub(crate) fn header_lock(&self, backing_ino: u64) -> &RwLock<()> {
+        &self.header_locks[(backing_ino % self.header_locks.len() as u64) as usize]
+    }
+
     /// The shared encrypted-file state of `ino`, opening it if no handle has.
     fn enc_file(&self, ino: &Inode) -> FsResult<Arc<EncFile>> {
+        let _header = self.header_lock(ino.key.1).read();
         let mut slot = ino.enc.lock();
         if let Some(e) = slot.upgrade() {
             return Ok(e);
+        }
+        if ino.stale.load(Ordering::Acquire) {
+            // re-encrypted into a new file under the same name: the kernel looks again
+            return Err(Errno::ESTALE);
         }
         let zone = ino.zone().ok_or(Errno::EIO)?;
         let e = Arc::new(EncFile::open(ino.fd(), &zone, &*self.keys, !self.read_only)?);
@@ -342,13 +367,32 @@ impl Core {
         st_mode & libc::S_IFMT == libc::S_IFREG && ino.zone.read().is_some()
     }
 
-    fn open_file(&self, ino: &Inode, flags: i32) -> FsResult<Handle> {
+    /// Key users (`ezfs key grant`): the caller may open files of a zone only if its
+    /// key lets it; root and the key's owner always may.
+    fn check_key_user(&self, req: &Request, zone: Option<&Zone>) -> FsResult<()> {
+        let Some(zone) = zone.filter(|z| z.broken.is_none()) else {
+            return Ok(());
+        };
+        let store = self.keys.store().read();
+        // a key that is missing fails later, with EIO and a log line
+        let Ok(key) = store.key(&zone.key) else {
+            return Ok(());
+        };
+        if key.allows(req.uid(), req.gid(), || supplementary_groups(req.pid())) {
+            return Ok(());
+        }
+        log::info!("uid {} may not use key {}: access denied", req.uid(), zone.key);
+        Err(Errno::EACCES)
+    }
+
+    fn open_file(&self, req: &Request, ino: &Inode, flags: i32) -> FsResult<Handle> {
         let st = sys::stat_at(ino.fd(), OsStr::new("")).map_err(io_err)?;
         let wants_write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if wants_write {
             self.writable_check()?;
         }
         if Self::is_encrypted(ino, st.st_mode) {
+            self.check_key_user(req, ino.zone().as_deref())?;
             let enc = self.enc_file(ino)?;
             if flags & libc::O_TRUNC != 0 && wants_write {
                 enc.truncate(0)?;
@@ -371,10 +415,11 @@ impl Core {
         Ok(Handle::Plain(f))
     }
 
-    fn set_size(&self, ino: &Inode, size: u64) -> FsResult<()> {
+    fn set_size(&self, req: &Request, ino: &Inode, size: u64) -> FsResult<()> {
         self.writable_check()?;
         let st = sys::stat_at(ino.fd(), OsStr::new("")).map_err(io_err)?;
         if Self::is_encrypted(ino, st.st_mode) {
+            self.check_key_user(req, ino.zone().as_deref())?;
             self.enc_file(ino)?.truncate(size)
         } else {
             sys::reopen(ino.fd(), libc::O_WRONLY)
@@ -567,7 +612,7 @@ impl Filesystem for EzFs {
             );
         }
         if let Some(size) = size {
-            tri!(reply, c.set_size(&i, size));
+            tri!(reply, c.set_size(req, &i, size));
             // what the kernel does for a truncate by an unprivileged user
             if req.uid() != 0 && mode.is_none() {
                 tri!(reply, kill_suidgid(&i));
@@ -706,10 +751,10 @@ impl Filesystem for EzFs {
         reply.entry(&TTL, &attr, Generation(0));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let c = &self.0;
         let i = tri!(reply, c.inode(ino));
-        let h = tri!(reply, c.open_file(&i, flags.0));
+        let h = tri!(reply, c.open_file(req, &i, flags.0));
         reply.opened(c.add_handle(h), FopenFlags::empty());
     }
 
@@ -968,6 +1013,7 @@ impl Filesystem for EzFs {
     ) {
         let c = &self.0;
         let p = tri!(reply, c.parent_for_new(parent, name));
+        tri!(reply, c.check_key_user(req, p.zone().as_deref()));
         // Create read-write and keep the descriptor: no second open of the new file.
         let encrypted = p.zone().is_some();
         let keep = libc::O_EXCL | if encrypted { 0 } else { libc::O_TRUNC };
@@ -1023,6 +1069,18 @@ impl Filesystem for EzFs {
 
 /// Clears set-user-id, and set-group-id when group-executable, as the kernel does when
 /// an unprivileged user writes or truncates a file (we asked for FUSE_HANDLE_KILLPRIV_V2).
+/// The supplementary groups of process `pid` (the kernel sends only uid and gid).
+fn supplementary_groups(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+        })
+        .unwrap_or_default()
+}
+
 fn kill_suidgid(i: &Inode) -> FsResult<()> {
     let st = sys::stat_at(i.fd(), OsStr::new("")).map_err(io_err)?;
     let mut kill = libc::S_ISUID;

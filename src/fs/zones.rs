@@ -1,9 +1,8 @@
 //! Zone management on a live mount (create, info, list) and the zone check at mount
 //! time. The control socket calls these; paths are relative to the backing root.
 
-use super::encfile::read_header;
 use super::Core;
-use crate::format::header::{hex, SUITE_NAME};
+use crate::format::header::{hex, read_header, SUITE_NAME};
 use crate::keys::KeyProvider;
 use crate::zone::{Zone, ZoneMarker, MARKER_FILE};
 use serde::Serialize;
@@ -23,6 +22,9 @@ pub struct ZoneSummary {
     pub key_version: u32,
     /// Regular files in the zone (not counting nested zones).
     pub files: u64,
+    /// How many of them use each "key@version".
+    #[serde(default)]
+    pub files_by_version: BTreeMap<String, u64>,
 }
 
 /// What `zone info` shows for a path (HDFS's getFileEncryptionInfo).
@@ -39,6 +41,9 @@ pub struct PathInfo {
     /// Hex; absent for directories and for empty files that have no header yet.
     pub edek: Option<String>,
     pub file_id: Option<String>,
+    /// For a zone root: how many of the zone's files use each "key@version".
+    #[serde(default)]
+    pub files_by_version: BTreeMap<String, u64>,
 }
 
 fn walk(dir: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata)) {
@@ -151,6 +156,7 @@ impl Core {
             key: key.into(),
             key_version: version,
             files: 0,
+            files_by_version: BTreeMap::new(),
         })
     }
 
@@ -172,7 +178,7 @@ impl Core {
     }
 
     /// The closest directory at or above `p` (within the backing dir) with a marker.
-    fn zone_root_of(&self, p: &Path) -> Option<(PathBuf, Result<ZoneMarker, String>)> {
+    pub(super) fn zone_root_of(&self, p: &Path) -> Option<(PathBuf, Result<ZoneMarker, String>)> {
         let mut cur = Some(p);
         while let Some(d) = cur {
             if !d.starts_with(&self.backing) {
@@ -209,7 +215,12 @@ impl Core {
             cipher_suite: SUITE_NAME.into(),
             edek: None,
             file_id: None,
+            files_by_version: BTreeMap::new(),
         };
+        if meta.is_dir() && root == p {
+            let u = crate::zone::usage::scan_zone(&self.backing, &root);
+            info.files_by_version = u.zones.into_values().next().unwrap_or_default();
+        }
         if meta.is_file() && meta.len() > 0 {
             let f = std::fs::File::open(&p).map_err(|e| format!("{shown}: {e}"))?;
             let h = read_header(&f).map_err(|e| format!("{shown}: {e}"))?;
@@ -240,6 +251,7 @@ impl Core {
                             key_version: self.keys.current_version(&marker.key).unwrap_or(0),
                             key: marker.key,
                             files: 0,
+                            files_by_version: BTreeMap::new(),
                         },
                     ));
                 }
@@ -254,6 +266,10 @@ impl Core {
                 }
             }
         });
+        let usage = crate::zone::usage::scan(&self.backing);
+        for (root, z) in &mut zones {
+            z.files_by_version = usage.zones.get(&self.relative(root)).cloned().unwrap_or_default();
+        }
         let registry = self.keys.store().read().body().zones.clone();
         for (root, z) in &zones {
             let rel = self.relative(root);

@@ -16,7 +16,7 @@ use super::{validate_key_name, KeyError};
 use crate::crypto::{random_bytes, Cipher, Key, KEY_LEN, NONCE_LEN, TAG_LEN, WRAPPED_KEY_LEN};
 use crate::format::header::hex;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
@@ -57,26 +57,67 @@ struct Kdf {
     salt: String,
 }
 
-/// One version of a zone key, as stored: its material sealed by the master key.
+/// One version of a zone key, as stored: its material sealed by the master key
+/// (empty for keys an external provider holds).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VersionEntry {
     pub version: u32,
     pub created: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     sealed: String,
 }
 
-/// A zone key: its versions (newest last) and who created it.
+/// Who may use a key's zones besides its owner and root (HDFS's KMS ACLs).
+/// New fields are left out of the JSON when empty, so keystores written before they
+/// existed keep authenticating.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Acl {
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub users: BTreeSet<u32>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub groups: BTreeSet<u32>,
+}
+
+impl Acl {
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.groups.is_empty()
+    }
+}
+
+/// A user or a group in a key's access list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    User(u32),
+    Group(u32),
+}
+
+/// A zone key: its versions (newest last), who created it and who may use it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct KeyEntry {
     pub owner: u32,
     pub created: u64,
     pub versions: Vec<VersionEntry>,
+    #[serde(default, skip_serializing_if = "Acl::is_empty")]
+    pub acl: Acl,
+    /// The material lives in the external key provider, not here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
 }
 
 impl KeyEntry {
     /// The newest version (new files use it).
     pub fn current(&self) -> u32 {
         self.versions.last().map_or(0, |v| v.version)
+    }
+
+    /// Whether a process with `uid`, primary group `gid` and supplementary groups
+    /// `groups()` (only asked for when needed: it costs a /proc read) may use the key.
+    pub fn allows(&self, uid: u32, gid: u32, groups: impl FnOnce() -> Vec<u32>) -> bool {
+        uid == 0
+            || uid == self.owner
+            || self.acl.users.contains(&uid)
+            || self.acl.groups.contains(&gid)
+            || (!self.acl.groups.is_empty() && groups().iter().any(|g| self.acl.groups.contains(g)))
     }
 }
 
@@ -96,6 +137,10 @@ pub struct Body {
     pub keys: BTreeMap<String, KeyEntry>,
     /// Zone id (hex) to zone.
     pub zones: BTreeMap<String, ZoneEntry>,
+    /// The external key provider's command line (`exec:PROGRAM ARGS…`) that holds the
+    /// material of keys marked `external`; absent for a purely local keystore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
 }
 
 impl Body {
@@ -325,7 +370,7 @@ impl Keystore {
             .verify_mac(&body_aad(&store.body), &mac)
             .map_err(|_| corrupt("authentication failed (was it edited?)"))?;
         let mut material = HashMap::new();
-        for (name, entry) in &store.body.keys {
+        for (name, entry) in store.body.keys.iter().filter(|(_, e)| !e.external) {
             for v in &entry.versions {
                 let wrapped = to_wrapped(&v.sealed).ok_or_else(|| corrupt("bad sealed key field"))?;
                 let key = self
@@ -424,32 +469,130 @@ impl Keystore {
 
     /// Creates key `name` at version 1, owned by `owner` (a uid).
     pub fn create_key(&mut self, name: &str, owner: u32) -> Result<(), KeyError> {
+        self.add_key(name, owner, None)
+    }
+
+    /// Records key `name`, whose material the external provider holds, at `version`.
+    pub fn create_external_key(&mut self, name: &str, owner: u32, version: u32) -> Result<(), KeyError> {
+        self.add_key(name, owner, Some(version))
+    }
+
+    fn add_key(&mut self, name: &str, owner: u32, external: Option<u32>) -> Result<(), KeyError> {
         validate_key_name(name)?;
         self.update(|ks| {
             if ks.body.keys.contains_key(name) {
                 return Err(KeyError::KeyExists(name.into()));
             }
-            let v = ks.seal_version(name, 1);
+            let v = match external {
+                Some(version) => VersionEntry {
+                    version,
+                    created: now(),
+                    sealed: String::new(),
+                },
+                None => ks.seal_version(name, 1),
+            };
             ks.body.keys.insert(
                 name.into(),
                 KeyEntry {
                     owner,
                     created: now(),
                     versions: vec![v],
+                    acl: Acl::default(),
+                    external: external.is_some(),
                 },
             );
             Ok(())
-        })?;
-        Ok(())
+        })
+    }
+
+    /// The entry of key `name`.
+    pub fn key(&self, name: &str) -> Result<&KeyEntry, KeyError> {
+        self.body
+            .keys
+            .get(name)
+            .ok_or_else(|| KeyError::NoSuchKey(name.into()))
     }
 
     /// Adds a new version of `name`; returns it. New files use it from now on.
     pub fn roll_key(&mut self, name: &str) -> Result<u32, KeyError> {
         self.update(|ks| {
             let next = ks.current_version(name)? + 1;
+            if ks.key(name)?.external {
+                return Err(KeyError::Other(format!(
+                    "key '{name}' lives in the external key provider; roll it there"
+                )));
+            }
             let v = ks.seal_version(name, next);
             ks.body.keys.get_mut(name).expect("checked").versions.push(v);
             Ok(next)
+        })
+    }
+
+    /// Records `version` (made by the external provider) as the newest of `name`.
+    pub fn add_external_version(&mut self, name: &str, version: u32) -> Result<(), KeyError> {
+        self.update(|ks| {
+            let current = ks.current_version(name)?;
+            if version <= current {
+                return Err(KeyError::Other(format!(
+                    "the key provider rolled '{name}' to version {version}, not above {current}"
+                )));
+            }
+            let k = ks.body.keys.get_mut(name).expect("checked");
+            k.versions.push(VersionEntry {
+                version,
+                created: now(),
+                sealed: String::new(),
+            });
+            Ok(())
+        })
+    }
+
+    /// Drops every version of `name` but the newest for which `in_use` is false;
+    /// returns the dropped versions.
+    pub fn prune_key(&mut self, name: &str, in_use: &dyn Fn(u32) -> bool) -> Result<Vec<u32>, KeyError> {
+        self.update(|ks| {
+            let current = ks.current_version(name)?;
+            let k = ks.body.keys.get_mut(name).expect("checked");
+            let mut dropped = Vec::new();
+            k.versions.retain(|v| {
+                let keep = v.version == current || in_use(v.version);
+                if !keep {
+                    dropped.push(v.version);
+                }
+                keep
+            });
+            Ok(dropped)
+        })
+    }
+
+    /// Adds `who` to the users of key `name`; false if it was there already.
+    pub fn grant(&mut self, name: &str, who: Principal) -> Result<bool, KeyError> {
+        self.change_acl(name, |acl| match who {
+            Principal::User(u) => acl.users.insert(u),
+            Principal::Group(g) => acl.groups.insert(g),
+        })
+    }
+
+    /// Removes `who` from the users of key `name`; false if it was not there.
+    pub fn revoke(&mut self, name: &str, who: Principal) -> Result<bool, KeyError> {
+        self.change_acl(name, |acl| match who {
+            Principal::User(u) => acl.users.remove(&u),
+            Principal::Group(g) => acl.groups.remove(&g),
+        })
+    }
+
+    fn change_acl(&mut self, name: &str, change: impl FnOnce(&mut Acl) -> bool) -> Result<bool, KeyError> {
+        self.update(|ks| {
+            ks.key(name)?;
+            Ok(change(&mut ks.body.keys.get_mut(name).expect("checked").acl))
+        })
+    }
+
+    /// Sets the external key provider (`exec:PROGRAM ARGS…`).
+    pub fn set_provider(&mut self, provider: &str) -> Result<(), KeyError> {
+        self.update(|ks| {
+            ks.body.provider = Some(provider.into());
+            Ok(())
         })
     }
 

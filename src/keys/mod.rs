@@ -2,6 +2,7 @@
 //! a passphrase-sealed keystore file in `BACKING/.ezfs/`.
 
 pub mod atomic;
+pub mod exec;
 pub mod keystore;
 pub mod passphrase;
 pub mod provider;

@@ -4,9 +4,11 @@
 //! file's DEK and to unwrap an EDEK. An external KMS can implement this trait without
 //! any change to the file format or the filesystem.
 
+use super::exec::ExecProvider;
 use super::{KeyError, Keystore};
 use crate::crypto::{Key, WRAPPED_KEY_LEN};
 use parking_lot::RwLock;
+use std::sync::OnceLock;
 
 /// Wraps and unwraps data keys with named, versioned zone keys.
 pub trait KeyProvider: Send + Sync {
@@ -30,17 +32,37 @@ pub trait KeyProvider: Send + Sync {
     ) -> Result<Key, KeyError>;
 }
 
-/// The local keystore as a provider. Reloads the file when asked for a key or version
-/// it does not know yet, so keys created by the command line while mounted work at once.
+/// The local keystore as a provider, handing keys marked external to the configured
+/// external program. Reloads the file when asked for a key or version it does not know
+/// yet, so keys created by the command line while mounted work at once.
 pub struct LocalProvider {
     store: RwLock<Keystore>,
+    external: OnceLock<Result<ExecProvider, String>>,
 }
 
 impl LocalProvider {
     pub fn new(store: Keystore) -> LocalProvider {
         LocalProvider {
             store: RwLock::new(store),
+            external: OnceLock::new(),
         }
+    }
+
+    /// The external provider, if the keystore names one.
+    pub fn external(&self) -> Result<&ExecProvider, KeyError> {
+        let setting = self.store.read().body().provider.clone();
+        let Some(setting) = setting else {
+            return Err(KeyError::Other("no external key provider is configured".into()));
+        };
+        self.external
+            .get_or_init(|| ExecProvider::from_setting(&setting).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| KeyError::Other(e.clone()))
+    }
+
+    /// Whether key `name` lives in the external provider.
+    fn is_external(&self, name: &str) -> Result<bool, KeyError> {
+        self.with_reload(|ks| Ok(ks.key(name)?.external))
     }
 
     /// The keystore, for zone registration and listing.
@@ -80,6 +102,9 @@ impl KeyProvider for LocalProvider {
         aad: &[u8],
         dek: &Key,
     ) -> Result<[u8; WRAPPED_KEY_LEN], KeyError> {
+        if self.is_external(name)? {
+            return self.external()?.wrap(name, version, aad, dek);
+        }
         self.with_reload(|ks| Ok(ks.material(name, version)?.cipher().wrap_key(aad, dek)))
     }
 
@@ -90,6 +115,9 @@ impl KeyProvider for LocalProvider {
         aad: &[u8],
         edek: &[u8; WRAPPED_KEY_LEN],
     ) -> Result<Key, KeyError> {
+        if self.is_external(name)? {
+            return self.external()?.unwrap(name, version, aad, edek);
+        }
         self.with_reload(|ks| {
             ks.material(name, version)?
                 .cipher()

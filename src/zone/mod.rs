@@ -2,6 +2,8 @@
 //! keep data from crossing a zone boundary without being re-encrypted.
 
 pub mod marker;
+pub mod usage;
+pub mod walk;
 
 pub use marker::{MarkerError, ZoneMarker, MARKER_FILE};
 
@@ -53,9 +55,14 @@ pub fn check_link(file: ZoneId, dir: ZoneId) -> Result<(), CrossesZones> {
     check_rename(file, dir)
 }
 
+/// Prefix of the temporary files of `zone reencrypt --data` (hidden like the marker).
+pub const REKEY_TEMP_PREFIX: &str = ".ezfs-rekey.";
+
 /// Names that the mount never shows and never lets anyone create.
 pub fn is_reserved(name: &[u8], in_root: bool) -> bool {
-    name == MARKER_FILE.as_bytes() || (in_root && name == crate::EZFS_DIR.as_bytes())
+    name == MARKER_FILE.as_bytes()
+        || name.starts_with(REKEY_TEMP_PREFIX.as_bytes())
+        || (in_root && name == crate::EZFS_DIR.as_bytes())
 }
 
 #[cfg(test)]
@@ -79,5 +86,6 @@ mod tests {
         assert!(is_reserved(b".ezfs", true));
         assert!(!is_reserved(b".ezfs", false));
         assert!(!is_reserved(b"file", true));
+        assert!(is_reserved(b".ezfs-rekey.00ff", false));
     }
 }

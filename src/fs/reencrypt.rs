@@ -1,0 +1,334 @@
+//! Zone re-encryption jobs on a live mount (HDFS's `reencryptZone` and
+//! `listReencryptionStatus`).
+//!
+//! A job walks one zone (nested zones keep their own keys) and brings every file to the
+//! zone key's newest version, one crash-safe step per file (see [`super::rekey`]). It
+//! runs in a thread of the mount daemon, so the filesystem keeps serving, renames
+//! included: a file renamed away from the walk is found again by a second pass. The
+//! status of every job is kept in `BACKING/.ezfs/reencrypt.json`; a job that was
+//! running when the daemon died shows as interrupted, and running it again finishes it
+//! (files already done are recognized by their key version and skipped).
+
+use super::rekey::{Outcome, TEMP_PREFIX};
+use super::Core;
+use crate::keys::KeyProvider;
+use crate::zone::walk::{zone_files, Nested};
+use crate::zone::Zone;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// File of the job status records, inside `.ezfs`.
+const STATUS_FILE: &str = "reencrypt.json";
+/// Failures kept per job (the count is exact).
+const MAX_FAILURES: usize = 100;
+/// How often progress is synced to disk and recorded.
+const CHECKPOINT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// No job has run on this zone.
+    None,
+    Running,
+    Completed,
+    /// The daemon stopped while the job ran: run it again to finish.
+    Interrupted,
+}
+
+/// One zone's re-encryption status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// Zone root, relative to the mount root ("/dir").
+    pub zone: String,
+    pub zone_id: String,
+    pub key: String,
+    /// The key version files are brought to.
+    pub target_version: u32,
+    /// New DEKs and re-encrypted blocks, not just re-wrapped EDEKs.
+    pub data: bool,
+    pub state: JobState,
+    /// Files in the zone when the job started.
+    pub files_total: u64,
+    /// Files this run changed.
+    pub files_done: u64,
+    /// Files that already used the target version (or were empty).
+    pub files_current: u64,
+    pub files_failed: u64,
+    /// "path: why", the first few.
+    pub failures: Vec<String>,
+    /// Unix seconds.
+    pub started: u64,
+    pub finished: Option<u64>,
+    pub elapsed_ms: u64,
+}
+
+impl JobStatus {
+    /// Files handled so far (done, current or failed).
+    pub fn files_seen(&self) -> u64 {
+        self.files_done + self.files_current + self.files_failed
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The status records, in memory and in `.ezfs/reencrypt.json`.
+pub struct Jobs {
+    path: PathBuf,
+    map: parking_lot::Mutex<BTreeMap<String, JobStatus>>,
+}
+
+impl Jobs {
+    /// Loads the records; jobs that were running are marked interrupted.
+    pub fn load(ezfs_dir: &Path) -> Jobs {
+        let path = ezfs_dir.join(STATUS_FILE);
+        let mut map: BTreeMap<String, JobStatus> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        for j in map.values_mut().filter(|j| j.state == JobState::Running) {
+            j.state = JobState::Interrupted;
+        }
+        Jobs {
+            path,
+            map: parking_lot::Mutex::new(map),
+        }
+    }
+
+    fn set(&self, j: &JobStatus) {
+        let mut map = self.map.lock();
+        map.insert(j.zone_id.clone(), j.clone());
+        let data = serde_json::to_vec_pretty(&*map).expect("serializes");
+        if let Err(e) = crate::keys::atomic::write_file(&self.path, &data, 0o600) {
+            log::warn!(
+                "cannot record re-encryption status in {}: {e}",
+                self.path.display()
+            );
+        }
+    }
+
+    pub fn get(&self, zone_id: &str) -> Option<JobStatus> {
+        self.map.lock().get(zone_id).cloned()
+    }
+}
+
+fn syncfs(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        // SAFETY: valid descriptor.
+        unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
+    }
+}
+
+impl Core {
+    /// Starts re-encrypting the zone whose root is `rel`; returns its first status.
+    /// `caller` must be root or own the zone root.
+    pub fn reencrypt_start(
+        self: &Arc<Core>,
+        rel: &str,
+        data: bool,
+        caller: u32,
+    ) -> Result<JobStatus, String> {
+        if self.read_only {
+            return Err("the mount is read-only".into());
+        }
+        let dir = self.resolve(rel)?;
+        let shown = format!("/{}", self.relative(&dir));
+        let meta = std::fs::metadata(&dir).map_err(|e| format!("{shown}: {e}"))?;
+        if caller != 0 && std::os::unix::fs::MetadataExt::uid(&meta) != caller {
+            return Err(format!("{shown}: only its owner or root may re-encrypt the zone"));
+        }
+        let marker = match self.zone_root_of(&dir) {
+            Some((root, Ok(m))) if root == dir => m,
+            Some((root, Ok(_))) => {
+                return Err(format!(
+                    "{shown} is not a zone root; its zone is /{}",
+                    self.relative(&root)
+                ))
+            }
+            Some((_, Err(e))) => return Err(format!("{shown}: {e}")),
+            None => return Err(format!("{shown} is not an encryption zone")),
+        };
+        let _ = self.keys.reload();
+        let version = self
+            .keys
+            .current_version(&marker.key)
+            .map_err(|e| e.to_string())?;
+        let zone = Zone {
+            id: marker.zone_id,
+            key: marker.key.clone(),
+            broken: None,
+        };
+        let mut status = JobStatus {
+            zone: shown.clone(),
+            zone_id: marker.id_hex(),
+            key: marker.key,
+            target_version: version,
+            data,
+            state: JobState::Running,
+            files_total: 0,
+            files_done: 0,
+            files_current: 0,
+            files_failed: 0,
+            failures: Vec::new(),
+            started: now(),
+            finished: None,
+            elapsed_ms: 0,
+        };
+        {
+            let mut running = self.reencrypting.lock();
+            if !running.insert(status.zone_id.clone()) {
+                return Err(format!(
+                    "{shown} is already being re-encrypted; see 'ezfs zone reencrypt --status'"
+                ));
+            }
+        }
+        let files = self.zone_file_list(&dir);
+        status.files_total = files.len() as u64;
+        self.jobs.set(&status);
+        let core = self.clone();
+        let first = status.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ezfs-reencrypt".into())
+            .spawn(move || core.run_job(dir, zone, files, status));
+        if let Err(e) = spawned {
+            self.reencrypting.lock().remove(&first.zone_id);
+            return Err(format!("cannot start the job: {e}"));
+        }
+        Ok(first)
+    }
+
+    /// Regular files of the zone rooted at `dir` (nested zones excluded); leftover
+    /// temporary files of an interrupted `--data` run are removed on the way.
+    fn zone_file_list(&self, dir: &Path) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        zone_files(dir, Some(dir), Nested::Skip, &|_| false, &mut |f, _| {
+            let temp = f
+                .file_name()
+                .is_some_and(|n| n.as_encoded_bytes().starts_with(TEMP_PREFIX.as_bytes()));
+            if temp {
+                let _ = std::fs::remove_file(f);
+            } else {
+                files.push(f.to_path_buf());
+            }
+        });
+        files
+    }
+
+    fn run_job(self: Arc<Core>, dir: PathBuf, zone: Zone, files: Vec<PathBuf>, mut status: JobStatus) {
+        let t0 = Instant::now();
+        let mut last = Instant::now();
+        log::info!(
+            "re-encrypting zone {} ({} files) to {}@{}{}",
+            status.zone,
+            files.len(),
+            zone.key,
+            status.target_version,
+            if status.data { ", with new data keys" } else { "" }
+        );
+        let mut retry: Vec<PathBuf> = Vec::new();
+        let mut pass = files;
+        for round in 0..3 {
+            let last_round = round == 2;
+            for path in pass.drain(..) {
+                let step = if status.data {
+                    self.reencrypt_data(&path, &zone, status.target_version)
+                } else {
+                    self.rewrap(&path, &zone, status.target_version)
+                };
+                match step {
+                    Ok(Outcome::Done) => status.files_done += 1,
+                    Ok(Outcome::Current | Outcome::Empty) => status.files_current += 1,
+                    Ok(Outcome::Gone) => retry.push(path),
+                    Err(e) if e.starts_with("busy") && !last_round => retry.push(path),
+                    Err(e) => {
+                        log::error!("re-encrypting {}: {e}", path.display());
+                        status.files_failed += 1;
+                        if status.failures.len() < MAX_FAILURES {
+                            status.failures.push(format!("/{}: {e}", self.relative(&path)));
+                        }
+                    }
+                }
+                if last.elapsed() >= CHECKPOINT {
+                    syncfs(&dir);
+                    status.elapsed_ms = t0.elapsed().as_millis() as u64;
+                    self.jobs.set(&status);
+                    last = Instant::now();
+                }
+            }
+            if retry.is_empty() {
+                break;
+            }
+            // renamed files are found again by walking the zone; busy ones wait a little
+            std::thread::sleep(Duration::from_millis(200));
+            let busy: Vec<PathBuf> = retry.drain(..).filter(|p| p.exists()).collect();
+            let mut again = self.zone_file_list(&dir);
+            again.retain(|p| !busy.contains(p));
+            again.extend(busy);
+            pass = again;
+        }
+        syncfs(&dir);
+        status.state = JobState::Completed;
+        status.finished = Some(now());
+        status.elapsed_ms = t0.elapsed().as_millis() as u64;
+        self.jobs.set(&status);
+        self.reencrypting.lock().remove(&status.zone_id);
+        log::info!(
+            "re-encrypted zone {}: {} changed, {} already current, {} failed, in {:.1} s",
+            status.zone,
+            status.files_done,
+            status.files_current,
+            status.files_failed,
+            status.elapsed_ms as f64 / 1000.0
+        );
+    }
+
+    /// Status of every zone (or of the zone rooted at `rel`), jobs or not.
+    pub fn reencrypt_status(&self, rel: Option<&str>) -> Result<Vec<JobStatus>, String> {
+        let only = match rel {
+            Some(r) => {
+                let dir = self.resolve(r)?;
+                match self.zone_root_of(&dir) {
+                    Some((root, Ok(m))) if root == dir => Some(m.id_hex()),
+                    _ => return Err(format!("/{} is not a zone root", self.relative(&dir))),
+                }
+            }
+            None => None,
+        };
+        let mut out = Vec::new();
+        for z in self.zone_list() {
+            if only.as_ref().is_some_and(|id| id != &z.zone_id) {
+                continue;
+            }
+            let job = self.jobs.get(&z.zone_id);
+            out.push(match job {
+                Some(mut j) => {
+                    j.zone = z.path.clone();
+                    j
+                }
+                None => JobStatus {
+                    zone: z.path.clone(),
+                    zone_id: z.zone_id.clone(),
+                    key: z.key.clone(),
+                    target_version: z.key_version,
+                    data: false,
+                    state: JobState::None,
+                    files_total: z.files,
+                    files_done: 0,
+                    files_current: 0,
+                    files_failed: 0,
+                    failures: Vec::new(),
+                    started: 0,
+                    finished: None,
+                    elapsed_ms: 0,
+                },
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,284 @@
+//! Per-file steps of zone re-encryption, each crash-safe on its own:
+//! - re-wrap: the DEK is unwrapped with the old key version and wrapped with the new
+//!   one; only the header's first sector changes, in one write, so after a crash the
+//!   file holds the old EDEK or the new one, never a mix (both versions stay in the
+//!   keystore until `key prune`);
+//! - re-encrypt (`--data`): a new DEK and file id, every block re-sealed into a new
+//!   backing file next to the old one, synced, then swapped in by one rename; after a
+//!   crash the old file is intact and at most a temporary file is left, which the
+//!   next run removes.
+
+use super::sys;
+use super::Core;
+use crate::crypto::Key;
+use crate::format::header::read_header;
+use crate::format::layout::{self, plain_size};
+use crate::format::{BlockCodec, Header};
+use crate::keys::KeyProvider;
+use crate::zone::Zone;
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+/// Prefix of the temporary files re-encryption writes; the mount never shows them.
+pub use crate::zone::REKEY_TEMP_PREFIX as TEMP_PREFIX;
+
+/// The header's first sector: every meaningful byte of it (see format::header).
+const SECTOR: usize = 512;
+
+/// What happened to one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its EDEK (or, with `--data`, its DEK and blocks) now uses the target version.
+    Done,
+    /// It already used the target version (and, with `--data`, was re-encrypted by an
+    /// earlier run of the same job).
+    Current,
+    /// Empty, without a header: it gets the newest version when first written.
+    Empty,
+    /// It was renamed or deleted meanwhile.
+    Gone,
+}
+
+fn unwrap_dek(keys: &dyn KeyProvider, h: &Header) -> Result<Key, String> {
+    keys.unwrap(&h.key_name, h.key_version, &h.own_aad(), &h.edek)
+        .map_err(|e| e.to_string())
+}
+
+fn wrapped_header(
+    keys: &dyn KeyProvider,
+    zone: &Zone,
+    version: u32,
+    file_id: [u8; 16],
+    dek: &Key,
+) -> Result<Header, String> {
+    let aad = Header::aad(&file_id, &zone.id, &zone.key, version);
+    let edek = keys
+        .wrap(&zone.key, version, &aad, dek)
+        .map_err(|e| e.to_string())?;
+    Ok(Header {
+        file_id,
+        zone_id: zone.id,
+        key_name: zone.key.clone(),
+        key_version: version,
+        edek,
+    })
+}
+
+fn open_rw(path: &Path) -> Result<Option<File>, String> {
+    match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl Core {
+    /// Re-wraps the EDEK of `path` (in `zone`) with `zone.key@version`.
+    pub(super) fn rewrap(&self, path: &Path, zone: &Zone, version: u32) -> Result<Outcome, String> {
+        let Some(f) = open_rw(path)? else {
+            return Ok(Outcome::Gone);
+        };
+        let meta = f.metadata().map_err(|e| e.to_string())?;
+        if meta.len() == 0 {
+            return Ok(Outcome::Empty);
+        }
+        // an open in the mount reads the header under the same lock: it never sees a
+        // half-written sector
+        let _g = self.header_lock(meta.ino()).write();
+        let h = read_header(&f)?;
+        if h.key_name == zone.key && h.key_version == version {
+            return Ok(Outcome::Current);
+        }
+        let dek = unwrap_dek(&*self.keys, &h)?;
+        let new = wrapped_header(&*self.keys, zone, version, h.file_id, &dek)?;
+        f.write_all_at(&new.encode()[..SECTOR], 0)
+            .map_err(|e| e.to_string())?;
+        Ok(Outcome::Done)
+    }
+
+    /// Re-encrypts `path` (in `zone`) under a new DEK wrapped with `zone.key@version`,
+    /// unless it already uses that version: then its DEK was never wrapped by an older
+    /// version (new file, or re-encrypted by an earlier run of this job).
+    pub(super) fn reencrypt_data(&self, path: &Path, zone: &Zone, version: u32) -> Result<Outcome, String> {
+        let Some(old) = open_rw(path)? else {
+            return Ok(Outcome::Gone);
+        };
+        let meta = old.metadata().map_err(|e| e.to_string())?;
+        if meta.len() == 0 {
+            return Ok(Outcome::Empty);
+        }
+        if meta.nlink() > 1 {
+            return Err(format!(
+                "has {} hard links; re-encrypting its data would split them (copy it instead)",
+                meta.nlink()
+            ));
+        }
+        let _g = self.header_lock(meta.ino()).write();
+        // a file open in the mount keeps its key and inode while open: retried later
+        let known = self.inodes.find_and_ref((meta.dev(), meta.ino()));
+        let slot = known.as_ref().map(|i| i.enc.lock());
+        let busy = slot.as_ref().is_some_and(|s| s.upgrade().is_some());
+        let result = if busy {
+            Err("busy: open in the mount".to_string())
+        } else {
+            self.copy_reencrypted(path, &old, &meta, zone, version)
+        };
+        drop(slot);
+        if let Some(i) = known {
+            self.inodes.forget(i.id, 1);
+        }
+        result
+    }
+
+    fn copy_reencrypted(
+        &self,
+        path: &Path,
+        old: &File,
+        meta: &std::fs::Metadata,
+        zone: &Zone,
+        version: u32,
+    ) -> Result<Outcome, String> {
+        let h = read_header(old)?;
+        if h.key_name == zone.key && h.key_version == version {
+            return Ok(Outcome::Current);
+        }
+        let size =
+            plain_size(meta.len()).map_err(|_| "backing size is not a valid encrypted size".to_string())?;
+        let old_codec = BlockCodec::new(&unwrap_dek(&*self.keys, &h)?, h.file_id);
+        let dek = Key::random();
+        let file_id = crate::crypto::random_bytes::<16>();
+        let header = wrapped_header(&*self.keys, zone, version, file_id, &dek)?;
+        let codec = BlockCodec::new(&dek, file_id);
+
+        let dir = path.parent().ok_or("no parent directory")?;
+        let name = path.file_name().ok_or("no file name")?;
+        let tmp_name: OsString = format!("{TEMP_PREFIX}{}", crate::format::header::hex(&file_id)).into();
+        let tmp = dir.join(&tmp_name);
+        let new = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        let cleanup = |e: String| {
+            let _ = std::fs::remove_file(&tmp);
+            e
+        };
+        (|| -> Result<(), String> {
+            new.write_all_at(&header.encode(), 0).map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut new_size = 0;
+            let mut off = 0;
+            while off < size {
+                let n = ((size - off) as usize).min(buf.len());
+                old_codec
+                    .read(old, size, off, &mut buf[..n])
+                    .map_err(|e| match e {
+                        crate::format::CodecError::Corrupt { block } => {
+                            format!("block {block} fails authentication; left as it was (see ezfs fsck)")
+                        }
+                        crate::format::CodecError::Io(e) => e.to_string(),
+                    })?;
+                // all-zero runs stay holes
+                if buf[..n].iter().any(|&b| b != 0) {
+                    new_size = codec
+                        .write(&new, new_size, off, &buf[..n])
+                        .map_err(|e| format!("{e:?}"))?;
+                }
+                off += n as u64;
+            }
+            codec
+                .truncate(&new, new_size, size)
+                .map_err(|e| format!("{e:?}"))?;
+            copy_metadata(old, &new, meta)?;
+            new.sync_all().map_err(|e| e.to_string())
+        })()
+        .map_err(cleanup)?;
+        // swap atomically, then check that the name still held the file we copied (a
+        // rename in the zone may have moved it meanwhile): if not, swap back
+        let dir_f = File::open(dir).map_err(|e| cleanup(e.to_string()))?;
+        sys::rename_at(
+            dir_f.as_fd(),
+            &tmp_name,
+            dir_f.as_fd(),
+            name,
+            libc::RENAME_EXCHANGE,
+        )
+        .map_err(|e| cleanup(format!("cannot swap in the new file: {e}")))?;
+        let moved_away = std::fs::symlink_metadata(&tmp)
+            .map(|m| m.ino() != meta.ino())
+            .unwrap_or(true);
+        if moved_away {
+            let _ = sys::rename_at(
+                dir_f.as_fd(),
+                &tmp_name,
+                dir_f.as_fd(),
+                name,
+                libc::RENAME_EXCHANGE,
+            );
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(Outcome::Gone);
+        }
+        std::fs::remove_file(&tmp).map_err(|e| e.to_string())?;
+        let _ = dir_f.sync_all();
+        self.forget_replaced(dir, name, (meta.dev(), meta.ino()));
+        Ok(Outcome::Done)
+    }
+
+    /// The kernel may still hold the old inode under this name: make it look again.
+    fn forget_replaced(&self, dir: &Path, name: &OsStr, old: (u64, u64)) {
+        // looked up now, after the swap: a lookup that raced with the copy is caught too
+        if let Some(i) = self.inodes.find_and_ref(old) {
+            i.stale.store(true, std::sync::atomic::Ordering::Release);
+            self.inodes.forget(i.id, 1);
+        }
+        let Ok(dm) = std::fs::metadata(dir) else { return };
+        if let Some(parent) = self.inodes.find_and_ref((dm.dev(), dm.ino())) {
+            if let Some(n) = self.notifier.get() {
+                let _ = n.inval_entry(fuser::INodeNo(parent.id), name);
+            }
+            self.inodes.forget(parent.id, 1);
+        }
+    }
+}
+
+/// Mode, owner, times and extended attributes of `old` onto `new`.
+fn copy_metadata(old: &File, new: &File, meta: &std::fs::Metadata) -> Result<(), String> {
+    let e = |e: std::io::Error| e.to_string();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = sys::listxattr(old.as_fd(), &mut buf).unwrap_or(0);
+    let names: Vec<CString> = buf[..n]
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| CString::new(s).ok())
+        .collect();
+    let mut val = vec![0u8; 64 * 1024];
+    for name in names {
+        if let Ok(len) = sys::getxattr(old.as_fd(), &name, &mut val) {
+            sys::setxattr(new.as_fd(), &name, &val[..len], 0).map_err(e)?;
+        }
+    }
+    sys::chown(new.as_fd(), meta.uid(), meta.gid()).map_err(e)?;
+    sys::chmod(new.as_fd(), meta.mode() & 0o7777).map_err(e)?;
+    let ts = |s: i64, ns: i64| libc::timespec {
+        tv_sec: s,
+        tv_nsec: ns,
+    };
+    sys::utimens(
+        new.as_fd(),
+        Some(Some(ts(meta.atime(), meta.atime_nsec()))),
+        Some(Some(ts(meta.mtime(), meta.mtime_nsec()))),
+    )
+    .map_err(e)
+}
+
+const _: () = assert!(layout::HEADER_LEN as usize >= SECTOR);

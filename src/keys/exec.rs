@@ -1,0 +1,273 @@
+//! An external key provider: a program that holds zone keys (an operator's KMS) and
+//! speaks a line protocol with ezfs over its standard input and output.
+//!
+//! One JSON object per line each way; the program answers each request in order:
+//! ```text
+//! -> {"op":"create","key":"k1"}                           <- {"ok":true,"version":1}
+//! -> {"op":"roll","key":"k1"}                             <- {"ok":true,"version":2}
+//! -> {"op":"wrap","key":"k1","version":2,"aad":HEX,"dek":HEX}     <- {"ok":true,"edek":HEX}
+//! -> {"op":"unwrap","key":"k1","version":2,"aad":HEX,"edek":HEX}  <- {"ok":true,"dek":HEX}
+//!                                       on failure: <- {"ok":false,"error":"one sentence"}
+//! ```
+//! DEKs are 32 bytes; EDEKs must be exactly 60 bytes (the header's field), e.g.
+//! nonce(12) || AES-256-GCM(DEK) || tag(16); `aad` must be bound into the EDEK, so
+//! unwrap with other associated data fails. The program is started on first use and
+//! kept running; a request unanswered within the timeout kills it (the next request
+//! starts it again), and the caller gets an error: the filesystem answers EIO for that
+//! file and keeps serving everything else.
+
+use super::KeyError;
+use crate::crypto::{Key, KEY_LEN, WRAPPED_KEY_LEN};
+use crate::format::header::hex;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde_json::json;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
+
+/// The prefix of a provider setting that names a program.
+pub const EXEC_PREFIX: &str = "exec:";
+/// How long one request may take unless `EZFS_KEY_PROVIDER_TIMEOUT` (seconds) says.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running provider program.
+struct Running {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+    /// Bytes read past the last answered line.
+    pending: Vec<u8>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.pending);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A key provider program, started on demand; requests are answered one at a time.
+pub struct ExecProvider {
+    argv: Vec<String>,
+    timeout: Duration,
+    running: Mutex<Option<Running>>,
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    ok: bool,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    version: Option<u32>,
+    #[serde(default)]
+    edek: Option<String>,
+    #[serde(default)]
+    dek: Option<String>,
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if let Some(d) = &mut self.dek {
+            zeroize::Zeroize::zeroize(d);
+        }
+    }
+}
+
+fn failed(why: impl std::fmt::Display) -> KeyError {
+    KeyError::Other(format!("key provider: {why}"))
+}
+
+fn unhex<const N: usize>(s: &str) -> Option<Zeroizing<[u8; N]>> {
+    let mut out = Zeroizing::new([0u8; N]);
+    if s.len() != 2 * N {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl ExecProvider {
+    /// Parses a setting `exec:PROGRAM ARGS…` (split on white space, no shell).
+    pub fn from_setting(setting: &str) -> Result<ExecProvider, KeyError> {
+        let argv: Vec<String> = setting
+            .strip_prefix(EXEC_PREFIX)
+            .ok_or_else(|| KeyError::Other(format!("unknown key provider '{setting}': use exec:PROGRAM")))?
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        if argv.is_empty() {
+            return Err(KeyError::Other("key provider 'exec:' names no program".into()));
+        }
+        let timeout = std::env::var("EZFS_KEY_PROVIDER_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|s| *s > 0.0)
+            .map_or(DEFAULT_TIMEOUT, Duration::from_secs_f64);
+        Ok(ExecProvider {
+            argv,
+            timeout,
+            running: Mutex::new(None),
+        })
+    }
+
+    fn start(&self) -> Result<Running, KeyError> {
+        let mut child = Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| failed(format!("cannot start {}: {e}", self.argv[0])))?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        Ok(Running {
+            child,
+            stdin,
+            stdout,
+            pending: Vec::new(),
+        })
+    }
+
+    fn call(&self, req: &serde_json::Value) -> Result<Answer, KeyError> {
+        self.call_line(Zeroizing::new(req.to_string()))
+    }
+
+    /// Sends one request line and waits (up to the timeout) for its answer line.
+    fn call_line(&self, req: Zeroizing<String>) -> Result<Answer, KeyError> {
+        let mut slot = self.running.lock();
+        if slot.is_none() {
+            *slot = Some(self.start()?);
+        }
+        let r = slot.as_mut().expect("started");
+        let result = Self::exchange(r, &req, self.timeout);
+        if result.is_err() {
+            // a provider that hung, died or spoke nonsense is restarted on next use
+            *slot = None;
+        }
+        let line = result?;
+        let answer: Answer =
+            serde_json::from_slice(&line).map_err(|e| failed(format!("unreadable answer: {e}")))?;
+        if !answer.ok {
+            return Err(failed(answer.error.as_deref().unwrap_or("request refused")));
+        }
+        Ok(answer)
+    }
+
+    fn exchange(r: &mut Running, req: &str, timeout: Duration) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let mut line = Zeroizing::new(Vec::with_capacity(req.len() + 1));
+        line.extend_from_slice(req.as_bytes());
+        line.push(b'\n');
+        r.stdin
+            .write_all(&line)
+            .and_then(|_| r.stdin.flush())
+            .map_err(|e| failed(format!("cannot send a request: {e}")))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(end) = r.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = r.pending.drain(..=end).collect();
+                return Ok(Zeroizing::new(line));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(failed(format!("no answer within {:?}; restarting it", timeout)));
+            }
+            let mut pfd = libc::pollfd {
+                fd: r.stdout.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(failed(e));
+            }
+            if n == 0 {
+                continue;
+            }
+            let mut buf = [0u8; 4096];
+            let got = std::io::Read::read(&mut r.stdout, &mut buf).map_err(failed)?;
+            if got == 0 {
+                return Err(failed("the program exited"));
+            }
+            r.pending.extend_from_slice(&buf[..got]);
+            buf.fill(0);
+        }
+    }
+
+    fn version_of(answer: Answer) -> Result<u32, KeyError> {
+        answer
+            .version
+            .filter(|&v| v > 0)
+            .ok_or_else(|| failed("answer without a positive version"))
+    }
+
+    /// Asks the provider to create key `name`; returns its first version.
+    pub fn create(&self, name: &str) -> Result<u32, KeyError> {
+        Self::version_of(self.call(&json!({"op": "create", "key": name}))?)
+    }
+
+    /// Asks the provider for a new version of `name`; returns it.
+    pub fn roll(&self, name: &str) -> Result<u32, KeyError> {
+        Self::version_of(self.call(&json!({"op": "roll", "key": name}))?)
+    }
+
+    pub fn wrap(
+        &self,
+        name: &str,
+        version: u32,
+        aad: &[u8],
+        dek: &Key,
+    ) -> Result<[u8; WRAPPED_KEY_LEN], KeyError> {
+        let dek_hex = Zeroizing::new(hex(dek.expose()));
+        // built by hand so that no copy of the DEK outlives the zeroized line
+        let req = Zeroizing::new(format!(
+            r#"{{"op":"wrap","key":{},"version":{version},"aad":"{}","dek":"{}"}}"#,
+            serde_json::to_string(name).expect("serializes"),
+            hex(aad),
+            dek_hex.as_str()
+        ));
+        let a = self.call_line(req)?;
+        let edek = a
+            .edek
+            .as_deref()
+            .and_then(unhex::<WRAPPED_KEY_LEN>)
+            .ok_or_else(|| {
+                failed(format!(
+                    "wrap answer needs 'edek': {WRAPPED_KEY_LEN} bytes in hex"
+                ))
+            })?;
+        Ok(*edek)
+    }
+
+    pub fn unwrap(
+        &self,
+        name: &str,
+        version: u32,
+        aad: &[u8],
+        edek: &[u8; WRAPPED_KEY_LEN],
+    ) -> Result<Key, KeyError> {
+        let req =
+            json!({"op": "unwrap", "key": name, "version": version, "aad": hex(aad), "edek": hex(edek)});
+        let a = self.call(&req).map_err(|e| {
+            log::error!("unwrapping with {name}@{version}: {e}");
+            KeyError::Unwrap(name.into(), version)
+        })?;
+        let dek = a
+            .dek
+            .as_deref()
+            .and_then(unhex::<KEY_LEN>)
+            .ok_or_else(|| failed(format!("unwrap answer needs 'dek': {KEY_LEN} bytes in hex")))?;
+        Ok(Key::from_bytes(*dek))
+    }
+}
