@@ -655,3 +655,63 @@ fn dash_o_ro_is_as_read_only_as_read_only() {
         "zone create wrote a marker under a -o ro mount"
     );
 }
+
+#[test]
+fn passwd_while_mounted_keeps_the_mount_working() {
+    let f = Fixture::new();
+    let m = f.mount();
+    f.zone("z", "k1");
+    fs::write(f.m("z/f"), b"written before").unwrap();
+    let b = f.backing.to_str().unwrap().to_owned();
+    let new = f.root.join("newpw");
+    fs::write(&new, "rotated passphrase\n").unwrap();
+    let o = f.run(&[
+        "passwd",
+        &b,
+        "--passphrase-file",
+        f.pass.to_str().unwrap(),
+        "--new-passphrase-file",
+        new.to_str().unwrap(),
+    ]);
+    ok(&o, "passwd while mounted");
+    // the daemon keeps its keys; key changes made with the new passphrase reach it
+    assert_eq!(fs::read(f.m("z/f")).unwrap(), b"written before");
+    fs::write(f.m("z/g"), b"written after").unwrap();
+    let o = f.run(&[
+        "key",
+        "create",
+        "k2",
+        "--backing",
+        &b,
+        "--passphrase-file",
+        new.to_str().unwrap(),
+    ]);
+    ok(&o, "key create with the new passphrase while mounted");
+    f.zone("z2", "k2");
+    fs::write(f.m("z2/h"), b"new key").unwrap();
+    let o = f.run(&[
+        "key",
+        "roll",
+        "k1",
+        "--backing",
+        &b,
+        "--passphrase-file",
+        new.to_str().unwrap(),
+    ]);
+    ok(&o, "key roll with the new passphrase while mounted");
+    fs::write(f.m("z/after-roll"), b"v2").unwrap();
+    assert_eq!(f.zone_info("z/after-roll")["key_version"], 2);
+    m.unmount();
+    assert!(f.try_mount(&[]).is_err(), "the old passphrase no longer mounts");
+    let _m = f
+        .try_mount_with(&[], &new)
+        .expect("mount with the new passphrase");
+    for (p, want) in [
+        ("z/f", &b"written before"[..]),
+        ("z/g", b"written after"),
+        ("z2/h", b"new key"),
+        ("z/after-roll", b"v2"),
+    ] {
+        assert_eq!(fs::read(f.m(p)).unwrap(), want, "{p}");
+    }
+}

@@ -42,7 +42,10 @@ fn keys_live_in_the_provider_and_files_round_trip() {
     let (f, kms) = provider_fixture();
     assert!(kms.join("kx/1").is_file(), "the provider holds kx@1");
     let ks = fs::read_to_string(f.b(".ezfs/keystore.json")).unwrap();
-    assert!(!ks.contains("\"sealed\""), "no key material in the keystore:\n{ks}");
+    assert!(
+        !ks.contains("\"sealed\""),
+        "no key material in the keystore:\n{ks}"
+    );
 
     let m = f.mount();
     f.zone("z", "kx");
@@ -102,7 +105,11 @@ fn hanging_or_refusing_provider_gives_eio_and_the_mount_keeps_serving() {
     let mut s = String::new();
     held.read_to_string(&mut s).unwrap();
     assert_eq!(s, "opened before the outage");
-    assert!(m.log().contains("no answer within"), "log names the timeout:\n{}", m.log());
+    assert!(
+        m.log().contains("no answer within"),
+        "log names the timeout:\n{}",
+        m.log()
+    );
 
     // the provider is restarted on the next request once it answers again
     fs::remove_file(kms.join("hang")).unwrap();
@@ -112,7 +119,11 @@ fn hanging_or_refusing_provider_gives_eio_and_the_mount_keeps_serving() {
     // a new open of a file whose key is not cached must ask the provider
     drop(held);
     std::thread::sleep(std::time::Duration::from_millis(100));
-    assert_errno(fs::read(f.m("z/held")), libc::EIO, "open while the provider refuses");
+    assert_errno(
+        fs::read(f.m("z/held")),
+        libc::EIO,
+        "open while the provider refuses",
+    );
     assert!(m.log().contains("refused by the test switch"), "{}", m.log());
     fs::remove_file(kms.join("fail")).unwrap();
     assert_eq!(fs::read(f.m("z/held")).unwrap(), b"opened before the outage");
@@ -132,7 +143,11 @@ fn a_missing_provider_program_is_a_clear_error() {
     ok(&o, "init records the setting");
     let o = f.key("create", "kx");
     code(&o, 1, "key create with a missing provider program");
-    assert!(stderr_of(&o).contains("cannot start no-such-kms-program"), "{}", stderr_of(&o));
+    assert!(
+        stderr_of(&o).contains("cannot start no-such-kms-program"),
+        "{}",
+        stderr_of(&o)
+    );
     let o = f.run(&[
         "init",
         f.root.join("b2").to_str().unwrap(),

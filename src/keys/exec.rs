@@ -259,9 +259,12 @@ impl ExecProvider {
     ) -> Result<Key, KeyError> {
         let req =
             json!({"op": "unwrap", "key": name, "version": version, "aad": hex(aad), "edek": hex(edek)});
-        let a = self
-            .call(&req)
-            .map_err(|e| failed(format!("unwrapping with {name}@{version}: {}", e.to_string().trim_start_matches("key provider: "))))?;
+        let a = self.call(&req).map_err(|e| {
+            failed(format!(
+                "unwrapping with {name}@{version}: {}",
+                e.to_string().trim_start_matches("key provider: ")
+            ))
+        })?;
         let dek = a
             .dek
             .as_deref()
