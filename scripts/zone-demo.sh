@@ -376,6 +376,35 @@ run ls mnt/zone-b
 check "the mount still answers afterwards" rc_is 0
 
 # ---------------------------------------------------------------------------------
+section "11. Key lifecycle: roll, re-encrypt the zone, prune the old version"
+printf '%s' "$SECRET" >mnt/zone-a/ledger.txt
+run ezfs zone info mnt/zone-a/ledger.txt
+EDEK_BEFORE=$(field EDEK)
+FILEID_BEFORE=$(field "file id")
+run ezfs key roll key-a --backing backing
+check "key roll key-a makes version 2" out_has "key-a@2"
+run ezfs key prune key-a --backing backing
+check "key prune is refused while files still use key-a@1" rc_is 1
+check "... naming one of those files" out_has "zone-a/"
+run ezfs zone reencrypt mnt/zone-a
+check "zone reencrypt zone-a succeeds" rc_is 0
+check "... and reports the files it re-wrapped to key-a@2" out_matches "re-wrapped to key-a@2"
+run ezfs zone info mnt/zone-a/ledger.txt
+check "ledger.txt now names key-a@2" same_text "$(field key)" "key-a@2"
+check "... with a new EDEK" differ "$(field EDEK)" "$EDEK_BEFORE"
+check "... and the same file id (data untouched)" same_text "$(field "file id")" "$FILEID_BEFORE"
+run cat mnt/zone-a/ledger.txt
+check "ledger.txt still reads back the same plaintext" same_text "$(cat "$OUT")" "$SECRET"
+run ezfs zone info mnt/zone-b/report-2024.txt
+check "zone-b's files keep their own key (key-b@1)" same_text "$(field key)" "key-b@1"
+run ezfs zone reencrypt --status mnt/zone-a
+check "zone reencrypt --status shows zone-a completed on key-a@2" out_matches "zone-a +completed +key-a@2"
+run ezfs key prune key-a --backing backing
+check "key prune now drops key-a@1" out_has "pruned key-a@1"
+run ezfs key list --backing backing
+check "key list shows every key-a file on @2" out_matches "^key-a +@2 +@2:[0-9]+ "
+
+# ---------------------------------------------------------------------------------
 section "Unmount"
 run ezfs umount mnt
 check "ezfs umount succeeds" rc_is 0

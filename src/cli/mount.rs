@@ -241,6 +241,7 @@ fn serve(
         }
     };
     raise_readahead(mnt);
+    raise_fd_limit();
     let _ = core.notifier.set(session.notifier());
     let mut unmounter = session.unmount_callable();
     std::thread::Builder::new()
@@ -267,6 +268,39 @@ fn serve(
     let res = session.run();
     log::info!("unmounted {}", mnt.display());
     res.map_err(|e| Failure::op(format!("session ended with an error: {e}")))
+}
+
+/// The daemon holds one descriptor per inode the kernel has cached, and the kernel
+/// keeps many (a tree of 100,000 files walked once is 100,000 inodes): raise the open
+/// file limit as far as allowed (for root: the system's `nr_open`), or busy mounts hit
+/// EMFILE.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(lim.rlim_max);
+    let want = libc::rlimit {
+        rlim_cur: nr_open.max(lim.rlim_max),
+        rlim_max: nr_open.max(lim.rlim_max),
+    };
+    // SAFETY: valid pointers; raising the hard limit needs CAP_SYS_RESOURCE, else fall
+    // back to the hard limit we have
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
+        let soft = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) };
+    }
 }
 
 /// Lets the kernel read ahead 1 MiB at a time (its default, 128 KiB, would split every

@@ -300,8 +300,12 @@ impl Core {
             }
             None => None,
         };
+        // a running job is polled a few times a second: answer from memory
+        if let Some(j) = only.as_ref().and_then(|id| self.jobs.get(id)) {
+            return Ok(vec![j]);
+        }
         let mut out = Vec::new();
-        for z in self.zone_list() {
+        for z in self.zones_found(false) {
             if only.as_ref().is_some_and(|id| id != &z.zone_id) {
                 continue;
             }

@@ -235,6 +235,11 @@ impl Core {
     /// Every zone in the backing dir, found by walking it (the markers are the truth);
     /// stale paths in the keystore's registry are refreshed on the way.
     pub fn zone_list(&self) -> Vec<ZoneSummary> {
+        self.zones_found(true)
+    }
+
+    /// Every zone; with `by_version`, each file's header is read to count key versions.
+    pub(super) fn zones_found(&self, by_version: bool) -> Vec<ZoneSummary> {
         let mut zones: Vec<(PathBuf, ZoneSummary)> = Vec::new();
         let ezfs = self.backing.join(crate::EZFS_DIR);
         walk(&self.backing, &mut |p, m| {
@@ -266,9 +271,11 @@ impl Core {
                 }
             }
         });
-        let usage = crate::zone::usage::scan(&self.backing);
-        for (root, z) in &mut zones {
-            z.files_by_version = usage.zones.get(&self.relative(root)).cloned().unwrap_or_default();
+        if by_version {
+            let usage = crate::zone::usage::scan(&self.backing);
+            for (root, z) in &mut zones {
+                z.files_by_version = usage.zones.get(&self.relative(root)).cloned().unwrap_or_default();
+            }
         }
         let registry = self.keys.store().read().body().zones.clone();
         for (root, z) in &zones {
