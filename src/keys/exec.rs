@@ -273,3 +273,76 @@ impl ExecProvider {
         Ok(Key::from_bytes(*dek))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A provider program made of a shell script.
+    fn script(dir: &std::path::Path, body: &str) -> String {
+        let p = dir.join("kms.sh");
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        format!("exec:{}", p.display())
+    }
+
+    #[test]
+    fn answers_are_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let edek = "ab".repeat(WRAPPED_KEY_LEN);
+        let p = ExecProvider::from_setting(&script(
+            d.path(),
+            &format!(
+                r#"while read -r line; do
+  case "$line" in
+    *'"create"'*) echo '{{"ok":true,"version":1}}' ;;
+    *'"roll"'*) echo '{{"ok":true}}' ;;
+    *'"wrap"'*) echo '{{"ok":true,"edek":"{edek}"}}' ;;
+    *) echo '{{"ok":false,"error":"no such thing"}}' ;;
+  esac
+done"#
+            ),
+        ))
+        .unwrap();
+        assert_eq!(p.create("k").unwrap(), 1);
+        let e = p.roll("k").unwrap_err().to_string();
+        assert!(e.contains("without a positive version"), "{e}");
+        assert_eq!(
+            p.wrap("k", 1, b"aad", &Key::random()).unwrap(),
+            [0xab; WRAPPED_KEY_LEN]
+        );
+        let e = p
+            .unwrap("k", 1, b"aad", &[0; WRAPPED_KEY_LEN])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no such thing"), "{e}");
+    }
+
+    #[test]
+    fn a_silent_provider_times_out_and_is_restarted() {
+        let d = tempfile::tempdir().unwrap();
+        let count = d.path().join("starts");
+        let setting = script(
+            d.path(),
+            &format!("echo x >> {}\nread -r line; sleep 30", count.display()),
+        );
+        let mut p = ExecProvider::from_setting(&setting).unwrap();
+        p.timeout = Duration::from_millis(300);
+        let e = p.create("k").unwrap_err().to_string();
+        assert!(e.contains("no answer within"), "{e}");
+        let e = p.create("k").unwrap_err().to_string();
+        assert!(e.contains("no answer within"), "{e}");
+        let starts = std::fs::read_to_string(&count).unwrap();
+        assert_eq!(starts.lines().count(), 2, "killed and started again");
+    }
+
+    #[test]
+    fn bad_settings() {
+        assert!(ExecProvider::from_setting("vault:x").is_err());
+        assert!(ExecProvider::from_setting("exec:").is_err());
+        let p = ExecProvider::from_setting("exec:/nonexistent/kms").unwrap();
+        let e = p.create("k").unwrap_err().to_string();
+        assert!(e.contains("cannot start /nonexistent/kms"), "{e}");
+    }
+}

@@ -795,5 +795,79 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn acl_grant_revoke_and_allows() {
+        let (d, mut ks) = fresh();
+        ks.create_key("k1", 1000).unwrap();
+        assert!(ks.grant("k1", Principal::User(2000)).unwrap());
+        assert!(!ks.grant("k1", Principal::User(2000)).unwrap(), "already granted");
+        assert!(ks.grant("k1", Principal::Group(50)).unwrap());
+        assert!(matches!(
+            ks.grant("nokey", Principal::User(1)),
+            Err(KeyError::NoSuchKey(_))
+        ));
+        let ks2 = Keystore::unlock(d.path(), b"pw").unwrap();
+        let k = ks2.key("k1").unwrap();
+        let none = Vec::new;
+        assert!(k.allows(0, 0, none), "root");
+        assert!(k.allows(1000, 1000, none), "owner");
+        assert!(k.allows(2000, 2000, none), "granted user");
+        assert!(k.allows(3000, 50, none), "granted primary group");
+        assert!(
+            k.allows(3000, 3000, || vec![7, 50]),
+            "granted supplementary group"
+        );
+        assert!(!k.allows(3000, 3000, || vec![7]), "nobody else");
+        assert!(ks.revoke("k1", Principal::User(2000)).unwrap());
+        assert!(!ks.revoke("k1", Principal::User(2000)).unwrap());
+        assert!(!ks.key("k1").unwrap().allows(2000, 2000, none));
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_and_versions_in_use() {
+        let (_d, mut ks) = fresh();
+        ks.create_key("k1", 0).unwrap();
+        for _ in 0..3 {
+            ks.roll_key("k1").unwrap();
+        }
+        let dropped = ks.prune_key("k1", &|v| v == 2).unwrap();
+        assert_eq!(dropped, vec![1, 3]);
+        let left: Vec<u32> = ks.key("k1").unwrap().versions.iter().map(|v| v.version).collect();
+        assert_eq!(left, vec![2, 4]);
+        assert!(matches!(ks.material("k1", 1), Err(KeyError::NoSuchVersion(..))));
+        assert!(ks.material("k1", 2).is_ok());
+        assert_eq!(ks.prune_key("k1", &|_| false).unwrap(), vec![2]);
+        assert_eq!(ks.current_version("k1").unwrap(), 4, "the newest always stays");
+    }
+
+    #[test]
+    fn external_keys_hold_no_material() {
+        let (d, mut ks) = fresh();
+        ks.set_provider("exec:/bin/kms").unwrap();
+        ks.create_external_key("kx", 0, 3).unwrap();
+        assert_eq!(ks.current_version("kx").unwrap(), 3);
+        assert!(ks.roll_key("kx").is_err(), "rolled by the provider, not here");
+        ks.add_external_version("kx", 4).unwrap();
+        assert!(ks.add_external_version("kx", 4).is_err(), "versions only grow");
+        let text = std::fs::read_to_string(d.path().join(".ezfs/keystore.json")).unwrap();
+        assert!(!text.contains("sealed"), "{text}");
+        let ks2 = Keystore::unlock(d.path(), b"pw").unwrap();
+        assert!(ks2.key("kx").unwrap().external);
+        assert_eq!(ks2.body().provider.as_deref(), Some("exec:/bin/kms"));
+    }
+
+    #[test]
+    fn keystores_without_the_new_fields_still_authenticate() {
+        // the fields added for ACLs and external keys are left out when empty, so the
+        // MAC over a keystore written before they existed still verifies
+        let (d, mut ks) = fresh();
+        ks.create_key("k1", 0).unwrap();
+        let text = std::fs::read_to_string(d.path().join(".ezfs/keystore.json")).unwrap();
+        for field in ["acl", "external", "provider"] {
+            assert!(!text.contains(field), "{field} written while empty:\n{text}");
+        }
+        Keystore::unlock(d.path(), b"pw").unwrap();
+    }
+
     use crate::keys::LocalProvider as LocalProviderForTest;
 }
