@@ -175,7 +175,10 @@ pub fn check(
                 if !in_quarantine {
                     stack.push((p, zone.clone()));
                 }
-            } else if t.is_file() && e.file_name() != MARKER_FILE {
+            } else if t.is_file()
+                && e.file_name() != MARKER_FILE
+                && !crate::zone::is_rekey_temp(e.file_name().as_encoded_bytes())
+            {
                 let Some(zone_root) = &zone else { continue };
                 report.files += 1;
                 let (blocks, damage) = check_file(&p, ks);

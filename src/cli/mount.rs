@@ -135,6 +135,8 @@ pub fn mount(a: MountArgs) -> CliResult {
     drop(pw);
     let keys = Arc::new(LocalProvider::new(keystore));
     let read_only = a.read_only || a.options.iter().flat_map(|s| s.split(',')).any(|o| o == "ro");
+    // before the inode table sizes its descriptor budget from the limit
+    raise_fd_limit();
     let core = Arc::new(Core::new(backing.clone(), keys, read_only).map_err(Failure::op)?);
     core.check_zones().map_err(Failure::op)?;
     let server = Server::bind(core.clone(), mnt.clone()).map_err(Failure::op)?;
@@ -241,7 +243,6 @@ fn serve(
         }
     };
     raise_readahead(mnt);
-    raise_fd_limit();
     let _ = core.notifier.set(session.notifier());
     let mut unmounter = session.unmount_callable();
     std::thread::Builder::new()
@@ -270,10 +271,9 @@ fn serve(
     res.map_err(|e| Failure::op(format!("session ended with an error: {e}")))
 }
 
-/// The daemon holds one descriptor per inode the kernel has cached, and the kernel
-/// keeps many (a tree of 100,000 files walked once is 100,000 inodes): raise the open
-/// file limit as far as allowed (for root: the system's `nr_open`), or busy mounts hit
-/// EMFILE.
+/// The daemon holds a descriptor per inode the kernel has cached (closing idle ones
+/// beyond half the limit, see fs::inode): raise the open file limit as far as allowed
+/// (for root with CAP_SYS_RESOURCE: the system's `nr_open`).
 fn raise_fd_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

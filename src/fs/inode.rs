@@ -5,24 +5,41 @@
 //! descriptor of its backing file, which follows the file through renames, and the
 //! zone it belongs to, fixed at lookup (renames never change a zone: crossing one is
 //! refused).
+//!
+//! The kernel may cache far more inodes than a process may hold descriptors (a tree
+//! of 100,000 files walked once), so the descriptors of idle inodes are closed once
+//! more than half the open-file limit is in use, and reopened from the file handle
+//! (`name_to_handle_at`) taken at lookup when needed again. A handle names the inode
+//! and its generation: if the file was deleted and its number reused meanwhile, the
+//! reopen fails instead of reaching the wrong file.
 
 use super::encfile::EncFile;
 use crate::zone::Zone;
+use fuser::Errno;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 /// Node id of the mount's root.
 pub const ROOT: u64 = 1;
 /// Node ids at or above this are made up (files on other devices, or backing inode 1).
 const SYNTHETIC_BASE: u64 = 1 << 63;
+/// Room for a `struct file_handle` (MAX_HANDLE_SZ is 128 bytes of handle).
+const HANDLE_BUF: usize = 8 + 128;
+
+/// What all inodes share: a descriptor on the backing filesystem for reopening
+/// handles, and the count of inode descriptors held against the budget.
+struct Shared {
+    mount_fd: OwnedFd,
+    open: AtomicUsize,
+    budget: usize,
+}
 
 /// One known backing file.
 pub struct Inode {
     pub id: u64,
-    pub fd: OwnedFd,
     /// (st_dev, st_ino) of the backing file.
     pub key: (u64, u64),
     pub is_dir: bool,
@@ -33,13 +50,57 @@ pub struct Inode {
     pub enc: Mutex<Weak<EncFile>>,
     /// `zone reencrypt --data` replaced this backing file by a new one under the same
     /// name; opening this inode gives ESTALE, so the kernel looks the name up again.
-    /// (The descriptor pins the old inode number, so it cannot be reused meanwhile.)
     pub stale: AtomicBool,
+    /// Open file handles of this inode (its descriptor stays open meanwhile: an
+    /// unlinked open file cannot be reopened by handle everywhere).
+    pub open_count: AtomicU32,
+    fd: Mutex<Option<Arc<OwnedFd>>>,
+    /// `struct file_handle` bytes; `None` where the filesystem has none (the
+    /// descriptor is then never closed).
+    handle: Option<Box<[u8]>>,
+    shared: Arc<Shared>,
+}
+
+/// An inode's `O_PATH` descriptor, valid while this value lives.
+pub struct InodeFd(Arc<OwnedFd>);
+
+impl AsFd for InodeFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
 }
 
 impl Inode {
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// The backing file's `O_PATH` descriptor, reopened from its handle if it was
+    /// closed to save descriptors; ESTALE if the file is gone.
+    pub fn fd(&self) -> Result<InodeFd, Errno> {
+        let mut slot = self.fd.lock();
+        if let Some(fd) = &*slot {
+            return Ok(InodeFd(fd.clone()));
+        }
+        let handle = self.handle.as_ref().ok_or(Errno::ESTALE)?;
+        let mut buf = handle.to_vec();
+        // SAFETY: buf holds a struct file_handle as name_to_handle_at filled it.
+        let r = unsafe {
+            libc::open_by_handle_at(
+                self.shared.mount_fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ESTALE) => Errno::ESTALE,
+                Some(n) => Errno::from_i32(n),
+                None => Errno::EIO,
+            });
+        }
+        // SAFETY: r is a new descriptor we own.
+        let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(r) });
+        self.shared.open.fetch_add(1, Ordering::Relaxed);
+        *slot = Some(fd.clone());
+        Ok(InodeFd(fd))
     }
 
     pub fn zone(&self) -> Option<Arc<Zone>> {
@@ -50,6 +111,71 @@ impl Inode {
     pub fn zone_id(&self) -> Option<[u8; 16]> {
         self.zone.read().as_ref().map(|z| z.id)
     }
+
+    /// Closes the descriptor if nothing uses it and it can be reopened.
+    fn try_close(&self) -> bool {
+        if self.id == ROOT || self.handle.is_none() || self.open_count.load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        let Some(mut slot) = self.fd.try_lock() else {
+            return false;
+        };
+        if slot.as_ref().is_some_and(|fd| Arc::strong_count(fd) == 1) {
+            *slot = None;
+            self.shared.open.fetch_sub(1, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+}
+
+impl Drop for Inode {
+    fn drop(&mut self) {
+        if self.fd.get_mut().is_some() {
+            self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The file handle of the file behind `fd`, if its filesystem gives one.
+fn handle_of(fd: BorrowedFd<'_>) -> Option<Box<[u8]>> {
+    handle_at(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH)
+}
+
+/// The file handle of `path` (not following a final symlink).
+pub fn handle_of_path(path: &std::path::Path) -> Option<Box<[u8]>> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    handle_at(libc::AT_FDCWD, &c, 0)
+}
+
+fn handle_at(dir: libc::c_int, name: &std::ffi::CStr, flags: libc::c_int) -> Option<Box<[u8]>> {
+    let mut buf = vec![0u8; HANDLE_BUF];
+    buf[..4].copy_from_slice(&((HANDLE_BUF - 8) as u32).to_ne_bytes());
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: buf has room for the header and 128 handle bytes, as declared in it.
+    let r =
+        unsafe { libc::name_to_handle_at(dir, name.as_ptr(), buf.as_mut_ptr().cast(), &mut mount_id, flags) };
+    if r != 0 {
+        return None;
+    }
+    let len = u32::from_ne_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+    buf.truncate(8 + len.min(HANDLE_BUF - 8));
+    Some(buf.into_boxed_slice())
+}
+
+/// Half the open-file limit (the rest is for open files, sockets and the kernel).
+fn fd_budget() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out pointer.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur as usize
+    } else {
+        1024
+    };
+    (soft / 2).max(64)
 }
 
 #[derive(Default)]
@@ -63,21 +189,25 @@ pub struct InodeTable {
     t: RwLock<Tables>,
     root_dev: u64,
     next_synthetic: AtomicU64,
+    shared: Arc<Shared>,
 }
 
 impl InodeTable {
     /// A table holding the root (never forgotten).
     pub fn new(root_fd: OwnedFd, root_key: (u64, u64), root_zone: Option<Arc<Zone>>) -> InodeTable {
-        let root = Arc::new(Inode {
-            id: ROOT,
-            fd: root_fd,
-            key: root_key,
-            is_dir: true,
-            zone: RwLock::new(root_zone),
-            nlookup: AtomicU64::new(2),
-            enc: Mutex::new(Weak::new()),
-            stale: AtomicBool::new(false),
+        let shared = Arc::new(Shared {
+            // open_by_handle_at refuses O_PATH descriptors: a real one of the root
+            mount_fd: super::sys::reopen(root_fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+                .map(OwnedFd::from)
+                .or_else(|_| root_fd.try_clone())
+                .expect("a descriptor of the backing root"),
+            open: AtomicUsize::new(0),
+            budget: fd_budget(),
         });
+        let root = Arc::new(Self::make(
+            ROOT, root_key, true, root_fd, None, root_zone, &shared,
+        ));
+        root.nlookup.store(2, Ordering::Relaxed);
         let mut t = Tables::default();
         t.by_key.insert(root_key, ROOT);
         t.by_id.insert(ROOT, root);
@@ -85,10 +215,39 @@ impl InodeTable {
             t: RwLock::new(t),
             root_dev: root_key.0,
             next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
+            shared,
         }
     }
 
+    fn make(
+        id: u64,
+        key: (u64, u64),
+        is_dir: bool,
+        fd: OwnedFd,
+        handle: Option<Box<[u8]>>,
+        zone: Option<Arc<Zone>>,
+        shared: &Arc<Shared>,
+    ) -> Inode {
+        shared.open.fetch_add(1, Ordering::Relaxed);
+        Inode {
+            id,
+            key,
+            is_dir,
+            zone: RwLock::new(zone),
+            nlookup: AtomicU64::new(1),
+            enc: Mutex::new(Weak::new()),
+            stale: AtomicBool::new(false),
+            open_count: AtomicU32::new(0),
+            fd: Mutex::new(Some(Arc::new(fd))),
+            handle,
+            shared: shared.clone(),
+        }
+    }
+
+    /// The inode with node id `id`. Every request passes here, so this is also where
+    /// descriptors reopened by earlier requests are trimmed back to the budget.
     pub fn get(&self, id: u64) -> Option<Arc<Inode>> {
+        self.trim();
         self.t.read().by_id.get(&id).cloned()
     }
 
@@ -108,34 +267,88 @@ impl InodeTable {
         is_dir: bool,
         make: impl FnOnce() -> std::io::Result<(OwnedFd, Option<Arc<Zone>>)>,
     ) -> std::io::Result<Arc<Inode>> {
+        // a known inode whose descriptor was closed and cannot be reopened is a file
+        // deleted behind the mount whose number now belongs to a new file
+        let mut dead = None;
         if let Some(i) = self.find_and_ref(key) {
-            return Ok(i);
+            if i.fd().is_ok() {
+                self.trim();
+                return Ok(i);
+            }
+            dead = Some(i.id);
+            self.forget(i.id, 1);
         }
         let (fd, zone) = make()?;
-        let mut t = self.t.write();
-        if let Some(id) = t.by_key.get(&key) {
-            let i = t.by_id[id].clone();
-            i.nlookup.fetch_add(1, Ordering::Relaxed);
-            return Ok(i);
-        }
-        let id = if key.0 == self.root_dev && key.1 != ROOT && key.1 < SYNTHETIC_BASE {
-            key.1
+        let handle = if key.0 == self.root_dev {
+            handle_of(fd.as_fd())
         } else {
-            self.next_synthetic.fetch_add(1, Ordering::Relaxed)
+            None
         };
-        let ino = Arc::new(Inode {
-            id,
-            fd,
-            key,
-            is_dir,
-            zone: RwLock::new(zone),
-            nlookup: AtomicU64::new(1),
-            enc: Mutex::new(Weak::new()),
-            stale: AtomicBool::new(false),
-        });
-        t.by_key.insert(key, id);
-        t.by_id.insert(id, ino.clone());
+        let ino = {
+            let mut t = self.t.write();
+            if let Some(&id) = t.by_key.get(&key) {
+                if Some(id) != dead {
+                    let i = t.by_id[&id].clone();
+                    i.nlookup.fetch_add(1, Ordering::Relaxed);
+                    return Ok(i);
+                }
+            }
+            let id = if key.0 == self.root_dev && key.1 != ROOT && key.1 < SYNTHETIC_BASE && dead.is_none() {
+                key.1
+            } else {
+                self.next_synthetic.fetch_add(1, Ordering::Relaxed)
+            };
+            let ino = Arc::new(Self::make(id, key, is_dir, fd, handle, zone, &self.shared));
+            t.by_key.insert(key, id);
+            t.by_id.insert(id, ino.clone());
+            ino
+        };
+        self.trim();
         Ok(ino)
+    }
+
+    /// Beyond the budget, closes idle descriptors down to three quarters of it.
+    fn trim(&self) {
+        let s = &self.shared;
+        if s.open.load(Ordering::Relaxed) <= s.budget {
+            return;
+        }
+        let target = s.budget * 3 / 4;
+        let t = self.t.read();
+        for ino in t.by_id.values() {
+            if s.open.load(Ordering::Relaxed) <= target {
+                break;
+            }
+            ino.try_close();
+        }
+    }
+
+    /// Opens the backing file named by `handle` (from [`handle_of_path`]) wherever it
+    /// is now; `NotFound` if it was deleted.
+    pub fn open_handle(&self, handle: &[u8], flags: libc::c_int) -> std::io::Result<std::fs::File> {
+        let mut buf = handle.to_vec();
+        // SAFETY: buf holds a struct file_handle as name_to_handle_at filled it.
+        let r = unsafe {
+            libc::open_by_handle_at(
+                self.shared.mount_fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                flags | libc::O_CLOEXEC,
+            )
+        };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ESTALE) {
+                return Err(std::io::ErrorKind::NotFound.into());
+            }
+            return Err(e);
+        }
+        // SAFETY: r is a new descriptor we own.
+        Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(r) }))
+    }
+
+    /// Descriptors held by inodes (for tests and diagnostics).
+    pub fn open_descriptors(&self) -> usize {
+        self.shared.open.load(Ordering::Relaxed)
     }
 
     /// The kernel dropped `n` references; the inode goes when none are left.

@@ -25,6 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -238,7 +239,7 @@ impl Core {
     }
 
     fn getattr_of(&self, ino: &Inode) -> FsResult<FileAttr> {
-        let st = sys::stat_at(ino.fd(), OsStr::new("")).map_err(io_err)?;
+        let st = sys::stat_at(ino.fd()?.as_fd(), OsStr::new("")).map_err(io_err)?;
         Ok(self.attr(ino, &st))
     }
 
@@ -247,12 +248,13 @@ impl Core {
         if zone::is_reserved(name.as_bytes(), parent.id == ROOT) {
             return Err(Errno::ENOENT);
         }
-        let st = sys::stat_at(parent.fd(), name).map_err(io_err)?;
+        let parent_fd = parent.fd()?;
+        let st = sys::stat_at(parent_fd.as_fd(), name).map_err(io_err)?;
         let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         let ino = self
             .inodes
             .insert((st.st_dev, st.st_ino), is_dir, || {
-                let fd = sys::open_at(parent.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+                let fd = sys::open_at(parent_fd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
                 let own = if is_dir {
                     self.read_marker(std::os::fd::AsFd::as_fd(&fd))
                 } else {
@@ -271,13 +273,13 @@ impl Core {
         if (req.uid(), req.gid()) == self.me {
             return Ok(());
         }
-        let pst = sys::stat_at(parent.fd(), OsStr::new("")).map_err(io_err)?;
+        let pst = sys::stat_at(parent.fd()?.as_fd(), OsStr::new("")).map_err(io_err)?;
         let gid = if pst.st_mode & libc::S_ISGID != 0 {
             pst.st_gid
         } else {
             req.gid()
         };
-        sys::chown(ino.fd(), req.uid(), gid).map_err(io_err)
+        sys::chown(ino.fd()?.as_fd(), req.uid(), gid).map_err(io_err)
     }
 
     /// Finishes a create-like operation: lookup, ownership, fresh attributes.
@@ -337,7 +339,12 @@ impl Core {
             return Err(Errno::ESTALE);
         }
         let zone = ino.zone().ok_or(Errno::EIO)?;
-        let e = Arc::new(EncFile::open(ino.fd(), &zone, &*self.keys, !self.read_only)?);
+        let e = Arc::new(EncFile::open(
+            ino.fd()?.as_fd(),
+            &zone,
+            &*self.keys,
+            !self.read_only,
+        )?);
         *slot = Arc::downgrade(&e);
         Ok(e)
     }
@@ -386,7 +393,7 @@ impl Core {
     }
 
     fn open_file(&self, req: &Request, ino: &Inode, flags: i32) -> FsResult<Handle> {
-        let st = sys::stat_at(ino.fd(), OsStr::new("")).map_err(io_err)?;
+        let st = sys::stat_at(ino.fd()?.as_fd(), OsStr::new("")).map_err(io_err)?;
         let wants_write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if wants_write {
             self.writable_check()?;
@@ -411,18 +418,18 @@ impl Core {
         if self.writeback && flags & libc::O_ACCMODE == libc::O_WRONLY {
             flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
         }
-        let f = sys::reopen(ino.fd(), flags).map_err(io_err)?;
+        let f = sys::reopen(ino.fd()?.as_fd(), flags).map_err(io_err)?;
         Ok(Handle::Plain(f))
     }
 
     fn set_size(&self, req: &Request, ino: &Inode, size: u64) -> FsResult<()> {
         self.writable_check()?;
-        let st = sys::stat_at(ino.fd(), OsStr::new("")).map_err(io_err)?;
+        let st = sys::stat_at(ino.fd()?.as_fd(), OsStr::new("")).map_err(io_err)?;
         if Self::is_encrypted(ino, st.st_mode) {
             self.check_key_user(req, ino.zone().as_deref())?;
             self.enc_file(ino)?.truncate(size)
         } else {
-            sys::reopen(ino.fd(), libc::O_WRONLY)
+            sys::reopen(ino.fd()?.as_fd(), libc::O_WRONLY)
                 .and_then(|f| f.set_len(size))
                 .map_err(io_err)
         }
@@ -430,7 +437,7 @@ impl Core {
 
     fn rmdir(&self, parent: &Inode, name: &OsStr) -> FsResult<()> {
         let dir = sys::open_at(
-            parent.fd(),
+            parent.fd()?.as_fd(),
             name,
             libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
             0,
@@ -445,7 +452,7 @@ impl Core {
         )
         .ok();
         let Some(marker) = marker else {
-            return sys::unlink_at(parent.fd(), name, libc::AT_REMOVEDIR).map_err(io_err);
+            return sys::unlink_at(parent.fd()?.as_fd(), name, libc::AT_REMOVEDIR).map_err(io_err);
         };
         // A zone root: empty but for its marker. Remove the marker, then the directory;
         // if that fails (a file appeared), put the marker back.
@@ -460,7 +467,7 @@ impl Core {
         }
         let zone = ZoneMarker::decode(&bytes, self.keys.store().read().master()).ok();
         sys::unlink_at(dirfd, OsStr::new(MARKER_FILE), 0).map_err(io_err)?;
-        if let Err(e) = sys::unlink_at(parent.fd(), name, libc::AT_REMOVEDIR) {
+        if let Err(e) = sys::unlink_at(parent.fd()?.as_fd(), name, libc::AT_REMOVEDIR) {
             let path = PathBuf::from(sys::describe(dirfd)).join(MARKER_FILE);
             if let Err(e2) = crate::keys::atomic::write_file(&path, &bytes, 0o644) {
                 log::error!("{}: could not restore zone marker: {e2}", path.display());
@@ -480,8 +487,9 @@ impl Core {
 
     /// After a rename, a moved zone root's path in the keystore registry is updated.
     fn note_moved_zone(&self, dir: &Inode, name: &OsStr) {
+        let Ok(dir_fd) = dir.fd() else { return };
         let Ok(fd) = sys::open_at(
-            dir.fd(),
+            dir_fd.as_fd(),
             name,
             libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
             0,
@@ -513,7 +521,7 @@ impl Core {
             (OsString::from("."), ino.key.1, libc::DT_DIR),
             (OsString::from(".."), ino.key.1, libc::DT_DIR),
         ];
-        for e in sys::read_dir(ino.fd()).map_err(io_err)? {
+        for e in sys::read_dir(ino.fd()?.as_fd()).map_err(io_err)? {
             if !zone::is_reserved(e.0.as_bytes(), ino.id == ROOT) {
                 v.push(e);
             }
@@ -603,12 +611,20 @@ impl Filesystem for EzFs {
             tri!(reply, c.writable_check());
         }
         if let Some(mode) = mode {
-            tri!(reply, sys::chmod(i.fd(), mode & 0o7777).map_err(io_err));
+            tri!(
+                reply,
+                sys::chmod(tri!(reply, i.fd()).as_fd(), mode & 0o7777).map_err(io_err)
+            );
         }
         if uid.is_some() || gid.is_some() {
             tri!(
                 reply,
-                sys::chown(i.fd(), uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX)).map_err(io_err)
+                sys::chown(
+                    tri!(reply, i.fd()).as_fd(),
+                    uid.unwrap_or(u32::MAX),
+                    gid.unwrap_or(u32::MAX)
+                )
+                .map_err(io_err)
             );
         }
         if let Some(size) = size {
@@ -621,7 +637,12 @@ impl Filesystem for EzFs {
         if atime.is_some() || mtime.is_some() {
             tri!(
                 reply,
-                sys::utimens(i.fd(), atime.map(timespec), mtime.map(timespec)).map_err(io_err)
+                sys::utimens(
+                    tri!(reply, i.fd()).as_fd(),
+                    atime.map(timespec),
+                    mtime.map(timespec)
+                )
+                .map_err(io_err)
             );
         }
         let attr = tri!(reply, c.getattr_of(&i));
@@ -630,7 +651,7 @@ impl Filesystem for EzFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let i = tri!(reply, self.0.inode(ino));
-        let target = tri!(reply, sys::readlink(i.fd()).map_err(io_err));
+        let target = tri!(reply, sys::readlink(tri!(reply, i.fd()).as_fd()).map_err(io_err));
         reply.data(&target);
     }
 
@@ -648,7 +669,7 @@ impl Filesystem for EzFs {
         let p = tri!(reply, c.parent_for_new(parent, name));
         tri!(
             reply,
-            sys::mknod_at(p.fd(), name, mode & !umask, rdev as u64).map_err(io_err)
+            sys::mknod_at(tri!(reply, p.fd()).as_fd(), name, mode & !umask, rdev as u64).map_err(io_err)
         );
         let (_, attr) = tri!(reply, c.created(req, &p, name));
         reply.entry(&TTL, &attr, Generation(0));
@@ -659,7 +680,7 @@ impl Filesystem for EzFs {
         let p = tri!(reply, c.parent_for_new(parent, name));
         tri!(
             reply,
-            sys::mkdir_at(p.fd(), name, mode & !umask & 0o7777).map_err(io_err)
+            sys::mkdir_at(tri!(reply, p.fd()).as_fd(), name, mode & !umask & 0o7777).map_err(io_err)
         );
         let (_, attr) = tri!(reply, c.created(req, &p, name));
         reply.entry(&TTL, &attr, Generation(0));
@@ -672,7 +693,10 @@ impl Filesystem for EzFs {
         if zone::is_reserved(name.as_bytes(), p.id == ROOT) {
             return reply.error(Errno::ENOENT);
         }
-        tri!(reply, sys::unlink_at(p.fd(), name, 0).map_err(io_err));
+        tri!(
+            reply,
+            sys::unlink_at(tri!(reply, p.fd()).as_fd(), name, 0).map_err(io_err)
+        );
         reply.ok();
     }
 
@@ -699,7 +723,7 @@ impl Filesystem for EzFs {
         let p = tri!(reply, c.parent_for_new(parent, link_name));
         tri!(
             reply,
-            sys::symlink_at(target.as_os_str(), p.fd(), link_name).map_err(io_err)
+            sys::symlink_at(target.as_os_str(), tri!(reply, p.fd()).as_fd(), link_name).map_err(io_err)
         );
         let (_, attr) = tri!(reply, c.created(req, &p, link_name));
         reply.entry(&TTL, &attr, Generation(0));
@@ -728,7 +752,14 @@ impl Filesystem for EzFs {
         }
         tri!(
             reply,
-            sys::rename_at(p.fd(), name, np.fd(), newname, flags.bits()).map_err(io_err)
+            sys::rename_at(
+                tri!(reply, p.fd()).as_fd(),
+                name,
+                tri!(reply, np.fd()).as_fd(),
+                newname,
+                flags.bits()
+            )
+            .map_err(io_err)
         );
         c.note_moved_zone(&np, newname);
         if flags.contains(RenameFlags::RENAME_EXCHANGE) {
@@ -746,7 +777,10 @@ impl Filesystem for EzFs {
         if zone::check_link(i.zone_id(), np.zone_id()).is_err() {
             return reply.error(Errno::EXDEV);
         }
-        tri!(reply, sys::link_at(i.fd(), np.fd(), newname).map_err(io_err));
+        tri!(
+            reply,
+            sys::link_at(tri!(reply, i.fd()).as_fd(), tri!(reply, np.fd()).as_fd(), newname).map_err(io_err)
+        );
         let (_, attr) = tri!(reply, c.lookup_child(&np, newname));
         reply.entry(&TTL, &attr, Generation(0));
     }
@@ -755,6 +789,7 @@ impl Filesystem for EzFs {
         let c = &self.0;
         let i = tri!(reply, c.inode(ino));
         let h = tri!(reply, c.open_file(req, &i, flags.0));
+        i.open_count.fetch_add(1, Ordering::AcqRel);
         reply.opened(c.add_handle(h), FopenFlags::empty());
     }
 
@@ -827,7 +862,7 @@ impl Filesystem for EzFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -837,6 +872,11 @@ impl Filesystem for EzFs {
         // dropped after the lock is released: closing a backing file can be slow
         let handle = self.0.handles.write().remove(&fh.0);
         drop(handle);
+        if let Some(i) = self.0.inodes.get(ino.0) {
+            let _ = i
+                .open_count
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
         reply.ok();
     }
 
@@ -924,7 +964,7 @@ impl Filesystem for EzFs {
         let i = tri!(reply, self.0.inode(ino));
         tri!(
             reply,
-            sys::reopen(i.fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+            sys::reopen(tri!(reply, i.fd()).as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
                 .and_then(|f| f.sync_all())
                 .map_err(io_err)
         );
@@ -933,7 +973,10 @@ impl Filesystem for EzFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let root = tri!(reply, self.0.inode(INodeNo(ROOT)));
-        let s = tri!(reply, sys::statvfs(root.fd()).map_err(io_err));
+        let s = tri!(
+            reply,
+            sys::statvfs(tri!(reply, root.fd()).as_fd()).map_err(io_err)
+        );
         reply.statfs(
             s.f_blocks,
             s.f_bfree,
@@ -960,7 +1003,10 @@ impl Filesystem for EzFs {
         tri!(reply, c.writable_check());
         let i = tri!(reply, xattr_target(c, ino));
         let name = tri!(reply, CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL));
-        tri!(reply, sys::setxattr(i.fd(), &name, value, flags).map_err(io_err));
+        tri!(
+            reply,
+            sys::setxattr(tri!(reply, i.fd()).as_fd(), &name, value, flags).map_err(io_err)
+        );
         reply.ok();
     }
 
@@ -968,7 +1014,10 @@ impl Filesystem for EzFs {
         let i = tri!(reply, xattr_target(&self.0, ino));
         let name = tri!(reply, CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL));
         let mut buf = vec![0u8; size as usize];
-        let n = tri!(reply, sys::getxattr(i.fd(), &name, &mut buf).map_err(io_err));
+        let n = tri!(
+            reply,
+            sys::getxattr(tri!(reply, i.fd()).as_fd(), &name, &mut buf).map_err(io_err)
+        );
         if size == 0 {
             reply.size(n as u32);
         } else {
@@ -979,7 +1028,10 @@ impl Filesystem for EzFs {
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let i = tri!(reply, xattr_target(&self.0, ino));
         let mut buf = vec![0u8; size as usize];
-        let n = tri!(reply, sys::listxattr(i.fd(), &mut buf).map_err(io_err));
+        let n = tri!(
+            reply,
+            sys::listxattr(tri!(reply, i.fd()).as_fd(), &mut buf).map_err(io_err)
+        );
         if size == 0 {
             reply.size(n as u32);
         } else {
@@ -992,7 +1044,10 @@ impl Filesystem for EzFs {
         tri!(reply, c.writable_check());
         let i = tri!(reply, xattr_target(c, ino));
         let name = tri!(reply, CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL));
-        tri!(reply, sys::removexattr(i.fd(), &name).map_err(io_err));
+        tri!(
+            reply,
+            sys::removexattr(tri!(reply, i.fd()).as_fd(), &name).map_err(io_err)
+        );
         reply.ok();
     }
 
@@ -1020,7 +1075,7 @@ impl Filesystem for EzFs {
         let f = tri!(
             reply,
             sys::open_at(
-                p.fd(),
+                tri!(reply, p.fd()).as_fd(),
                 name,
                 libc::O_CREAT | libc::O_RDWR | libc::O_NOFOLLOW | (flags & keep),
                 mode & !umask & 0o7777
@@ -1036,6 +1091,7 @@ impl Filesystem for EzFs {
             }
         };
         let attr = tri!(reply, c.getattr_of(&ino));
+        ino.open_count.fetch_add(1, Ordering::AcqRel);
         reply.created(&TTL, &attr, Generation(0), c.add_handle(h), FopenFlags::empty());
     }
 
@@ -1082,13 +1138,13 @@ fn supplementary_groups(pid: u32) -> Vec<u32> {
 }
 
 fn kill_suidgid(i: &Inode) -> FsResult<()> {
-    let st = sys::stat_at(i.fd(), OsStr::new("")).map_err(io_err)?;
+    let st = sys::stat_at(i.fd()?.as_fd(), OsStr::new("")).map_err(io_err)?;
     let mut kill = libc::S_ISUID;
     if st.st_mode & libc::S_IXGRP != 0 {
         kill |= libc::S_ISGID;
     }
     if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_mode & kill != 0 {
-        sys::chmod(i.fd(), st.st_mode & 0o7777 & !kill).map_err(io_err)?;
+        sys::chmod(i.fd()?.as_fd(), st.st_mode & 0o7777 & !kill).map_err(io_err)?;
     }
     Ok(())
 }
@@ -1097,7 +1153,7 @@ fn kill_suidgid(i: &Inode) -> FsResult<()> {
 /// be followed) do not support them here.
 fn xattr_target(c: &Core, ino: INodeNo) -> FsResult<Arc<Inode>> {
     let i = c.inode(ino)?;
-    let st = sys::stat_at(i.fd(), OsStr::new("")).map_err(io_err)?;
+    let st = sys::stat_at(i.fd()?.as_fd(), OsStr::new("")).map_err(io_err)?;
     if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
         return Err(Errno::EOPNOTSUPP);
     }

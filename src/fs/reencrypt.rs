@@ -9,13 +9,16 @@
 //! running when the daemon died shows as interrupted, and running it again finishes it
 //! (files already done are recognized by their key version and skipped).
 
-use super::rekey::{Outcome, TEMP_PREFIX};
+use super::inode::handle_of_path;
+use super::rekey::{Outcome, Target};
 use super::Core;
 use crate::keys::KeyProvider;
+use crate::zone::is_rekey_temp;
 use crate::zone::walk::{zone_files, Nested};
 use crate::zone::Zone;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,6 +27,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const STATUS_FILE: &str = "reencrypt.json";
 /// Failures kept per job (the count is exact).
 const MAX_FAILURES: usize = 100;
+/// Walks of the zone before files still moving are reported as failures.
+const MAX_ROUNDS: u32 = 5;
 /// How often progress is synced to disk and recorded.
 const CHECKPOINT: Duration = Duration::from_secs(1);
 
@@ -205,22 +210,25 @@ impl Core {
 
     /// Regular files of the zone rooted at `dir` (nested zones excluded); leftover
     /// temporary files of an interrupted `--data` run are removed on the way.
-    fn zone_file_list(&self, dir: &Path) -> Vec<PathBuf> {
+    fn zone_file_list(&self, dir: &Path) -> Vec<Target> {
         let mut files = Vec::new();
+        // hard links are one file
+        let mut inodes = HashSet::new();
         zone_files(dir, Some(dir), Nested::Skip, &|_| false, &mut |f, _| {
-            let temp = f
-                .file_name()
-                .is_some_and(|n| n.as_encoded_bytes().starts_with(TEMP_PREFIX.as_bytes()));
+            let temp = f.file_name().is_some_and(|n| is_rekey_temp(n.as_encoded_bytes()));
             if temp {
                 let _ = std::fs::remove_file(f);
-            } else {
-                files.push(f.to_path_buf());
+            } else if std::fs::symlink_metadata(f).is_ok_and(|m| inodes.insert((m.dev(), m.ino()))) {
+                files.push(Target {
+                    path: f.to_path_buf(),
+                    handle: handle_of_path(f),
+                });
             }
         });
         files
     }
 
-    fn run_job(self: Arc<Core>, dir: PathBuf, zone: Zone, files: Vec<PathBuf>, mut status: JobStatus) {
+    fn run_job(self: Arc<Core>, dir: PathBuf, zone: Zone, files: Vec<Target>, mut status: JobStatus) {
         let t0 = Instant::now();
         let mut last = Instant::now();
         log::info!(
@@ -231,27 +239,43 @@ impl Core {
             status.target_version,
             if status.data { ", with new data keys" } else { "" }
         );
-        let mut retry: Vec<PathBuf> = Vec::new();
+        // files handled, by backing inode, so that a second walk counts nothing twice
+        let mut seen: HashSet<(u64, u64)> = HashSet::new();
+        let id_of = |p: &Path| std::fs::symlink_metadata(p).ok().map(|m| (m.dev(), m.ino()));
+        let mut retry: Vec<Target> = Vec::new();
         let mut pass = files;
-        for round in 0..3 {
-            let last_round = round == 2;
-            for path in pass.drain(..) {
-                let step = if status.data {
-                    self.reencrypt_data(&path, &zone, status.target_version)
-                } else {
-                    self.rewrap(&path, &zone, status.target_version)
-                };
+        let mut round = 0;
+        loop {
+            round += 1;
+            let last_round = round >= MAX_ROUNDS;
+            for target in pass.drain(..) {
+                let step = self.rekey(
+                    &target,
+                    &zone,
+                    status.target_version,
+                    status.data,
+                    last_round,
+                    &mut seen,
+                );
+                let mut failure = None;
                 match step {
                     Ok(Outcome::Done) => status.files_done += 1,
                     Ok(Outcome::Current | Outcome::Empty) => status.files_current += 1,
-                    Ok(Outcome::Gone) => retry.push(path),
-                    Err(e) if e.starts_with("busy") && !last_round => retry.push(path),
-                    Err(e) => {
-                        log::error!("re-encrypting {}: {e}", path.display());
-                        status.files_failed += 1;
-                        if status.failures.len() < MAX_FAILURES {
-                            status.failures.push(format!("/{}: {e}", self.relative(&path)));
-                        }
+                    // deleted, or renamed under our feet: the next walk finds it
+                    Ok(Outcome::Gone | Outcome::Seen) => continue,
+                    Err(e) if e.starts_with("busy") && !last_round => {
+                        retry.push(target);
+                        continue;
+                    }
+                    Err(e) => failure = Some(e),
+                }
+                if let Some(e) = failure {
+                    log::error!("re-encrypting {}: {e}", target.path.display());
+                    status.files_failed += 1;
+                    if status.failures.len() < MAX_FAILURES {
+                        status
+                            .failures
+                            .push(format!("/{}: {e}", self.relative(&target.path)));
                     }
                 }
                 if last.elapsed() >= CHECKPOINT {
@@ -261,15 +285,35 @@ impl Core {
                     last = Instant::now();
                 }
             }
-            if retry.is_empty() {
+            // a file renamed away from its path with no handle to follow it is found by
+            // walking again; files the job has handled are not counted twice
+            let mut again: Vec<Target> = self
+                .zone_file_list(&dir)
+                .into_iter()
+                .filter(|t| id_of(&t.path).is_some_and(|id| !seen.contains(&id)))
+                .filter(|t| !retry.iter().any(|r| r.path == t.path))
+                .collect();
+            if retry.is_empty() && again.is_empty() {
                 break;
             }
-            // renamed files are found again by walking the zone; busy ones wait a little
-            std::thread::sleep(Duration::from_millis(200));
-            let busy: Vec<PathBuf> = retry.drain(..).filter(|p| p.exists()).collect();
-            let mut again = self.zone_file_list(&dir);
-            again.retain(|p| !busy.contains(p));
-            again.extend(busy);
+            if last_round {
+                // renamed faster than walked, round after round: say so, do not hide it
+                for t in again.iter().chain(&retry) {
+                    status.files_failed += 1;
+                    if status.failures.len() < MAX_FAILURES {
+                        status.failures.push(format!(
+                            "/{}: kept moving during the job; run it again",
+                            self.relative(&t.path)
+                        ));
+                    }
+                }
+                break;
+            }
+            if !retry.is_empty() {
+                // busy files wait a little for their last close
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            again.append(&mut retry);
             pass = again;
         }
         syncfs(&dir);

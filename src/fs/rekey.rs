@@ -16,11 +16,13 @@ use crate::format::layout::{self, plain_size};
 use crate::format::{BlockCodec, Header};
 use crate::keys::KeyProvider;
 use crate::zone::Zone;
+use std::collections::HashSet;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Prefix of the temporary files re-encryption writes; the mount never shows them.
 pub use crate::zone::REKEY_TEMP_PREFIX as TEMP_PREFIX;
@@ -40,6 +42,8 @@ pub enum Outcome {
     Empty,
     /// It was renamed or deleted meanwhile.
     Gone,
+    /// This job already handled it (under another name).
+    Seen,
 }
 
 fn unwrap_dek(keys: &dyn KeyProvider, h: &Header) -> Result<Key, String> {
@@ -67,33 +71,97 @@ fn wrapped_header(
     })
 }
 
-fn open_rw(path: &Path) -> Result<Option<File>, String> {
-    match OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-    {
-        Ok(f) => Ok(Some(f)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.to_string()),
-    }
+/// A file a job works on: found at `path`, and, where the filesystem gives file
+/// handles, reachable by its handle wherever a rename in the zone moves it meanwhile.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub path: PathBuf,
+    pub handle: Option<Box<[u8]>>,
 }
 
 impl Core {
-    /// Re-wraps the EDEK of `path` (in `zone`) with `zone.key@version`.
-    pub(super) fn rewrap(&self, path: &Path, zone: &Zone, version: u32) -> Result<Outcome, String> {
-        let Some(f) = open_rw(path)? else {
+    /// Opens a target read-write (by handle where it has one) and says where it is
+    /// now; `None` if it is gone.
+    fn open_target(&self, t: &Target) -> Result<Option<(File, PathBuf)>, String> {
+        let opened = match &t.handle {
+            Some(h) => self.inodes.open_handle(h, libc::O_RDWR).map(|f| {
+                let now = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+                    .unwrap_or_else(|_| t.path.clone());
+                (f, now)
+            }),
+            None => OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&t.path)
+                .map(|f| (f, t.path.clone())),
+        };
+        match opened {
+            // an unlinked file that something still holds open is gone for the zone
+            Ok(f) if f.0.metadata().is_ok_and(|m| m.nlink() == 0) => Ok(None),
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Brings target `t` (in `zone`) to `zone.key@version`: re-wraps its EDEK, or with
+    /// `data` re-encrypts it under a new DEK. `seen` holds the backing inodes this job
+    /// has handled, so a file met again under another name is not done or counted twice;
+    /// a busy file is left out of it (to be retried) unless this is the `last` try.
+    pub(super) fn rekey(
+        &self,
+        t: &Target,
+        zone: &Zone,
+        version: u32,
+        data: bool,
+        last: bool,
+        seen: &mut HashSet<(u64, u64)>,
+    ) -> Result<Outcome, String> {
+        let Some((f, path)) = self.open_target(t)? else {
             return Ok(Outcome::Gone);
         };
         let meta = f.metadata().map_err(|e| e.to_string())?;
+        let id = (meta.dev(), meta.ino());
+        if seen.contains(&id) {
+            return Ok(Outcome::Seen);
+        }
+        let result = if data {
+            self.reencrypt_data(f, &path, &meta, zone, version)
+        } else {
+            self.rewrap(&f, &meta, zone, version)
+        };
+        match &result {
+            Ok(Outcome::Gone) => {}
+            Err(e) if e.starts_with("busy") && !last => {}
+            _ => {
+                seen.insert(id);
+            }
+        }
+        if data && result == Ok(Outcome::Done) {
+            // the replacement is done too
+            if let Ok(m) = std::fs::symlink_metadata(&path) {
+                seen.insert((m.dev(), m.ino()));
+            }
+        }
+        result
+    }
+
+    /// Re-wraps the EDEK of file `f` with `zone.key@version`.
+    fn rewrap(
+        &self,
+        f: &File,
+        meta: &std::fs::Metadata,
+        zone: &Zone,
+        version: u32,
+    ) -> Result<Outcome, String> {
         if meta.len() == 0 {
             return Ok(Outcome::Empty);
         }
         // an open in the mount reads the header under the same lock: it never sees a
         // half-written sector
         let _g = self.header_lock(meta.ino()).write();
-        let h = read_header(&f)?;
+        let h = read_header(f)?;
         if h.key_name == zone.key && h.key_version == version {
             return Ok(Outcome::Current);
         }
@@ -107,11 +175,14 @@ impl Core {
     /// Re-encrypts `path` (in `zone`) under a new DEK wrapped with `zone.key@version`,
     /// unless it already uses that version: then its DEK was never wrapped by an older
     /// version (new file, or re-encrypted by an earlier run of this job).
-    pub(super) fn reencrypt_data(&self, path: &Path, zone: &Zone, version: u32) -> Result<Outcome, String> {
-        let Some(old) = open_rw(path)? else {
-            return Ok(Outcome::Gone);
-        };
-        let meta = old.metadata().map_err(|e| e.to_string())?;
+    fn reencrypt_data(
+        &self,
+        old: File,
+        path: &Path,
+        meta: &std::fs::Metadata,
+        zone: &Zone,
+        version: u32,
+    ) -> Result<Outcome, String> {
         if meta.len() == 0 {
             return Ok(Outcome::Empty);
         }
@@ -129,11 +200,23 @@ impl Core {
         let result = if busy {
             Err("busy: open in the mount".to_string())
         } else {
-            self.copy_reencrypted(path, &old, &meta, zone, version)
+            self.copy_reencrypted(path, &old, meta, zone, version)
         };
+        if result == Ok(Outcome::Done) {
+            // under the header lock: no open of the old inode can start after the swap
+            self.mark_replaced((meta.dev(), meta.ino()));
+        }
         drop(slot);
+        drop(_g);
         if let Some(i) = known {
             self.inodes.forget(i.id, 1);
+        }
+        if result == Ok(Outcome::Done) {
+            // only once no lock is held: the kernel may need a lookup answered (by a
+            // request that takes those locks) before it can drop the name
+            if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+                self.invalidate_name(dir, name);
+            }
         }
         result
     }
@@ -188,11 +271,24 @@ impl Core {
                         }
                         crate::format::CodecError::Io(e) => e.to_string(),
                     })?;
-                // all-zero runs stay holes
-                if buf[..n].iter().any(|&b| b != 0) {
+                // all-zero blocks stay holes: only runs of blocks holding data are written
+                let blk = layout::BLOCK as usize;
+                let zero = |j: usize| buf[j..(j + blk).min(n)].iter().all(|&b| b == 0);
+                let mut i = 0;
+                while i < n {
+                    if zero(i) {
+                        i += blk;
+                        continue;
+                    }
+                    let mut j = i;
+                    while j < n && !zero(j) {
+                        j += blk;
+                    }
+                    let j = j.min(n);
                     new_size = codec
-                        .write(&new, new_size, off, &buf[..n])
+                        .write(&new, new_size, off + i as u64, &buf[i..j])
                         .map_err(|e| format!("{e:?}"))?;
+                    i = j;
                 }
                 off += n as u64;
             }
@@ -206,14 +302,20 @@ impl Core {
         // swap atomically, then check that the name still held the file we copied (a
         // rename in the zone may have moved it meanwhile): if not, swap back
         let dir_f = File::open(dir).map_err(|e| cleanup(e.to_string()))?;
-        sys::rename_at(
+        if let Err(e) = sys::rename_at(
             dir_f.as_fd(),
             &tmp_name,
             dir_f.as_fd(),
             name,
             libc::RENAME_EXCHANGE,
-        )
-        .map_err(|e| cleanup(format!("cannot swap in the new file: {e}")))?;
+        ) {
+            let _ = std::fs::remove_file(&tmp);
+            if e.kind() == std::io::ErrorKind::NotFound {
+                // renamed away during the copy: the job meets it again under its new name
+                return Ok(Outcome::Gone);
+            }
+            return Err(format!("cannot swap in the new file: {e}"));
+        }
         let moved_away = std::fs::symlink_metadata(&tmp)
             .map(|m| m.ino() != meta.ino())
             .unwrap_or(true);
@@ -230,17 +332,21 @@ impl Core {
         }
         std::fs::remove_file(&tmp).map_err(|e| e.to_string())?;
         let _ = dir_f.sync_all();
-        self.forget_replaced(dir, name, (meta.dev(), meta.ino()));
         Ok(Outcome::Done)
     }
 
-    /// The kernel may still hold the old inode under this name: make it look again.
-    fn forget_replaced(&self, dir: &Path, name: &OsStr, old: (u64, u64)) {
-        // looked up now, after the swap: a lookup that raced with the copy is caught too
+    /// The kernel may still know the replaced inode: opening it gives ESTALE from now
+    /// on, so the kernel looks the name up again. Looked up after the swap, so a
+    /// lookup that raced with the copy is caught too.
+    fn mark_replaced(&self, old: (u64, u64)) {
         if let Some(i) = self.inodes.find_and_ref(old) {
             i.stale.store(true, std::sync::atomic::Ordering::Release);
             self.inodes.forget(i.id, 1);
         }
+    }
+
+    /// Tells the kernel to drop its cached entry `dir/name` (it names a new file now).
+    fn invalidate_name(&self, dir: &Path, name: &OsStr) {
         let Ok(dm) = std::fs::metadata(dir) else { return };
         if let Some(parent) = self.inodes.find_and_ref((dm.dev(), dm.ino())) {
             if let Some(n) = self.notifier.get() {

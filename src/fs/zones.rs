@@ -260,7 +260,10 @@ impl Core {
                         },
                     ));
                 }
-            } else if m.is_file() && p.file_name().is_some_and(|n| n != MARKER_FILE) {
+            } else if m.is_file()
+                && p.file_name()
+                    .is_some_and(|n| n != MARKER_FILE && !crate::zone::is_rekey_temp(n.as_encoded_bytes()))
+            {
                 // the closest zone root above the file: the longest matching prefix
                 if let Some(z) = zones
                     .iter_mut()

@@ -58,6 +58,12 @@ pub fn check_link(file: ZoneId, dir: ZoneId) -> Result<(), CrossesZones> {
 /// Prefix of the temporary files of `zone reencrypt --data` (hidden like the marker).
 pub const REKEY_TEMP_PREFIX: &str = ".ezfs-rekey.";
 
+/// Whether `name` is a temporary file of `zone reencrypt --data` (not a zone file:
+/// the next run removes it).
+pub fn is_rekey_temp(name: &[u8]) -> bool {
+    name.starts_with(REKEY_TEMP_PREFIX.as_bytes())
+}
+
 /// Names that the mount never shows and never lets anyone create.
 pub fn is_reserved(name: &[u8], in_root: bool) -> bool {
     name == MARKER_FILE.as_bytes()

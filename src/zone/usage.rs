@@ -54,6 +54,12 @@ fn scan_from(root: &Path, start: &Path, zone: Option<&Path>, nested: Nested) -> 
     let ezfs: PathBuf = root.join(crate::EZFS_DIR);
     let rel = |p: &Path| p.strip_prefix(root).unwrap_or(p).to_string_lossy().into_owned();
     zone_files(start, zone, nested, &|d| d == ezfs, &mut |file, zone_root| {
+        if file
+            .file_name()
+            .is_some_and(|n| super::is_rekey_temp(n.as_encoded_bytes()))
+        {
+            return;
+        }
         let Ok(f) = std::fs::File::open(file) else {
             u.unreadable += 1;
             return;
