@@ -425,7 +425,8 @@ fn rmdir_of_empty_zone_root_removes_the_zone() {
     let keys = f.run(&["key", "list", "--json", "--backing", f.backing.to_str().unwrap()]);
     ok(&keys, "key list");
     let v: serde_json::Value = serde_json::from_slice(&keys.stdout).unwrap();
-    assert_eq!(v[0]["zones"], serde_json::json!(["/keep"]), "key list: {v}");
+    assert_eq!(v[0]["zones"][0]["path"], "/keep", "key list: {v}");
+    assert_eq!(v[0]["zones"].as_array().map(Vec::len), Some(1), "key list: {v}");
     // the same name again is a plain directory
     fs::create_dir(f.m("zr")).unwrap();
     fs::write(f.m("zr/f"), b"plain now").unwrap();
@@ -673,6 +674,21 @@ fn key_create_while_mounted_then_zone_create() {
     code(&f.key("create", "fresh"), 1, "key create of an existing name");
 }
 
+/// `ezfs key grant k1 --user 65534`: lets nobody use zones of key k1.
+fn grant_nobody(f: &Fixture) -> std::process::Output {
+    f.run(&[
+        "key",
+        "grant",
+        "k1",
+        "--user",
+        "65534",
+        "--backing",
+        f.backing.to_str().unwrap(),
+        "--passphrase-file",
+        f.pass.to_str().unwrap(),
+    ])
+}
+
 /// Runs `args` as user nobody (uid/gid 65534).
 fn as_nobody(f: &Fixture, args: &[&str]) -> std::process::Output {
     let mut cmd = std::process::Command::new("setpriv");
@@ -696,6 +712,8 @@ fn other_users_and_allow_other() {
     m.unmount();
     let _m = f.mount_opts(&["--allow-other"]);
     ok(&as_nobody(&f, &["true"]), "setpriv works");
+    // zone keys decide who may open zone files (tests/lifecycle.rs covers refusals)
+    ok(&grant_nobody(&f), "key grant k1 --user 65534");
     let sh = |script: &str| as_nobody(&f, &["sh", "-c", script]);
     {
         use std::os::unix::fs::PermissionsExt;
@@ -740,6 +758,7 @@ fn directory_owner_can_create_a_zone() {
         fs::set_permissions(f.m("pub"), fs::Permissions::from_mode(0o777)).unwrap();
     }
     ok(&as_nobody(&f, &["mkdir", &mp(&f, "pub/mine")]), "nobody mkdir");
+    ok(&grant_nobody(&f), "key grant k1 --user 65534");
     let o = as_nobody(&f, &[EZFS, "zone", "create", "--key", "k1", &mp(&f, "pub/mine")]);
     ok(&o, "zone create by the directory's owner");
     ok(
