@@ -163,8 +163,15 @@ fn handle_at(dir: libc::c_int, name: &std::ffi::CStr, flags: libc::c_int) -> Opt
     Some(buf.into_boxed_slice())
 }
 
-/// Half the open-file limit (the rest is for open files, sockets and the kernel).
+/// Descriptors for cached inodes: `EZFS_INODE_FDS` if set, else half the open-file
+/// limit (the rest is for open files, sockets and the kernel).
 fn fd_budget() -> usize {
+    if let Some(n) = std::env::var("EZFS_INODE_FDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        return n.max(64);
+    }
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
