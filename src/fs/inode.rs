@@ -9,7 +9,7 @@
 //! The kernel may cache far more inodes than a process may hold descriptors (a tree
 //! of 100,000 files walked once), so the descriptors of idle inodes are closed once
 //! more than half the open-file limit is in use, and reopened from the file handle
-//! (`name_to_handle_at`) taken at lookup when needed again. A handle names the inode
+//! (`name_to_handle_at`, taken just before closing) when needed again. A handle names the inode
 //! and its generation: if the file was deleted and its number reused meanwhile, the
 //! reopen fails instead of reaching the wrong file.
 
@@ -55,9 +55,11 @@ pub struct Inode {
     /// unlinked open file cannot be reopened by handle everywhere).
     pub open_count: AtomicU32,
     fd: Mutex<Option<Arc<OwnedFd>>>,
-    /// `struct file_handle` bytes; `None` where the filesystem has none (the
-    /// descriptor is then never closed).
-    handle: Option<Box<[u8]>>,
+    /// `struct file_handle` bytes, taken when the descriptor is first closed; `None`
+    /// inside where the filesystem has none (the descriptor then stays open).
+    handle: std::sync::OnceLock<Option<Box<[u8]>>>,
+    /// On the backing root's filesystem (handles reopen through its root).
+    closable: bool,
     shared: Arc<Shared>,
 }
 
@@ -78,7 +80,7 @@ impl Inode {
         if let Some(fd) = &*slot {
             return Ok(InodeFd(fd.clone()));
         }
-        let handle = self.handle.as_ref().ok_or(Errno::ESTALE)?;
+        let handle = self.handle.get().and_then(Option::as_ref).ok_or(Errno::ESTALE)?;
         let mut buf = handle.to_vec();
         // SAFETY: buf holds a struct file_handle as name_to_handle_at filled it.
         let r = unsafe {
@@ -114,13 +116,15 @@ impl Inode {
 
     /// Closes the descriptor if nothing uses it and it can be reopened.
     fn try_close(&self) -> bool {
-        if self.id == ROOT || self.handle.is_none() || self.open_count.load(Ordering::Acquire) > 0 {
+        if self.id == ROOT || !self.closable || self.open_count.load(Ordering::Acquire) > 0 {
             return false;
         }
         let Some(mut slot) = self.fd.try_lock() else {
             return false;
         };
-        if slot.as_ref().is_some_and(|fd| Arc::strong_count(fd) == 1) {
+        let idle = slot.as_ref().filter(|fd| Arc::strong_count(fd) == 1);
+        let reopenable = idle.is_some_and(|fd| self.handle.get_or_init(|| handle_of(fd.as_fd())).is_some());
+        if reopenable {
             *slot = None;
             self.shared.open.fetch_sub(1, Ordering::Relaxed);
             return true;
@@ -212,7 +216,7 @@ impl InodeTable {
             budget: fd_budget(),
         });
         let root = Arc::new(Self::make(
-            ROOT, root_key, true, root_fd, None, root_zone, &shared,
+            ROOT, root_key, true, root_fd, false, root_zone, &shared,
         ));
         root.nlookup.store(2, Ordering::Relaxed);
         let mut t = Tables::default();
@@ -231,7 +235,7 @@ impl InodeTable {
         key: (u64, u64),
         is_dir: bool,
         fd: OwnedFd,
-        handle: Option<Box<[u8]>>,
+        closable: bool,
         zone: Option<Arc<Zone>>,
         shared: &Arc<Shared>,
     ) -> Inode {
@@ -246,7 +250,8 @@ impl InodeTable {
             stale: AtomicBool::new(false),
             open_count: AtomicU32::new(0),
             fd: Mutex::new(Some(Arc::new(fd))),
-            handle,
+            handle: std::sync::OnceLock::new(),
+            closable,
             shared: shared.clone(),
         }
     }
@@ -286,11 +291,6 @@ impl InodeTable {
             self.forget(i.id, 1);
         }
         let (fd, zone) = make()?;
-        let handle = if key.0 == self.root_dev {
-            handle_of(fd.as_fd())
-        } else {
-            None
-        };
         let ino = {
             let mut t = self.t.write();
             if let Some(&id) = t.by_key.get(&key) {
@@ -305,7 +305,15 @@ impl InodeTable {
             } else {
                 self.next_synthetic.fetch_add(1, Ordering::Relaxed)
             };
-            let ino = Arc::new(Self::make(id, key, is_dir, fd, handle, zone, &self.shared));
+            let ino = Arc::new(Self::make(
+                id,
+                key,
+                is_dir,
+                fd,
+                key.0 == self.root_dev,
+                zone,
+                &self.shared,
+            ));
             t.by_key.insert(key, id);
             t.by_id.insert(id, ino.clone());
             ino
