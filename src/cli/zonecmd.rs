@@ -247,6 +247,9 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
 
 fn progress_line(j: &JobStatus) -> String {
     let seen = j.files_seen();
+    if j.state == JobState::Running && j.files_total == 0 && seen == 0 {
+        return "  walking the zone...".into();
+    }
     let pct = if j.files_total == 0 {
         100.0
     } else {

@@ -169,7 +169,7 @@ impl Core {
             key: marker.key.clone(),
             broken: None,
         };
-        let mut status = JobStatus {
+        let status = JobStatus {
             zone: shown.clone(),
             zone_id: marker.id_hex(),
             key: marker.key,
@@ -193,14 +193,13 @@ impl Core {
                 ));
             }
         }
-        let files = self.zone_file_list(&dir);
-        status.files_total = files.len() as u64;
         self.jobs.set(&status);
         let core = self.clone();
         let first = status.clone();
+        // the walk of a large zone takes seconds: the job does it, the caller polls
         let spawned = std::thread::Builder::new()
             .name("ezfs-reencrypt".into())
-            .spawn(move || core.run_job(dir, zone, files, status));
+            .spawn(move || core.run_job(dir, zone, status));
         if let Err(e) = spawned {
             self.reencrypting.lock().remove(&first.zone_id);
             return Err(format!("cannot start the job: {e}"));
@@ -228,8 +227,11 @@ impl Core {
         files
     }
 
-    fn run_job(self: Arc<Core>, dir: PathBuf, zone: Zone, files: Vec<Target>, mut status: JobStatus) {
+    fn run_job(self: Arc<Core>, dir: PathBuf, zone: Zone, mut status: JobStatus) {
         let t0 = Instant::now();
+        let files = self.zone_file_list(&dir);
+        status.files_total = files.len() as u64;
+        self.jobs.set(&status);
         let mut last = Instant::now();
         log::info!(
             "re-encrypting zone {} ({} files) to {}@{}{}",
