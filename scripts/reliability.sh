@@ -198,7 +198,7 @@ run_fsx() {
     section "fsx"
     local total=1000000
     $QUICK && total=100000
-    echo "fsx: $total operations per target; fixed seed $FSX_SEED, random seed $FSX_RANDOM_SEED (default config)"
+    echo "fsx: $total operations per target; seeds: fixed $FSX_SEED, random $FSX_RANDOM_SEED (default config); segment k of a config uses seed+k"
     local t dir entry name share n seed ops
     for t in ezfs plain; do
         [[ $t == ezfs ]] && dir=$Z || dir=$P
@@ -211,24 +211,26 @@ run_fsx() {
             if [[ $name == random ]]; then name=default seed=$FSX_RANDOM_SEED; fi
             fsx_config "$name" >"$W/fsx-$name.toml"
             mkdir -p "$W/fsx-artifacts"
-            # One sequence per seed, run in segments of FSX_SEGMENT operations, each by a
-            # new fsx process (-b simulates the operations before it and writes their
-            # result): fsx 0.3 never unmaps its mmap reads, and a process with tens of
-            # thousands of mappings makes every truncate crawl, on any filesystem.
-            local from to
-            for ((from = 1; from <= n; from += FSX_SEGMENT)); do
+            # Segments of FSX_SEGMENT operations, segment k with seed SEED+k, each by a new
+            # fsx process on a new file: fsx 0.3 never unmaps its mmap reads, and a process
+            # with tens of thousands of mappings makes every truncate crawl, on any
+            # filesystem (and its -b, which would continue one sequence, performs
+            # copy_file_range for real while it simulates, on the still empty file).
+            local from to k=0
+            for ((from = 1; from <= n; from += FSX_SEGMENT, k++)); do
                 to=$((from + FSX_SEGMENT - 1 < n ? from + FSX_SEGMENT - 1 : n))
-                if ! fsx -q -b "$from" -N "$to" -S "$seed" -f "$W/fsx-$name.toml" -P "$W/fsx-artifacts" \
-                    "$dir/fsx-$name" >"$W/fsx.out" 2>&1; then
-                    echo "fsx $t $name seed $seed: FAILED in operations $from-$to"
+                rm -f "$dir/fsx-$name"
+                if ! fsx -q -N "$((to - from + 1))" -S "$((seed + k))" -f "$W/fsx-$name.toml" \
+                    -P "$W/fsx-artifacts" "$dir/fsx-$name" >"$W/fsx.out" 2>&1; then
+                    echo "fsx $t $name seed $((seed + k)): FAILED"
                     tail -n 30 "$W/fsx.out"
                     ok=false
-                    [[ $t == ezfs ]] && fail "fsx ezfs $name (seed $seed, operations $from-$to)"
+                    [[ $t == ezfs ]] && fail "fsx ezfs $name (seed $((seed + k)), $((to - from + 1)) operations)"
                     break
                 fi
                 ops=$((ops + to - from + 1))
             done
-            [[ $from -gt $n ]] && echo "fsx $t $name seed $seed: $n operations ok"
+            [[ $from -gt $n ]] && echo "fsx $t $name seeds $seed..$((seed + k - 1)): $n operations ok"
             rm -f "$dir/fsx-$name"
         done
         if $ok; then result fsx "$t" "$ops operations, all verified"; else result fsx "$t" "FAILED ($ops operations ok)"; fi
