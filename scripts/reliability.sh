@@ -126,6 +126,7 @@ run_pjdfstest() {
     cat >"$W/pjdfstest.toml" <<EOF
 [features]
 posix_fallocate = {}
+rename_ctime = {}
 utime_now = {}
 utimensat = {}
 
@@ -248,6 +249,7 @@ run_fio_verify() {
         mkdir -p "$dir"
         local ok=true
         for v in crc32c sha256; do
+            rm -f "$dir"/v* "$W"/*verify.state # room for this variant on the tmpfs
             local args=(--directory="$dir" --name="v$v" --size="$size" --rw=randwrite --bsrange=512-128k
                 --numjobs=4 --ioengine=psync --verify="$v" --verify_fatal=1 --randseed=20261128
                 --group_reporting --output="$W/fio.out")
