@@ -82,27 +82,38 @@ pub struct Target {
 impl Core {
     /// Opens a target read-write (by handle where it has one) and says where it is
     /// now; `None` if it is gone.
-    fn open_target(&self, t: &Target) -> Result<Option<(File, PathBuf)>, String> {
+    /// The path is `None` when the file's current name is not known for sure: a file
+    /// opened by handle can come back with a dentry detached from the tree, whose
+    /// `/proc` link is not a usable path.
+    fn open_target(&self, t: &Target) -> Result<Option<(File, Option<PathBuf>)>, String> {
         let opened = match &t.handle {
-            Some(h) => self.inodes.open_handle(h, libc::O_RDWR).map(|f| {
-                let now = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
-                    .unwrap_or_else(|_| t.path.clone());
-                (f, now)
-            }),
+            Some(h) => self.inodes.open_handle(h, libc::O_RDWR),
             None => OpenOptions::new()
                 .read(true)
                 .write(true)
                 .custom_flags(libc::O_NOFOLLOW)
-                .open(&t.path)
-                .map(|f| (f, t.path.clone())),
+                .open(&t.path),
         };
-        match opened {
-            // an unlinked file that something still holds open is gone for the zone
-            Ok(f) if f.0.metadata().is_ok_and(|m| m.nlink() == 0) => Ok(None),
-            Ok(f) => Ok(Some(f)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.to_string()),
+        let f = match opened {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let meta = f.metadata().map_err(|e| e.to_string())?;
+        if meta.nlink() == 0 {
+            // unlinked, though something still holds it open: gone for the zone
+            return Ok(None);
         }
+        // a name counts only if it is in the backing dir and names this very inode
+        let names_it = |p: &Path| {
+            p.starts_with(&self.backing)
+                && std::fs::symlink_metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()))
+        };
+        let now = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+            .ok()
+            .filter(|p| names_it(p))
+            .or_else(|| names_it(&t.path).then(|| t.path.clone()));
+        Ok(Some((f, now)))
     }
 
     /// Brings target `t` (in `zone`) to `zone.key@version`: re-wraps its EDEK, or with
@@ -127,7 +138,11 @@ impl Core {
             return Ok(Outcome::Seen);
         }
         let result = if data {
-            self.reencrypt_data(f, &path, &meta, zone, version)
+            // renamed to where we cannot see it: the next walk finds it by its new name
+            let Some(path) = &path else {
+                return Ok(Outcome::Gone);
+            };
+            self.reencrypt_data(f, path, &meta, zone, version)
         } else {
             self.rewrap(&f, &meta, zone, version)
         };
@@ -138,9 +153,9 @@ impl Core {
                 seen.insert(id);
             }
         }
-        if data && result == Ok(Outcome::Done) {
+        if let (true, Ok(Outcome::Done), Some(path)) = (data, &result, &path) {
             // the replacement is done too
-            if let Ok(m) = std::fs::symlink_metadata(&path) {
+            if let Ok(m) = std::fs::symlink_metadata(path) {
                 seen.insert((m.dev(), m.ino()));
             }
         }
