@@ -370,26 +370,8 @@ pub fn run(cmd: KeyCmd) -> CliResult {
                 )));
             }
         }
-        KeyCmd::Grant { name, who, at, pass } => {
-            let backing = at.resolve()?;
-            let (p, shown) = who.resolve()?;
-            let changed = unlock(&backing, &pass)?.grant(&name, p)?;
-            notify_mount(&backing)?;
-            match changed {
-                true => println!("granted {shown} the use of key {name}"),
-                false => println!("{shown} already had the use of key {name}"),
-            }
-        }
-        KeyCmd::Revoke { name, who, at, pass } => {
-            let backing = at.resolve()?;
-            let (p, shown) = who.resolve()?;
-            let changed = unlock(&backing, &pass)?.revoke(&name, p)?;
-            notify_mount(&backing)?;
-            match changed {
-                true => println!("revoked the use of key {name} from {shown}"),
-                false => println!("{shown} had no grant on key {name}"),
-            }
-        }
+        KeyCmd::Grant { name, who, at, pass } => change_acl(&name, &who, &at, &pass, true)?,
+        KeyCmd::Revoke { name, who, at, pass } => change_acl(&name, &who, &at, &pass, false)?,
         KeyCmd::Acl { name, at } => {
             let body = read_body(&at.resolve()?)?;
             let k = body
@@ -457,6 +439,26 @@ pub fn run(cmd: KeyCmd) -> CliResult {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// `key grant` (`grant`) or `key revoke`.
+fn change_acl(name: &str, who: &WhoArg, at: &BackingArg, pass: &PassArgs, grant: bool) -> CliResult {
+    let backing = at.resolve()?;
+    let (p, shown) = who.resolve()?;
+    let mut ks = unlock(&backing, pass)?;
+    let changed = if grant {
+        ks.grant(name, p)?
+    } else {
+        ks.revoke(name, p)?
+    };
+    notify_mount(&backing)?;
+    match (grant, changed) {
+        (true, true) => println!("granted {shown} the use of key {name}"),
+        (true, false) => println!("{shown} already had the use of key {name}"),
+        (false, true) => println!("revoked the use of key {name} from {shown}"),
+        (false, false) => println!("{shown} had no grant on key {name}"),
     }
     Ok(())
 }
