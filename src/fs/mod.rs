@@ -67,6 +67,9 @@ pub struct Core {
     pub jobs: reencrypt::Jobs,
     /// Zones (ids) with a running re-encryption job.
     reencrypting: Mutex<HashSet<String>>,
+    /// Backing paths renamed in zones with a running job (a walk can miss an entry that
+    /// moves while it walks; the job looks at these too).
+    moved: Mutex<HashMap<[u8; 16], Vec<PathBuf>>>,
     /// Serialize reading a header at open with rewriting it (striped by inode number).
     header_locks: [RwLock<()>; 64],
     /// Tells the kernel to drop cached names (set once the session exists).
@@ -160,6 +163,7 @@ impl Core {
             me,
             jobs: reencrypt::Jobs::load(&crate::keys::keystore::ezfs_dir(&backing_dir)),
             reencrypting: Mutex::new(HashSet::new()),
+            moved: Mutex::new(HashMap::new()),
             header_locks: std::array::from_fn(|_| RwLock::new(())),
             notifier: std::sync::OnceLock::new(),
         };
@@ -762,8 +766,10 @@ impl Filesystem for EzFs {
             .map_err(io_err)
         );
         c.note_moved_zone(&np, newname);
+        c.note_renamed(&np, newname);
         if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             c.note_moved_zone(&p, name);
+            c.note_renamed(&p, name);
         }
         reply.ok();
     }

@@ -207,13 +207,53 @@ impl Core {
         Ok(first)
     }
 
+    /// Tells a running job of `dir`'s zone that `dir/name` was just renamed there.
+    pub(super) fn note_renamed(&self, dir: &super::inode::Inode, name: &std::ffi::OsStr) {
+        let mut moved = self.moved.lock();
+        if moved.is_empty() {
+            return;
+        }
+        let Some(list) = dir.zone_id().and_then(|z| moved.get_mut(&z)) else {
+            return;
+        };
+        // a directory's descriptor always names a connected path
+        if let Ok(fd) = dir.fd() {
+            let path = PathBuf::from(super::sys::describe(std::os::fd::AsFd::as_fd(&fd))).join(name);
+            if path.starts_with(&self.backing) {
+                list.push(path);
+            }
+        }
+    }
+
+    /// The files under the paths renamed in zone `id` since the last call.
+    fn renamed_files(&self, id: [u8; 16], zone_root: &Path) -> Vec<Target> {
+        let paths = std::mem::take(self.moved.lock().entry(id).or_default());
+        let mut out = Vec::new();
+        for p in paths {
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => out.extend(self.zone_files_under(&p, zone_root)),
+                Ok(m) if m.is_file() => out.push(Target {
+                    handle: handle_of_path(&p),
+                    path: p,
+                }),
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// Regular files of the zone rooted at `dir` (nested zones excluded); leftover
     /// temporary files of an interrupted `--data` run are removed on the way.
     fn zone_file_list(&self, dir: &Path) -> Vec<Target> {
+        self.zone_files_under(dir, dir)
+    }
+
+    /// Like [`Core::zone_file_list`], for the part of the zone at `start`.
+    fn zone_files_under(&self, start: &Path, dir: &Path) -> Vec<Target> {
         let mut files = Vec::new();
         // hard links are one file
         let mut inodes = HashSet::new();
-        zone_files(dir, Some(dir), Nested::Skip, &|_| false, &mut |f, _| {
+        zone_files(start, Some(dir), Nested::Skip, &|_| false, &mut |f, _| {
             let temp = f.file_name().is_some_and(|n| is_rekey_temp(n.as_encoded_bytes()));
             if temp {
                 let _ = std::fs::remove_file(f);
@@ -229,6 +269,7 @@ impl Core {
 
     fn run_job(self: Arc<Core>, dir: PathBuf, zone: Zone, mut status: JobStatus) {
         let t0 = Instant::now();
+        self.moved.lock().insert(zone.id, Vec::new());
         let files = self.zone_file_list(&dir);
         status.files_total = files.len() as u64;
         self.jobs.set(&status);
@@ -292,6 +333,7 @@ impl Core {
             let mut again: Vec<Target> = self
                 .zone_file_list(&dir)
                 .into_iter()
+                .chain(self.renamed_files(zone.id, &dir))
                 .filter(|t| id_of(&t.path).is_some_and(|id| !seen.contains(&id)))
                 .filter(|t| !retry.iter().any(|r| r.path == t.path))
                 .collect();
@@ -323,6 +365,7 @@ impl Core {
         status.finished = Some(now());
         status.elapsed_ms = t0.elapsed().as_millis() as u64;
         self.jobs.set(&status);
+        self.moved.lock().remove(&zone.id);
         self.reencrypting.lock().remove(&status.zone_id);
         log::info!(
             "re-encrypted zone {}: {} changed, {} already current, {} failed, in {:.1} s",
