@@ -361,11 +361,6 @@ impl InodeTable {
         Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(r) }))
     }
 
-    /// Descriptors held by inodes (for tests and diagnostics).
-    pub fn open_descriptors(&self) -> usize {
-        self.shared.open.load(Ordering::Relaxed)
-    }
-
     /// The kernel dropped `n` references; the inode goes when none are left.
     pub fn forget(&self, id: u64, n: u64) {
         if id == ROOT {
