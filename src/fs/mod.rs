@@ -21,7 +21,7 @@ use fuser::{
 };
 use inode::{Inode, InodeTable, ROOT};
 use parking_lot::{Mutex, RwLock};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
@@ -65,11 +65,9 @@ pub struct Core {
     me: (u32, u32),
     /// Re-encryption status records.
     pub jobs: reencrypt::Jobs,
-    /// Zones (ids) with a running re-encryption job.
-    reencrypting: Mutex<HashSet<String>>,
-    /// Backing paths renamed in zones with a running job (a walk can miss an entry that
-    /// moves while it walks; the job looks at these too).
-    moved: Mutex<HashMap<[u8; 16], Vec<PathBuf>>>,
+    /// Zones with a running re-encryption job, each with the backing paths renamed in
+    /// it since the job last looked (a walk can miss an entry that moves while it walks).
+    reencrypting: Mutex<HashMap<[u8; 16], Vec<PathBuf>>>,
     /// Serialize reading a header at open with rewriting it (striped by inode number).
     header_locks: [RwLock<()>; 64],
     /// Tells the kernel to drop cached names (set once the session exists).
@@ -147,11 +145,11 @@ fn io_err(e: io::Error) -> Errno {
 
 impl Core {
     pub fn new(backing: PathBuf, keys: Arc<LocalProvider>, read_only: bool) -> io::Result<Core> {
-        let backing_dir = backing.clone();
         let root_fd = sys::open_at(at_cwd(), backing.as_os_str(), libc::O_PATH | libc::O_DIRECTORY, 0)?;
         let st = sys::stat_at(std::os::fd::AsFd::as_fd(&root_fd), OsStr::new(""))?;
         // SAFETY: geteuid/getegid cannot fail.
         let me = unsafe { (libc::geteuid(), libc::getegid()) };
+        let jobs = reencrypt::Jobs::load(&crate::keys::keystore::ezfs_dir(&backing));
         let core = Core {
             inodes: InodeTable::new(root_fd, (st.st_dev, st.st_ino), None),
             handles: RwLock::new(HashMap::new()),
@@ -161,9 +159,8 @@ impl Core {
             read_only,
             writeback: !read_only,
             me,
-            jobs: reencrypt::Jobs::load(&crate::keys::keystore::ezfs_dir(&backing_dir)),
-            reencrypting: Mutex::new(HashSet::new()),
-            moved: Mutex::new(HashMap::new()),
+            jobs,
+            reencrypting: Mutex::new(HashMap::new()),
             header_locks: std::array::from_fn(|_| RwLock::new(())),
             notifier: std::sync::OnceLock::new(),
         };

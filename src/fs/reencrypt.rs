@@ -187,11 +187,12 @@ impl Core {
         };
         {
             let mut running = self.reencrypting.lock();
-            if !running.insert(status.zone_id.clone()) {
+            if running.contains_key(&zone.id) {
                 return Err(format!(
                     "{shown} is already being re-encrypted; see 'ezfs zone reencrypt --status'"
                 ));
             }
+            running.insert(zone.id, Vec::new());
         }
         self.jobs.set(&status);
         let core = self.clone();
@@ -201,7 +202,7 @@ impl Core {
             .name("ezfs-reencrypt".into())
             .spawn(move || core.run_job(dir, zone, status));
         if let Err(e) = spawned {
-            self.reencrypting.lock().remove(&first.zone_id);
+            self.reencrypting.lock().remove(&marker.zone_id);
             return Err(format!("cannot start the job: {e}"));
         }
         Ok(first)
@@ -209,7 +210,7 @@ impl Core {
 
     /// Tells a running job of `dir`'s zone that `dir/name` was just renamed there.
     pub(super) fn note_renamed(&self, dir: &super::inode::Inode, name: &std::ffi::OsStr) {
-        let mut moved = self.moved.lock();
+        let mut moved = self.reencrypting.lock();
         if moved.is_empty() {
             return;
         }
@@ -227,7 +228,12 @@ impl Core {
 
     /// The files under the paths renamed in zone `id` since the last call.
     fn renamed_files(&self, id: [u8; 16], zone_root: &Path) -> Vec<Target> {
-        let paths = std::mem::take(self.moved.lock().entry(id).or_default());
+        let paths = self
+            .reencrypting
+            .lock()
+            .get_mut(&id)
+            .map(std::mem::take)
+            .unwrap_or_default();
         let mut out = Vec::new();
         for p in paths {
             match std::fs::symlink_metadata(&p) {
@@ -269,7 +275,6 @@ impl Core {
 
     fn run_job(self: Arc<Core>, dir: PathBuf, zone: Zone, mut status: JobStatus) {
         let t0 = Instant::now();
-        self.moved.lock().insert(zone.id, Vec::new());
         let files = self.zone_file_list(&dir);
         status.files_total = files.len() as u64;
         self.jobs.set(&status);
@@ -365,8 +370,7 @@ impl Core {
         status.finished = Some(now());
         status.elapsed_ms = t0.elapsed().as_millis() as u64;
         self.jobs.set(&status);
-        self.moved.lock().remove(&zone.id);
-        self.reencrypting.lock().remove(&status.zone_id);
+        self.reencrypting.lock().remove(&zone.id);
         log::info!(
             "re-encrypted zone {}: {} changed, {} already current, {} failed, in {:.1} s",
             status.zone,

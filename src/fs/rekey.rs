@@ -24,9 +24,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-/// Prefix of the temporary files re-encryption writes; the mount never shows them.
-pub use crate::zone::REKEY_TEMP_PREFIX as TEMP_PREFIX;
-
 /// The header's first sector: every meaningful byte of it (see format::header).
 const SECTOR: usize = 512;
 
@@ -258,7 +255,12 @@ impl Core {
 
         let dir = path.parent().ok_or("no parent directory")?;
         let name = path.file_name().ok_or("no file name")?;
-        let tmp_name: OsString = format!("{TEMP_PREFIX}{}", crate::format::header::hex(&file_id)).into();
+        let tmp_name: OsString = format!(
+            "{}{}",
+            crate::zone::REKEY_TEMP_PREFIX,
+            crate::format::header::hex(&file_id)
+        )
+        .into();
         let tmp = dir.join(&tmp_name);
         let new = OpenOptions::new()
             .read(true)

@@ -172,6 +172,10 @@ impl ExecProvider {
         loop {
             if let Some(end) = r.pending.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = r.pending.drain(..=end).collect();
+                if r.pending.is_empty() {
+                    // the moved-out bytes (a DEK, for unwrap) stay in the spare capacity
+                    zeroize::Zeroize::zeroize(&mut r.pending);
+                }
                 return Ok(Zeroizing::new(line));
             }
             let left = deadline.saturating_duration_since(Instant::now());
