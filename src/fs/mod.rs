@@ -10,6 +10,7 @@ pub mod inode;
 pub mod reencrypt;
 mod rekey;
 pub mod sys;
+mod writebehind;
 pub mod zones;
 
 use encfile::{errno, EncFile};
@@ -845,7 +846,12 @@ impl Filesystem for EzFs {
         }
         match &*h {
             Handle::Enc(e) => tri!(reply, e.write(offset, data)),
-            Handle::Plain(f) => tri!(reply, f.write_all_at(data, offset).map_err(io_err)),
+            Handle::Plain(f) => {
+                tri!(reply, f.write_all_at(data, offset).map_err(io_err));
+                if let Some(w) = writebehind::completed(offset, offset + data.len() as u64) {
+                    writebehind::start(f, w);
+                }
+            }
             Handle::Dir(_) => return reply.error(Errno::EISDIR),
         }
         reply.written(data.len() as u32);
