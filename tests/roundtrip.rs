@@ -9,6 +9,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::time::Duration;
 
 const GROUP: usize = 128 * 4096;
 
@@ -416,4 +417,84 @@ fn plain_directory_is_byte_identical_in_backing() {
         fs::read(f.m("plain/direct")).unwrap(),
         b"written behind the mount"
     );
+}
+
+/// A tmpfs mounted over a directory, detached on drop (after the fixture's mount is
+/// gone or not: a lazy unmount never fails on a busy filesystem).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        let o = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(o.status.success(), "mount tmpfs: {}", stderr_of(&o));
+        Tmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let p = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
+        // SAFETY: umount2 of a path this test mounted.
+        unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Writes `total` bytes to `path` in 1 MiB writes and closes it; the first error.
+fn write_then_close(path: &std::path::Path, total: usize) -> std::io::Result<()> {
+    let mut file = File::create(path)?;
+    let chunk = vec![0x5au8; 1 << 20];
+    for _ in 0..total / chunk.len() {
+        file.write_all(&chunk)?;
+    }
+    // close(2) reports what the writeback cache deferred; File's drop would ignore it
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+    // SAFETY: closing a descriptor this function owns, once.
+    match unsafe { libc::close(fd) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// A backing filesystem that fills up: the writer gets ENOSPC at the latest from
+/// close(2) (the writeback cache defers it from write(2)), in a zone and outside, and
+/// the mount keeps working once space is freed.
+#[test]
+fn full_backing_dir_reports_enospc_by_close() {
+    let f = Fixture::bare();
+    let _tmpfs = Tmpfs::mount(&f.backing, "6m");
+    let (b, pw) = (f.backing.to_str().unwrap(), f.pass.to_str().unwrap());
+    ok(&f.run(&["init", b, "--passphrase-file", pw]), "ezfs init");
+    ok(&f.key("create", "k1"), "ezfs key create k1");
+    let _m = f.mount();
+    f.zone("z", "k1");
+    for rel in ["z/big", "big"] {
+        let r = write_then_close(&f.m(rel), 16 << 20);
+        assert_errno(r, libc::ENOSPC, &format!("16 MiB into 6 MiB: {rel}"));
+        fs::remove_file(f.m(rel)).unwrap();
+        // the space comes back once the daemon has the file released (asynchronously)
+        assert!(
+            wait_until(Duration::from_secs(10), || free_bytes(&f.backing) > 4 << 20),
+            "{rel}: backing space not freed after unlink"
+        );
+        let data = Rng::new(7).bytes(100_000);
+        let mut file = File::create(f.m(rel)).unwrap();
+        file.write_all(&data).unwrap();
+        file.sync_all().unwrap();
+        drop(file);
+        assert_same(&fs::read(f.m(rel)).unwrap(), &data, rel);
+        fs::remove_file(f.m(rel)).unwrap();
+    }
+}
+
+/// Free bytes of the filesystem holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> u64 {
+    let p = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+    // SAFETY: statvfs fills the zeroed struct it is given.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(p.as_ptr(), &mut s) }, 0, "statvfs");
+    s.f_bavail * s.f_frsize
 }
