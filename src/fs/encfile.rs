@@ -245,7 +245,7 @@ impl EncFile {
                     .map_err(|e| self.codec_error(e))?;
                 self.size.fetch_max(new_size, Ordering::AcqRel);
                 drop(_g);
-                self.write_behind(off, end);
+                self.write_behind(off, end, size);
                 return Ok(());
             }
         }
@@ -257,13 +257,14 @@ impl EncFile {
             .map_err(|e| self.codec_error(e))?;
         self.size.store(new_size, Ordering::Release);
         drop(_layout);
-        self.write_behind(off, end);
+        self.write_behind(off, end, size);
         Ok(())
     }
 
-    /// Starts the disk write of the window a write of `[off, end)` completed, if any.
-    fn write_behind(&self, off: u64, end: u64) {
-        if let Some(w) = writebehind::completed(off, end) {
+    /// Starts the disk write of the window that a write of `[off, end)` to a file of
+    /// `size` bytes completed, if any.
+    fn write_behind(&self, off: u64, end: u64, size: u64) {
+        if let Some(w) = writebehind::completed(off, end, size) {
             let group = |plain: u64| plain / (layout::BLOCK * layout::GROUP_BLOCKS);
             let range = layout::meta_offset(group(w.start))..layout::meta_offset(group(w.end));
             writebehind::start(&self.file, range);

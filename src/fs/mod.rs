@@ -847,8 +847,14 @@ impl Filesystem for EzFs {
         match &*h {
             Handle::Enc(e) => tri!(reply, e.write(offset, data)),
             Handle::Plain(f) => {
+                let end = offset + data.len() as u64;
+                // the size only matters, and is only looked up, once per window
+                let size = match writebehind::crosses(offset, end) {
+                    true => f.metadata().map_or(u64::MAX, |m| m.len()),
+                    false => u64::MAX,
+                };
                 tri!(reply, f.write_all_at(data, offset).map_err(io_err));
-                if let Some(w) = writebehind::completed(offset, offset + data.len() as u64) {
+                if let Some(w) = writebehind::completed(offset, end, size) {
                     writebehind::start(f, w);
                 }
             }
