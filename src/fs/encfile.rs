@@ -33,6 +33,7 @@ pub struct EncFile {
     stripes: [RwLock<()>; STRIPES],
     /// Serializes writes to the backing file (see [`SerialWrites`]).
     writes: parking_lot::Mutex<()>,
+    frontier: writebehind::Frontier,
 }
 
 /// The backing file with its writes taken one at a time. The backing filesystem
@@ -181,6 +182,7 @@ impl EncFile {
             layout: RwLock::new(()),
             stripes: std::array::from_fn(|_| RwLock::new(())),
             writes: parking_lot::Mutex::new(()),
+            frontier: writebehind::Frontier::default(),
         }
     }
 
@@ -245,7 +247,7 @@ impl EncFile {
                     .map_err(|e| self.codec_error(e))?;
                 self.size.fetch_max(new_size, Ordering::AcqRel);
                 drop(_g);
-                self.write_behind(off, end, size);
+                self.write_behind(off, end);
                 return Ok(());
             }
         }
@@ -257,14 +259,13 @@ impl EncFile {
             .map_err(|e| self.codec_error(e))?;
         self.size.store(new_size, Ordering::Release);
         drop(_layout);
-        self.write_behind(off, end, size);
+        self.write_behind(off, end);
         Ok(())
     }
 
-    /// Starts the disk write of the window that a write of `[off, end)` to a file of
-    /// `size` bytes completed, if any.
-    fn write_behind(&self, off: u64, end: u64, size: u64) {
-        if let Some(w) = writebehind::completed(off, end, size) {
+    /// Starts the disk write of the window that a write of `[off, end)` completed, if any.
+    fn write_behind(&self, off: u64, end: u64) {
+        if let Some(w) = self.frontier.advance(off, end) {
             let group = |plain: u64| plain / (layout::BLOCK * layout::GROUP_BLOCKS);
             let range = layout::meta_offset(group(w.start))..layout::meta_offset(group(w.end));
             writebehind::start(&self.file, range);

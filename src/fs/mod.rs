@@ -45,7 +45,8 @@ const TTL: Duration = Duration::from_secs(1);
 
 /// One open file or directory.
 enum Handle {
-    Plain(File),
+    /// A file outside zones, and how far it has been written since it was opened.
+    Plain(File, writebehind::Frontier),
     Enc(Arc<EncFile>),
     Dir(Vec<(OsString, u64, u8)>),
 }
@@ -354,7 +355,7 @@ impl Core {
     /// The handle for a file `create` just opened read-write as `file`.
     fn created_handle(&self, ino: &Inode, file: File, flags: i32) -> FsResult<Handle> {
         let Some(zone) = ino.zone() else {
-            return Ok(Handle::Plain(file));
+            return Ok(Handle::Plain(file, Default::default()));
         };
         let mut slot = ino.enc.lock();
         let enc = match slot.upgrade() {
@@ -421,7 +422,7 @@ impl Core {
             flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
         }
         let f = sys::reopen(ino.fd()?.as_fd(), flags).map_err(io_err)?;
-        Ok(Handle::Plain(f))
+        Ok(Handle::Plain(f, Default::default()))
     }
 
     fn set_size(&self, req: &Request, ino: &Inode, size: u64) -> FsResult<()> {
@@ -817,7 +818,7 @@ impl Filesystem for EzFs {
             let buf = &mut buf[..size as usize];
             let n = match &*h {
                 Handle::Enc(e) => e.read_into(offset, buf),
-                Handle::Plain(f) => Backing::read_at(f, buf, offset).map_err(io_err),
+                Handle::Plain(f, _) => Backing::read_at(f, buf, offset).map_err(io_err),
                 Handle::Dir(_) => Err(Errno::EISDIR),
             };
             match n {
@@ -846,15 +847,9 @@ impl Filesystem for EzFs {
         }
         match &*h {
             Handle::Enc(e) => tri!(reply, e.write(offset, data)),
-            Handle::Plain(f) => {
-                let end = offset + data.len() as u64;
-                // the size only matters, and is only looked up, once per window
-                let size = match writebehind::crosses(offset, end) {
-                    true => f.metadata().map_or(u64::MAX, |m| m.len()),
-                    false => u64::MAX,
-                };
+            Handle::Plain(f, frontier) => {
                 tri!(reply, f.write_all_at(data, offset).map_err(io_err));
-                if let Some(w) = writebehind::completed(offset, end, size) {
+                if let Some(w) = frontier.advance(offset, offset + data.len() as u64) {
                     writebehind::start(f, w);
                 }
             }
@@ -902,7 +897,7 @@ impl Filesystem for EzFs {
         let h = tri!(reply, self.0.handle(fh));
         let r = match &*h {
             Handle::Enc(e) => e.sync(datasync),
-            Handle::Plain(f) => if datasync { f.sync_data() } else { f.sync_all() }.map_err(io_err),
+            Handle::Plain(f, _) => if datasync { f.sync_data() } else { f.sync_all() }.map_err(io_err),
             Handle::Dir(_) => Ok(()),
         };
         tri!(reply, r);
@@ -1127,7 +1122,7 @@ impl Filesystem for EzFs {
         let h = tri!(reply, self.0.handle(fh));
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let r = match &*h {
-            Handle::Plain(f) => sys::fallocate(f, mode, offset, length).map_err(io_err),
+            Handle::Plain(f, _) => sys::fallocate(f, mode, offset, length).map_err(io_err),
             Handle::Enc(e) => match mode & !libc::FALLOC_FL_KEEP_SIZE {
                 0 => e.allocate(offset, length, keep),
                 libc::FALLOC_FL_PUNCH_HOLE if keep => e.zero_range(offset, length, true),
