@@ -21,6 +21,21 @@ pub trait Backing {
     fn len(&self) -> io::Result<u64>;
 }
 
+impl<B: Backing + ?Sized> Backing for &B {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        (**self).read_at(buf, off)
+    }
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        (**self).write_at(buf, off)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        (**self).set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        (**self).len()
+    }
+}
+
 impl Backing for File {
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
         let mut done = 0;

@@ -5,7 +5,9 @@ pub mod backing;
 pub mod codec;
 pub mod header;
 pub mod layout;
+pub mod metacache;
 
 pub use backing::{Backing, MemBacking};
 pub use codec::{BlockCodec, CodecError};
 pub use header::{Header, HeaderError};
+pub use metacache::{CachedMeta, MetaCache};

@@ -6,7 +6,7 @@ use super::{sys, writebehind};
 use crate::crypto::{random_bytes, Key};
 use crate::format::header::read_header;
 use crate::format::layout::{self, plain_size};
-use crate::format::{BlockCodec, CodecError, Header};
+use crate::format::{BlockCodec, CachedMeta, CodecError, Header, MetaCache};
 use crate::keys::{KeyError, KeyProvider};
 use crate::zone::Zone;
 use fuser::Errno;
@@ -34,6 +34,8 @@ pub struct EncFile {
     /// Serializes writes to the backing file (see [`SerialWrites`]).
     writes: parking_lot::Mutex<()>,
     frontier: writebehind::Frontier,
+    /// The metadata entries read so far, so that a read costs one backing read, not two.
+    meta: MetaCache,
 }
 
 /// The backing file with its writes taken one at a time. The backing filesystem
@@ -183,6 +185,7 @@ impl EncFile {
             stripes: std::array::from_fn(|_| RwLock::new(())),
             writes: parking_lot::Mutex::new(()),
             frontier: writebehind::Frontier::default(),
+            meta: MetaCache::default(),
         }
     }
 
@@ -203,10 +206,15 @@ impl EncFile {
         }
     }
 
-    fn serial(&self) -> SerialWrites<'_> {
-        SerialWrites {
-            file: &self.file,
-            lock: &self.writes,
+    /// The backing file as the codec sees it: every access to its blocks goes through
+    /// here, which keeps the metadata cache equal to the disk.
+    fn backing(&self) -> CachedMeta<'_, SerialWrites<'_>> {
+        CachedMeta {
+            inner: SerialWrites {
+                file: &self.file,
+                lock: &self.writes,
+            },
+            cache: &self.meta,
         }
     }
 
@@ -226,7 +234,7 @@ impl EncFile {
             return Ok(0);
         }
         self.codec()?
-            .read(&self.file, size, off, out)
+            .read(&self.backing(), size, off, out)
             .map_err(|e| self.codec_error(e))
     }
 
@@ -243,7 +251,7 @@ impl EncFile {
                 let _g = self.stripes(off, end, true);
                 let new_size = self
                     .codec()?
-                    .write(&self.serial(), size, off, data)
+                    .write(&self.backing(), size, off, data)
                     .map_err(|e| self.codec_error(e))?;
                 self.size.fetch_max(new_size, Ordering::AcqRel);
                 drop(_g);
@@ -255,7 +263,7 @@ impl EncFile {
         let size = self.size();
         let new_size = self
             .codec()?
-            .write(&self.serial(), size, off, data)
+            .write(&self.backing(), size, off, data)
             .map_err(|e| self.codec_error(e))?;
         self.size.store(new_size, Ordering::Release);
         drop(_layout);
@@ -280,7 +288,7 @@ impl EncFile {
             return Ok(());
         }
         self.codec()?
-            .truncate(&self.file, size, new_size)
+            .truncate(&self.backing(), size, new_size)
             .map_err(|e| self.codec_error(e))?;
         self.size.store(new_size, Ordering::Release);
         Ok(())

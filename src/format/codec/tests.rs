@@ -6,6 +6,7 @@ use super::*;
 use crate::crypto::AuthError;
 use crate::format::backing::MemBacking;
 use crate::format::layout;
+use crate::format::metacache::{CachedMeta, MetaCache};
 use proptest::prelude::*;
 
 const G: u64 = GROUP_BLOCKS * BLOCK;
@@ -180,10 +181,17 @@ fn cases(n: u32) -> ProptestConfig {
 }
 
 /// Applies `ops` to a codec on a `MemBacking` and to a `Vec<u8>` model, checking after
-/// every op the backing length and a full read against the model.
-fn run_model(ops: &[Op]) -> Result<(), TestCaseError> {
+/// every op the backing length and a full read against the model. With `cached`, the
+/// codec sees the file through a metadata cache, which must equal the file throughout.
+fn run_model(ops: &[Op], cached: bool) -> Result<(), TestCaseError> {
     let c = codec();
-    let b = empty_backing();
+    let mem = empty_backing();
+    let cache = MetaCache::default();
+    let through_cache = CachedMeta {
+        inner: &mem,
+        cache: &cache,
+    };
+    let b: &dyn Backing = if cached { &through_cache } else { &mem };
     let mut model: Vec<u8> = Vec::new();
     for (step, op) in ops.iter().enumerate() {
         let size = model.len() as u64;
@@ -192,7 +200,7 @@ fn run_model(ops: &[Op]) -> Result<(), TestCaseError> {
             Op::Write { off, len, seed } => {
                 let data = bytes(seed, len);
                 let new_size = c
-                    .write(&b, size, off, &data)
+                    .write(b, size, off, &data)
                     .map_err(|e| TestCaseError::fail(ctx(&e.to_string())))?;
                 if len > 0 {
                     let end = off as usize + len;
@@ -209,7 +217,7 @@ fn run_model(ops: &[Op]) -> Result<(), TestCaseError> {
                     Op::TruncateBy(d) => size.saturating_add_signed(d),
                     _ => unreachable!(),
                 };
-                c.truncate(&b, size, new_size)
+                c.truncate(b, size, new_size)
                     .map_err(|e| TestCaseError::fail(ctx(&e.to_string())))?;
                 model.resize(new_size as usize, 0);
             }
@@ -219,7 +227,7 @@ fn run_model(ops: &[Op]) -> Result<(), TestCaseError> {
                     Op::ReadRel { permille, len } => (size * permille as u64 / 1000, len),
                     _ => unreachable!(),
                 };
-                let got = read_range(&c, &b, size, off, len)
+                let got = read_range(&c, b, size, off, len)
                     .map_err(|e| TestCaseError::fail(ctx(&e.to_string())))?;
                 let from = (off as usize).min(model.len());
                 let to = (off as usize).saturating_add(len).min(model.len());
@@ -233,11 +241,12 @@ fn run_model(ops: &[Op]) -> Result<(), TestCaseError> {
             ctx("backing length")
         );
         let all =
-            read_all(&c, &b, model.len() as u64).map_err(|e| TestCaseError::fail(ctx(&e.to_string())))?;
+            read_all(&c, b, model.len() as u64).map_err(|e| TestCaseError::fail(ctx(&e.to_string())))?;
         check_eq(&ctx("full read"), &all, &model)?;
+        prop_assert!(cache.matches(&mem).unwrap(), "{}", ctx("cache equals the file"));
     }
     // a healthy file has no damaged blocks, holes included
-    prop_assert_eq!(c.verify(&b, model.len() as u64).unwrap(), Vec::<u64>::new());
+    prop_assert_eq!(c.verify(b, model.len() as u64).unwrap(), Vec::<u64>::new());
     Ok(())
 }
 
@@ -247,7 +256,13 @@ proptest! {
     /// Random writes, truncates and reads over up to ~3 groups, with sparse writes up to 2 MiB.
     #[test]
     fn model_random_ops(ops in op_sequences()) {
-        run_model(&ops)?;
+        run_model(&ops, false)?;
+    }
+
+    /// The same, through the metadata cache the filesystem reads with.
+    #[test]
+    fn model_random_ops_cached(ops in op_sequences()) {
+        run_model(&ops, true)?;
     }
 }
 
@@ -257,8 +272,8 @@ proptest! {
     /// Every offset and absolute size within a few blocks of the first group boundary
     /// (blocks 125..=131), where runs are split and entries change metadata block.
     #[test]
-    fn model_group_boundary(ops in prop::collection::vec(op((125 * BLOCK..132 * BLOCK).boxed(), 20_000), 1..30)) {
-        run_model(&ops)?;
+    fn model_group_boundary(ops in prop::collection::vec(op((125 * BLOCK..132 * BLOCK).boxed(), 20_000), 1..30), cached: bool) {
+        run_model(&ops, cached)?;
     }
 }
 
