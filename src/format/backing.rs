@@ -19,6 +19,12 @@ pub trait Backing {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Current length.
     fn len(&self) -> io::Result<u64>;
+    /// Whether large aligned writes bypass the page cache (direct I/O): then the codec
+    /// hands over whole group runs in one buffer, since no copy makes cache locality
+    /// matter and each direct write has a fixed cost.
+    fn writes_direct(&self) -> bool {
+        false
+    }
 }
 
 impl<B: Backing + ?Sized> Backing for &B {
@@ -33,6 +39,9 @@ impl<B: Backing + ?Sized> Backing for &B {
     }
     fn len(&self) -> io::Result<u64> {
         (**self).len()
+    }
+    fn writes_direct(&self) -> bool {
+        (**self).writes_direct()
     }
 }
 

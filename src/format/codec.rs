@@ -34,14 +34,28 @@ const ENTRY: usize = ENTRY_LEN as usize;
 
 /// Blocks sealed, written or read per step. Larger steps evict the data from the CPU
 /// cache between sealing and writing it: measured here, 1 MiB writes to ext4 cost 3x
-/// the kernel CPU time of 512 KiB or smaller ones.
+/// the kernel CPU time of 512 KiB or smaller ones. A backing that writes past the page
+/// cache ([`Backing::writes_direct`]) copies nothing, so it gets whole group runs.
 const CHUNK_BLOCKS: u64 = 16;
 const CHUNK: usize = CHUNK_BLOCKS as usize * BS;
+/// Alignment of the sealed buffer, as direct I/O needs it.
+const ALIGN: usize = BS;
 
 thread_local! {
     /// Per-thread buffer for the ciphertext of a write, reused so that a write costs
-    /// no allocation and no zeroing.
+    /// no allocation and no zeroing. [`ALIGN`] bytes larger than used, so that an
+    /// aligned window of it can be taken.
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The `len`-byte window of `buf` that starts at an [`ALIGN`]ed address, growing `buf`
+/// first if needed.
+fn aligned(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if buf.len() < len + ALIGN {
+        buf.resize(len + ALIGN, 0);
+    }
+    let at = buf.as_ptr().align_offset(ALIGN);
+    &mut buf[at..at + len]
 }
 const BS: usize = BLOCK as usize;
 
@@ -199,16 +213,19 @@ impl BlockCodec {
                 self.resize_block(b, size, old_last, new_size)?;
             }
         }
-        SCRATCH.with_borrow_mut(|buf| {
-            if buf.len() < CHUNK {
-                buf.resize(CHUNK, 0);
-            }
+        let chunk_blocks = if b.writes_direct() {
+            GROUP_BLOCKS
+        } else {
+            CHUNK_BLOCKS
+        };
+        SCRATCH.with_borrow_mut(|scratch| {
+            let buf = aligned(scratch, chunk_blocks as usize * BS);
             let mut entries = [0u8; GROUP_BLOCKS as usize * ENTRY];
             for (lo, hi) in group_runs(first, last) {
                 // a chunk at a time: fill, seal and write while the chunk is in cache
                 let mut a = lo;
                 while a <= hi {
-                    let z = (a + CHUNK_BLOCKS - 1).min(hi);
+                    let z = (a + chunk_blocks - 1).min(hi);
                     let start = a * BLOCK;
                     let len = run_len(a, z, new_size);
                     // a reused buffer: every byte below is written before it is sealed

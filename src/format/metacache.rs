@@ -199,6 +199,10 @@ impl<B: Backing> Backing for CachedMeta<'_, B> {
     fn len(&self) -> io::Result<u64> {
         self.inner.len()
     }
+
+    fn writes_direct(&self) -> bool {
+        self.inner.writes_direct()
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! data key and plaintext size, shared by every handle of the inode so the key is
 //! unwrapped once per open file, not per request.
 
-use super::{sys, writebehind};
+use super::{direct, sys, writebehind};
 use crate::crypto::{random_bytes, Key};
 use crate::format::header::read_header;
 use crate::format::layout::{self, plain_size};
@@ -33,6 +33,7 @@ pub struct EncFile {
     stripes: [RwLock<()>; STRIPES],
     /// Serializes writes to the backing file (see [`SerialWrites`]).
     writes: parking_lot::Mutex<()>,
+    direct: direct::Direct,
     frontier: writebehind::Frontier,
     /// The metadata entries read so far, so that a read costs one backing read, not two.
     meta: MetaCache,
@@ -43,9 +44,11 @@ pub struct EncFile {
 /// the CPU while the holder copies: measured here, 4 request threads writing one
 /// file spent a sixth of the daemon's CPU spinning there. Waiting here parks the
 /// thread instead, leaving the core to the threads that are sealing.
+/// Large aligned writes go past the page cache (see [`direct`]).
 struct SerialWrites<'a> {
     file: &'a File,
     lock: &'a parking_lot::Mutex<()>,
+    direct: &'a direct::Direct,
 }
 
 impl crate::format::Backing for SerialWrites<'_> {
@@ -54,13 +57,19 @@ impl crate::format::Backing for SerialWrites<'_> {
     }
     fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
         let _g = self.lock.lock();
-        crate::format::Backing::write_at(self.file, buf, off)
+        match self.direct.write(self.file, buf, off) {
+            Some(result) => result,
+            None => crate::format::Backing::write_at(self.file, buf, off),
+        }
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         crate::format::Backing::set_len(self.file, len)
     }
     fn len(&self) -> io::Result<u64> {
         crate::format::Backing::len(self.file)
+    }
+    fn writes_direct(&self) -> bool {
+        self.direct.enabled()
     }
 }
 
@@ -184,6 +193,7 @@ impl EncFile {
             layout: RwLock::new(()),
             stripes: std::array::from_fn(|_| RwLock::new(())),
             writes: parking_lot::Mutex::new(()),
+            direct: Default::default(),
             frontier: writebehind::Frontier::default(),
             meta: MetaCache::default(),
         }
@@ -213,6 +223,7 @@ impl EncFile {
             inner: SerialWrites {
                 file: &self.file,
                 lock: &self.writes,
+                direct: &self.direct,
             },
             cache: &self.meta,
         }

@@ -5,6 +5,7 @@
 //! stay visible, as in HDFS. Zone boundaries are enforced here: rename and link across
 //! them get EXDEV. The zone marker and `.ezfs` are hidden and reserved.
 
+mod direct;
 pub mod encfile;
 pub mod inode;
 pub mod reencrypt;

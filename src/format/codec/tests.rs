@@ -180,10 +180,48 @@ fn cases(n: u32) -> ProptestConfig {
     ProptestConfig::with_cases(n)
 }
 
-/// Applies `ops` to a codec on a `MemBacking` and to a `Vec<u8>` model, checking after
-/// every op the backing length and a full read against the model. With `cached`, the
-/// codec sees the file through a metadata cache, which must equal the file throughout.
-fn run_model(ops: &[Op], cached: bool) -> Result<(), TestCaseError> {
+/// How the codec sees the file in a model test.
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    /// The in-memory file itself.
+    Plain,
+    /// The metadata cache the filesystem reads with, which must equal the file throughout.
+    Cache,
+    /// A file that writes large runs direct: whole group runs in one aligned buffer.
+    Direct,
+}
+
+/// A `MemBacking` that asks for direct-I/O-sized writes and checks that runs of
+/// whole blocks (what could go direct) come aligned.
+struct DirectLike<'a>(&'a MemBacking, std::sync::atomic::AtomicUsize);
+
+impl Backing for DirectLike<'_> {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        self.0.read_at(buf, off)
+    }
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        if off % BLOCK == 0 && buf.len() as u64 % BLOCK == 0 && buf.len() as u64 > BLOCK {
+            let aligned = buf.as_ptr().align_offset(BLOCK as usize) == 0;
+            assert!(aligned, "whole blocks come from an aligned buffer");
+        }
+        self.1.fetch_max(buf.len(), std::sync::atomic::Ordering::Relaxed);
+        self.0.write_at(buf, off)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.0.len()
+    }
+    fn writes_direct(&self) -> bool {
+        true
+    }
+}
+
+/// Applies `ops` to a codec on a `MemBacking` (seen `via` one of the ways the
+/// filesystem uses) and to a `Vec<u8>` model, checking after every op the backing
+/// length and a full read against the model.
+fn run_model(ops: &[Op], via: Via) -> Result<(), TestCaseError> {
     let c = codec();
     let mem = empty_backing();
     let cache = MetaCache::default();
@@ -191,7 +229,12 @@ fn run_model(ops: &[Op], cached: bool) -> Result<(), TestCaseError> {
         inner: &mem,
         cache: &cache,
     };
-    let b: &dyn Backing = if cached { &through_cache } else { &mem };
+    let direct = DirectLike(&mem, Default::default());
+    let b: &dyn Backing = match via {
+        Via::Plain => &mem,
+        Via::Cache => &through_cache,
+        Via::Direct => &direct,
+    };
     let mut model: Vec<u8> = Vec::new();
     for (step, op) in ops.iter().enumerate() {
         let size = model.len() as u64;
@@ -256,14 +299,32 @@ proptest! {
     /// Random writes, truncates and reads over up to ~3 groups, with sparse writes up to 2 MiB.
     #[test]
     fn model_random_ops(ops in op_sequences()) {
-        run_model(&ops, false)?;
+        run_model(&ops, Via::Plain)?;
     }
 
     /// The same, through the metadata cache the filesystem reads with.
     #[test]
     fn model_random_ops_cached(ops in op_sequences()) {
-        run_model(&ops, true)?;
+        run_model(&ops, Via::Cache)?;
     }
+
+    /// The same, with whole group runs per write, as for direct I/O.
+    #[test]
+    fn model_random_ops_direct(ops in op_sequences()) {
+        run_model(&ops, Via::Direct)?;
+    }
+}
+
+#[test]
+fn direct_writes_get_whole_group_runs() {
+    let c = codec();
+    let mem = empty_backing();
+    let direct = DirectLike(&mem, Default::default());
+    let data = bytes(3, 1 << 20);
+    c.write(&direct, 0, 0, &data).unwrap();
+    let largest = direct.1.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(largest as u64, G, "one write per group");
+    assert_eq!(read_all(&c, &mem, 1 << 20).unwrap(), data);
 }
 
 proptest! {
@@ -272,8 +333,8 @@ proptest! {
     /// Every offset and absolute size within a few blocks of the first group boundary
     /// (blocks 125..=131), where runs are split and entries change metadata block.
     #[test]
-    fn model_group_boundary(ops in prop::collection::vec(op((125 * BLOCK..132 * BLOCK).boxed(), 20_000), 1..30), cached: bool) {
-        run_model(&ops, cached)?;
+    fn model_group_boundary(ops in prop::collection::vec(op((125 * BLOCK..132 * BLOCK).boxed(), 20_000), 1..30), via in prop_oneof![Just(Via::Plain), Just(Via::Cache), Just(Via::Direct)]) {
+        run_model(&ops, via)?;
     }
 }
 
