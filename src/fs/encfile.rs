@@ -23,7 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// never loses a concurrent writer's bytes; reads and whole-block writes take it
 /// shared and then lock the stripes of the block groups they touch (shared to read,
 /// exclusive to write), so writes to different groups proceed in parallel and a read
-/// never sees a block whose data and tag are half written.
+/// never sees a block whose data and tag are half written, nor fills the metadata
+/// cache from entries being written.
 pub struct EncFile {
     file: File,
     /// `None` only for an empty file without header opened where it cannot be written.

@@ -16,6 +16,10 @@
 //! random 4 KiB overwrites (which reach the daemon coalesced by the kernel's
 //! writeback) write pages early that were dirtied again soon: 3x the bytes to the
 //! disk. Files smaller than a window are left to the kernel.
+//!
+//! In a zone, the large aligned writes of such a stream go past the page cache
+//! (`fs::direct`), leaving only metadata blocks dirty; write-behind still serves
+//! plain files, backing filesystems without direct I/O and streams of smaller writes.
 
 use std::fs::File;
 use std::ops::Range;
