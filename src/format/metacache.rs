@@ -1,7 +1,7 @@
 //! An in-memory copy of an open file's metadata entries (per-block nonce and tag).
 //!
 //! Without it every read costs two backing reads: the group's entries, then the data.
-//! A 4 KiB random read is latency-bound, and the extra `pread` was a fifth of the
+//! A 4 KiB random read is latency-bound, and the extra `pread` was an eighth of the
 //! daemon's CPU per read. [`CachedMeta`] wraps the file's [`Backing`]: reads that lie
 //! in a group's entries are answered from memory (the whole entry area is read once),
 //! and every write and length change goes through to the file and then updates the
