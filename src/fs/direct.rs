@@ -11,7 +11,8 @@
 //!
 //! The two descriptors never race on a range: the caller holds the range's group
 //! lock, and the kernel writes back and drops cached pages of a range before it
-//! writes that range directly. A backing filesystem without direct I/O (the open or
+//! writes that range directly. A direct write waits for the disk under the file's
+//! write lock, as ext4 itself holds its inode lock through an extending one. A backing filesystem without direct I/O (the open or
 //! the first write fails with `EINVAL`) just keeps every write buffered.
 
 use super::sys;
@@ -26,8 +27,9 @@ use std::sync::OnceLock;
 /// work (measured: 64 KiB direct writes took more CPU per GiB than buffered ones,
 /// 512 KiB ones a third).
 pub const MIN: usize = 256 << 10;
-/// Alignment of memory, offset and length that direct I/O needs.
-const ALIGN: usize = 4096;
+/// Alignment of memory, offset and length that direct I/O needs: one block, which is
+/// how the codec aligns its sealing buffer and lays out data blocks.
+const ALIGN: usize = crate::format::layout::BLOCK as usize;
 
 /// The `O_DIRECT` descriptor of one backing file, opened on first use.
 #[derive(Default)]
