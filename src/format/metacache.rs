@@ -119,16 +119,19 @@ impl MetaCache {
     }
 
     /// Number of cached groups.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.inner.lock().areas.len()
     }
 
     /// Whether no group is cached.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Whether every cached group equals the bytes of `b` (a test's check).
+    /// Whether every cached group equals the bytes of `b`.
+    #[cfg(test)]
     pub fn matches(&self, b: &dyn Backing) -> io::Result<bool> {
         for (&group, area) in self.inner.lock().areas.iter() {
             let mut disk = [0u8; AREA];
