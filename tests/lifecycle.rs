@@ -397,35 +397,6 @@ fn set_mode(p: &Path, mode: u32) {
         .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", p.display()));
 }
 
-fn cstr(p: &Path) -> std::ffi::CString {
-    std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
-}
-
-fn set_xattr(p: &Path, name: &str, value: &[u8]) {
-    let (cp, cn) = (cstr(p), std::ffi::CString::new(name).unwrap());
-    // SAFETY: valid C strings and buffer.
-    let r = unsafe { libc::setxattr(cp.as_ptr(), cn.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    assert_eq!(
-        r,
-        0,
-        "setxattr {name} on {}: {}",
-        p.display(),
-        std::io::Error::last_os_error()
-    );
-}
-
-fn get_xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
-    let (cp, cn) = (cstr(p), std::ffi::CString::new(name).unwrap());
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: valid C strings and buffer.
-    let r = unsafe { libc::getxattr(cp.as_ptr(), cn.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 {
-        return None;
-    }
-    buf.truncate(r as usize);
-    Some(buf)
-}
-
 // ---------------------------------------------------------------------------
 // 1. key roll and per-version counts.
 

@@ -359,6 +359,41 @@ fn mmap_roundtrip(f: &Fixture, rel: &str) {
     assert_same(&got, &expect, &format!("{rel}: read after mmap modify"));
 }
 
+/// Extended attributes read the same through an open encrypted file (answered on the
+/// file's own descriptor) as through its path, and both are the backing file's.
+#[test]
+fn xattrs_of_open_encrypted_files() {
+    let f = Fixture::new();
+    let _m = f.mount();
+    f.zone("z", "k1");
+    let p = f.m("z/f");
+    fs::write(&p, b"data").unwrap();
+    set_xattr(&p, "user.before", b"1");
+
+    let file = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    assert_eq!(fget_xattr(&file, "user.before"), Ok(b"1".to_vec()));
+    assert_eq!(fget_xattr(&file, "user.missing"), Err(libc::ENODATA));
+    // what the kernel asks at the first write of a new file
+    assert_eq!(fget_xattr(&file, "security.capability"), Err(libc::ENODATA));
+    set_xattr(&p, "user.while_open", b"22");
+    assert_eq!(fget_xattr(&file, "user.while_open"), Ok(b"22".to_vec()));
+    assert_eq!(get_xattr(&p, "user.while_open").as_deref(), Some(&b"22"[..]));
+    // a size query (empty buffer) gives the value's length
+    let cn = std::ffi::CString::new("user.while_open").unwrap();
+    // SAFETY: valid fd and C string; a null buffer of size 0 asks for the length.
+    let len = unsafe { libc::fgetxattr(file.as_raw_fd(), cn.as_ptr(), std::ptr::null_mut(), 0) };
+    assert_eq!(len, 2);
+    file.write_all_at(b"more", 4).unwrap();
+    drop(file);
+
+    assert_eq!(get_xattr(&p, "user.while_open").as_deref(), Some(&b"22"[..]));
+    assert_eq!(
+        get_xattr(&f.b("z/f"), "user.while_open").as_deref(),
+        Some(&b"22"[..])
+    );
+    assert_eq!(fs::read(&p).unwrap(), b"datamore");
+}
+
 #[test]
 fn mmap_write_then_read() {
     let f = Fixture::new();

@@ -132,8 +132,16 @@ impl BlockCodec {
         out: &mut [u8],
     ) -> Result<(), CodecError> {
         debug_assert_eq!(out.len(), run_len(lo, hi, size));
-        let mut entries = [0u8; GROUP_BLOCKS as usize * ENTRY];
-        let entries = &mut entries[..(hi - lo + 1) as usize * ENTRY];
+        // a 4 KiB read needs one entry: zero (and read) only what the run covers
+        let n = (hi - lo + 1) as usize * ENTRY;
+        let (mut small, mut whole);
+        let entries: &mut [u8] = if n <= CHUNK_BLOCKS as usize * ENTRY {
+            small = [0u8; CHUNK_BLOCKS as usize * ENTRY];
+            &mut small[..n]
+        } else {
+            whole = [0u8; GROUP_BLOCKS as usize * ENTRY];
+            &mut whole[..n]
+        };
         read_or_zero(b, entries, entry_offset(lo))?;
         // read and open a chunk at a time, so each block is decrypted while in cache
         for (c, chunk) in out.chunks_mut(CHUNK).enumerate() {

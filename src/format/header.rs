@@ -106,11 +106,12 @@ impl Header {
         FIXED_LEN + self.key_name.len() + WRAPPED_KEY_LEN
     }
 
-    /// The full 4096-byte header block.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut b = self.own_aad();
-        b.extend_from_slice(&self.edek);
-        b.resize(HEADER_LEN as usize, 0);
+    /// The full 4096-byte header block (on the stack: one is written per new file).
+    pub fn encode(&self) -> [u8; HEADER_LEN as usize] {
+        let aad = self.own_aad();
+        let mut b = [0u8; HEADER_LEN as usize];
+        b[..aad.len()].copy_from_slice(&aad);
+        b[aad.len()..aad.len() + self.edek.len()].copy_from_slice(&self.edek);
         b
     }
 
@@ -202,7 +203,7 @@ mod tests {
         let (h, kek, _) = sample();
         let bytes = h.encode();
         for i in 0..bytes.len() {
-            let mut b = bytes.clone();
+            let mut b = bytes;
             b[i] ^= 0x01;
             let ok = match Header::decode(&b) {
                 Err(_) => false,

@@ -19,6 +19,7 @@ use super::backing::Backing;
 use super::layout::{meta_offset, ENTRY_LEN, GROUP_BLOCKS, GROUP_SPAN, HEADER_LEN};
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -43,8 +44,30 @@ pub struct MetaCache {
 /// The cached areas, and the order they came in (the oldest makes room first).
 #[derive(Default)]
 struct Groups {
-    areas: HashMap<u64, Box<[u8; AREA]>>,
+    areas: HashMap<u64, Box<[u8; AREA]>, BuildHasherDefault<GroupHash>>,
     order: VecDeque<u64>,
+}
+
+/// Hashes a group number with one multiply. Every read looks its group up, and the
+/// keys are a file's own block-group numbers, so SipHash's resistance to chosen keys
+/// buys nothing here; the odd constant keeps distinct numbers distinct.
+#[derive(Default)]
+struct GroupHash(u64);
+
+impl Hasher for GroupHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 /// The group whose entry area holds all of `[off, off + len)`, if one does.

@@ -191,6 +191,12 @@ fn xattr_result(r: isize) -> io::Result<usize> {
     }
 }
 
+/// `fgetxattr` on a descriptor opened for I/O (not `O_PATH`).
+pub fn fgetxattr(f: &File, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: valid fd, NUL-terminated name, buf is valid for buf.len() bytes.
+    xattr_result(unsafe { libc::fgetxattr(f.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
 /// Extended attributes go through `/proc/self/fd/N` (O_PATH descriptors refuse f*xattr).
 pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
     let p = proc_path(fd.as_raw_fd());

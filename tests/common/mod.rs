@@ -626,3 +626,48 @@ impl Drop for Mount {
         }
     }
 }
+
+fn cstring(b: &[u8]) -> std::ffi::CString {
+    std::ffi::CString::new(b).expect("no NUL in test paths and names")
+}
+
+/// `setxattr(2)` on `p`, asserting success.
+pub fn set_xattr(p: &Path, name: &str, value: &[u8]) {
+    let (cp, cn) = (
+        cstring(p.as_os_str().as_encoded_bytes()),
+        cstring(name.as_bytes()),
+    );
+    // SAFETY: valid C strings and buffer.
+    let r = unsafe { libc::setxattr(cp.as_ptr(), cn.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    let e = io::Error::last_os_error();
+    assert_eq!(r, 0, "setxattr {name} on {}: {e}", p.display());
+}
+
+/// `getxattr(2)` on `p`; `None` when it fails.
+pub fn get_xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let (cp, cn) = (
+        cstring(p.as_os_str().as_encoded_bytes()),
+        cstring(name.as_bytes()),
+    );
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid C strings and buffer.
+    let r = unsafe { libc::getxattr(cp.as_ptr(), cn.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (r >= 0).then(|| {
+        buf.truncate(r as usize);
+        buf
+    })
+}
+
+/// `fgetxattr(2)` on an open file: the value, or the errno.
+pub fn fget_xattr(f: &File, name: &str) -> Result<Vec<u8>, i32> {
+    use std::os::fd::AsRawFd;
+    let cn = cstring(name.as_bytes());
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid fd, C string and buffer.
+    let r = unsafe { libc::fgetxattr(f.as_raw_fd(), cn.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
