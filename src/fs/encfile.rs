@@ -230,12 +230,12 @@ impl EncFile {
         }
     }
 
-    /// Current plaintext size.
     /// The backing file (open for I/O, unlike the inode's `O_PATH` descriptor).
     pub fn file(&self) -> &File {
         &self.file
     }
 
+    /// Current plaintext size.
     pub fn size(&self) -> u64 {
         self.size.load(Ordering::Acquire)
     }
