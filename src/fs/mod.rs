@@ -1159,22 +1159,26 @@ fn kill_suidgid(i: &Inode) -> FsResult<()> {
     Ok(())
 }
 
-/// Extended attributes go through the file itself; symlinks (whose `/proc` link would
-/// be followed) do not support them here.
 /// Reads xattr `name` of `ino`. The kernel asks for `security.capability` at the
 /// first write of every new file, so an open encrypted file answers on its own
 /// descriptor: a regular file, so no type check, and no walk through `/proc`.
 fn get_xattr(c: &Core, ino: INodeNo, name: &CStr, buf: &mut [u8]) -> FsResult<usize> {
-    let open = c.inode(ino)?.enc.lock().upgrade();
+    let i = c.inode(ino)?;
+    let open = i.enc.lock().upgrade();
     if let Some(e) = open {
         return sys::fgetxattr(e.file(), name, buf).map_err(io_err);
     }
-    let i = xattr_target(c, ino)?;
+    let i = xattr_capable(i)?;
     sys::getxattr(i.fd()?.as_fd(), name, buf).map_err(io_err)
 }
 
 fn xattr_target(c: &Core, ino: INodeNo) -> FsResult<Arc<Inode>> {
-    let i = c.inode(ino)?;
+    xattr_capable(c.inode(ino)?)
+}
+
+/// Extended attributes go through the file itself; symlinks (whose `/proc` link would
+/// be followed) do not support them here.
+fn xattr_capable(i: Arc<Inode>) -> FsResult<Arc<Inode>> {
     let st = sys::stat_at(i.fd()?.as_fd(), OsStr::new("")).map_err(io_err)?;
     if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
         return Err(Errno::EOPNOTSUPP);
