@@ -12,8 +12,9 @@
 //! The two descriptors never race on a range: the caller holds the range's group
 //! lock, and the kernel writes back and drops cached pages of a range before it
 //! writes that range directly. A direct write waits for the disk under the file's
-//! write lock, as ext4 itself holds its inode lock through an extending one. A backing filesystem without direct I/O (the open or
-//! the first write fails with `EINVAL`) just keeps every write buffered.
+//! write lock, as ext4 itself holds its inode lock through an extending one. A
+//! backing filesystem without direct I/O (the open or the first write fails with
+//! `EINVAL`) just keeps every write buffered.
 
 use super::sys;
 use std::fs::File;
