@@ -72,22 +72,35 @@ for t in $TARGETS; do
     fi
     setup "$t"
     for j in $JOBS; do
-        sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
         echo "bench.sh: $t $j" >&2
-        fio --output-format=json --directory="$DIR" "$here/fio/$j.fio" > "$results/$t.$j.json" 2>/dev/null ||
-            echo "bench.sh: fio failed for $t $j" >&2
+        # smallfiles runs its phases one by one: caches are dropped before create and stat
+        sections=(""); [[ $j == smallfiles ]] && sections=(create stat read delete)
+        for s in "${sections[@]}"; do
+            [[ $s == read || $s == delete ]] || { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
+            fio --output-format=json --directory="$DIR" ${s:+--section=$s} "$here/fio/$j.fio" \
+                > "$results/$t.$j${s:+.$s}.json" 2>/dev/null || echo "bench.sh: fio failed for $t $j $s" >&2
+        done
     done
 done
 
 python3 - "$results" "$TARGETS" "$JOBS" <<'PY'
 import json, os, sys
 res, targets, jobs = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
-def value(t, j):
+def load(name):
     try:
-        with open(os.path.join(res, f"{t}.{j}.json")) as f:
+        with open(os.path.join(res, name + ".json")) as f:
             txt = f.read()
-        job = json.loads(txt[txt.index("{"):])["jobs"][0]
+        return json.loads(txt[txt.index("{"):])["jobs"][0]
     except (OSError, ValueError, KeyError, IndexError):
+        return None
+def value(t, j):
+    if j == "smallfiles":  # files over the summed time of the four phases
+        phases = [load(f"{t}.{j}.{s}") for s in ("create", "stat", "read", "delete")]
+        if None in phases or any(p["job_runtime"] <= 0 for p in phases):
+            return None
+        return phases[0]["write"]["total_ios"] / sum(p["job_runtime"] / 1e3 for p in phases)
+    job = load(f"{t}.{j}")
+    if job is None:
         return None
     if j.startswith("seq"):
         return (job["read"]["bw_bytes"] + job["write"]["bw_bytes"]) / 1e6
