@@ -185,6 +185,48 @@ fn append_from_two_handles() {
     assert_eq!(f.raw("plain/appended"), fs::read(f.m("plain/appended")).unwrap());
 }
 
+/// Growing a file past what the backing filesystem allows (ext4: 16 TiB) fails and
+/// changes nothing: the short last block, re-sealed only after the backing length is
+/// set, still reads, also after a remount. Where the backing allows it, the file
+/// grows with zeros.
+#[test]
+fn a_refused_grow_keeps_the_file() {
+    let f = Fixture::new();
+    let m = f.mount();
+    f.zone("z", "k1");
+    let p = f.m("z/big");
+    let data = Rng::new(7).bytes(5000);
+    fs::write(&p, &data).unwrap();
+    let file = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let huge = 20u64 << 40;
+    let mut head = vec![0xEEu8; 6000];
+    match file.set_len(huge) {
+        Err(e) => {
+            assert_eq!(errno(&e), libc::EFBIG, "{e}");
+            assert_eq!(file.metadata().unwrap().len(), 5000);
+            drop_caches(); // read through ezfs, not the kernel's cached pages
+            assert_eq!(file.read_at(&mut head, 0).unwrap(), 5000);
+            assert_same(&head[..5000], &data, "after the refused grow");
+            file.set_len(6000).unwrap();
+            file.read_exact_at(&mut head, 0).unwrap();
+            assert_same(&head[..5000], &data, "after growing within limits");
+            assert!(head[5000..].iter().all(|&x| x == 0));
+            file.set_len(5000).unwrap();
+        }
+        Ok(()) => {
+            assert_eq!(file.metadata().unwrap().len(), huge);
+            file.read_exact_at(&mut head, 0).unwrap();
+            assert_same(&head[..5000], &data, "after growing to 20 TiB");
+            assert!(head[5000..].iter().all(|&x| x == 0));
+            file.set_len(5000).unwrap();
+        }
+    }
+    drop(file);
+    m.unmount();
+    let _m = f.mount();
+    assert_same(&fs::read(&p).unwrap(), &data, "after remount");
+}
+
 #[test]
 fn truncate_down_and_up_reads_zeros() {
     let f = Fixture::new();

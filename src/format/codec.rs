@@ -208,19 +208,52 @@ impl BlockCodec {
     /// Writes `data` at `off` into a file of `size` bytes; returns the new size.
     /// Only the blocks the write covers are touched, plus the old last block when it
     /// was short and the write starts past it (it must grow to a full block).
+    ///
+    /// A write past the end that fails puts the file back to `size` bytes as far as
+    /// it can ([`BlockCodec::undo_growth`]), so that its length on disk, and with it
+    /// the size seen after a reopen, stays what the caller still believes.
     pub fn write(&self, b: &dyn Backing, size: u64, off: u64, data: &[u8]) -> Result<u64, CodecError> {
         if data.is_empty() {
             return Ok(size);
         }
         let end = off + data.len() as u64;
         let new_size = size.max(end);
-        let (first, last) = blocks_covering(off, data.len() as u64);
-        if size % BLOCK != 0 && new_size > size {
-            let old_last = (size - 1) / BLOCK;
-            if old_last < first {
-                self.resize_block(b, size, old_last, new_size)?;
+        let first = off / BLOCK;
+        // grown after the new blocks are in place, so that a failure before leaves it be
+        let short_last = (size % BLOCK != 0 && new_size > size)
+            .then(|| (size - 1) / BLOCK)
+            .filter(|&old_last| old_last < first);
+        let mut done = first;
+        let result =
+            self.write_runs(b, size, new_size, off, data, &mut done)
+                .and_then(|()| match short_last {
+                    Some(block) => self.resize_block(b, size, block, new_size),
+                    None => Ok(()),
+                });
+        if let Err(e) = result {
+            if new_size > size {
+                // the write's own error is the one to report
+                let _ = self.undo_growth(b, size, new_size, first, done);
             }
+            return Err(e);
         }
+        Ok(new_size)
+    }
+
+    /// Writes the blocks `[first, last]` covering `data` at `off`, one group run at a
+    /// time, in a file growing from `size` to `new_size` bytes; `done` follows the
+    /// first block not yet completely written (data and entries).
+    fn write_runs(
+        &self,
+        b: &dyn Backing,
+        size: u64,
+        new_size: u64,
+        off: u64,
+        data: &[u8],
+        done: &mut u64,
+    ) -> Result<(), CodecError> {
+        let end = off + data.len() as u64;
+        let (first, last) = blocks_covering(off, data.len() as u64);
         let chunk_blocks = if b.writes_direct() {
             GROUP_BLOCKS
         } else {
@@ -268,32 +301,69 @@ impl BlockCodec {
                     a = z + 1;
                 }
                 b.write_at(&entries[..(hi - lo + 1) as usize * ENTRY], entry_offset(lo))?;
+                *done = hi + 1;
             }
             Ok::<(), CodecError>(())
-        })?;
-        Ok(new_size)
+        })
+    }
+
+    /// Best effort after a failed write that was to grow a file of `size` bytes to
+    /// `new_size`, having completed blocks `[first, done)`: cuts the file back to `size`
+    /// bytes. The old last block keeps what the write completed in it, at its old
+    /// length; the entries of the blocks past the end are cleared, so that growing the
+    /// file later reads zeros there, not EIO.
+    fn undo_growth(
+        &self,
+        b: &dyn Backing,
+        size: u64,
+        new_size: u64,
+        first: u64,
+        done: u64,
+    ) -> Result<(), CodecError> {
+        if size % BLOCK != 0 {
+            let last = size / BLOCK;
+            if (first..done).contains(&last) {
+                self.resize_block(b, new_size, last, size)?;
+            }
+        }
+        self.cut(b, new_size, size)
     }
 
     /// Changes the plaintext size from `size` to `new_size`: growing leaves a hole,
     /// shrinking re-encrypts the new short last block and clears the metadata entries
     /// of the blocks cut off, so that growing again later reads holes there.
+    ///
+    /// Growing sets the backing length first: it is the step a backing filesystem may
+    /// refuse (a file too large for it), and a refusal then changes nothing.
     pub fn truncate(&self, b: &dyn Backing, size: u64, new_size: u64) -> Result<(), CodecError> {
         if new_size > size {
+            b.set_len(backing_size(new_size))?;
             if size % BLOCK != 0 {
-                self.resize_block(b, size, (size - 1) / BLOCK, new_size)?;
+                if let Err(e) = self.resize_block(b, size, (size - 1) / BLOCK, new_size) {
+                    let _ = b.set_len(backing_size(size));
+                    return Err(e);
+                }
             }
         } else if new_size < size {
             if new_size % BLOCK != 0 {
                 self.resize_block(b, size, new_size / BLOCK, new_size)?;
             }
-            let keep = block_count(new_size);
-            let group_end = ((keep / GROUP_BLOCKS + 1) * GROUP_BLOCKS).min(block_count(size));
-            if keep % GROUP_BLOCKS != 0 && group_end > keep {
-                b.write_at(
-                    &vec![0u8; (group_end - keep) as usize * ENTRY],
-                    entry_offset(keep),
-                )?;
-            }
+            self.cut(b, size, new_size)?;
+        }
+        Ok(())
+    }
+
+    /// Cuts a file of `size` bytes, whose last block is already sealed at its length
+    /// in a file of `new_size` bytes, down to `new_size`: clears the entries of the
+    /// blocks cut off in the new last group and sets the backing length.
+    fn cut(&self, b: &dyn Backing, size: u64, new_size: u64) -> Result<(), CodecError> {
+        let keep = block_count(new_size);
+        let group_end = ((keep / GROUP_BLOCKS + 1) * GROUP_BLOCKS).min(block_count(size));
+        if keep % GROUP_BLOCKS != 0 && group_end > keep {
+            b.write_at(
+                &vec![0u8; (group_end - keep) as usize * ENTRY],
+                entry_offset(keep),
+            )?;
         }
         b.set_len(backing_size(new_size))?;
         Ok(())

@@ -729,6 +729,134 @@ fn truncate_to_zero_and_regrow() {
 }
 
 // ---------------------------------------------------------------------------------
+// Failures while growing: the file stays as the caller believes it is
+// ---------------------------------------------------------------------------------
+
+/// A backing that fails one chosen write (counting from 0) with ENOSPC, then works
+/// again, and refuses lengths past `max_len` with EFBIG, like a full or size-capped
+/// backing filesystem. With `direct` it answers like a backing with direct I/O, so
+/// the codec hands it whole group runs.
+struct Failing {
+    inner: MemBacking,
+    fail_write: std::sync::atomic::AtomicUsize,
+    max_len: u64,
+    direct: bool,
+}
+
+impl Failing {
+    fn new(inner: MemBacking, fail_write: usize, max_len: u64, direct: bool) -> Failing {
+        Failing {
+            inner,
+            fail_write: fail_write.into(),
+            max_len,
+            direct,
+        }
+    }
+}
+
+impl Backing for Failing {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, off)
+    }
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.fail_write.fetch_sub(1, Relaxed) == 0 {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        if off + buf.len() as u64 > self.max_len {
+            return Err(io::Error::from_raw_os_error(libc::EFBIG));
+        }
+        self.inner.write_at(buf, off)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        if len > self.max_len {
+            return Err(io::Error::from_raw_os_error(libc::EFBIG));
+        }
+        self.inner.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn writes_direct(&self) -> bool {
+        self.direct
+    }
+}
+
+#[test]
+fn a_refused_grow_changes_nothing() {
+    let c = codec();
+    let data = bytes(14, 5000);
+    let mem = empty_backing();
+    let size = c.write(&mem, 0, 0, &data).unwrap();
+    let b = Failing::new(mem, usize::MAX, 1 << 30, false);
+    // the short last block must grow, and the backing refuses the new length
+    assert!(c.truncate(&b, size, 1 << 40).is_err());
+    assert_eq!(b.len().unwrap(), backing_size(size));
+    assert_eq!(read_all(&c, &b, size).unwrap(), data);
+    assert!(c.write(&b, size, 1 << 31, b"x").is_err());
+    assert_eq!(b.len().unwrap(), backing_size(size));
+    assert_eq!(read_all(&c, &b, size).unwrap(), data);
+    // what does fit still works
+    c.truncate(&b, size, 3 * BLOCK).unwrap();
+    let all = read_all(&c, &b, 3 * BLOCK).unwrap();
+    assert_eq!(&all[..5000], &data[..]);
+    assert!(all[5000..].iter().all(|&x| x == 0));
+}
+
+/// Writes that grow a file with a short last block by two groups, one starting inside
+/// that block and one past it, fail at each of their backing writes in turn. Every
+/// time, the backing length is the old one; the blocks before the old last block are
+/// intact; the old last block either reads (its old bytes outside the write, old or
+/// new ones inside) or, if the failure fell between its data and its entry, fails
+/// authentication as a crash there would leave it; and growing the file afterwards
+/// reads zeros past the old end, never stale blocks or EIO.
+#[test]
+fn a_failed_write_past_the_end_is_undone() {
+    let c = codec();
+    let old = bytes(15, (2 * G + 5000) as usize);
+    let size = old.len() as u64;
+    let last = size / BLOCK;
+    let before = (last * BLOCK) as usize;
+    let new = bytes(16, 2 * G as usize);
+    for off in [size - 500, size + 3 * BLOCK] {
+        for direct in [false, true] {
+            for n in 0.. {
+                let mem = empty_backing();
+                c.write(&mem, 0, 0, &old).unwrap();
+                let b = &Failing::new(mem, n, u64::MAX, direct);
+                if c.write(b, size, off, &new).is_ok() {
+                    assert!(n >= 6, "a write of two groups makes at least 6 backing writes");
+                    break;
+                }
+                let case = format!("write at {off}, direct {direct}, failing write {n}");
+                assert_eq!(b.len().unwrap(), backing_size(size), "{case}");
+                assert_eq!(
+                    read_range(&c, b, size, 0, before).unwrap(),
+                    &old[..before],
+                    "{case}"
+                );
+                let tail = match read_range(&c, b, size, before as u64, size as usize - before) {
+                    Ok(tail) => tail,
+                    Err(e) => {
+                        assert_corrupt(Err::<(), _>(e), last);
+                        continue;
+                    }
+                };
+                for (i, &x) in tail.iter().enumerate() {
+                    let at = before + i;
+                    let written = (at as u64).checked_sub(off).map(|k| new[k as usize]);
+                    assert!(x == old[at] || Some(x) == written, "{case}: byte {at}");
+                }
+                let grown = size + 3 * G;
+                c.truncate(b, size, grown).unwrap();
+                let past = read_range(&c, b, grown, size, 3 * G as usize).unwrap();
+                assert!(past.iter().all(|&x| x == 0), "{case}");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
 // Known answers: these pin the format. If one fails, the on-disk format changed.
 // ---------------------------------------------------------------------------------
 
