@@ -299,9 +299,16 @@ impl EncFile {
 
     /// Sets the plaintext size.
     pub fn truncate(&self, new_size: u64) -> Result<(), Errno> {
+        self.resize(new_size, false)
+    }
+
+    /// Sets the plaintext size, or with `grow_only` raises it to `new_size` if it is
+    /// below. The comparison is made under the layout lock: a write that grew the file
+    /// meanwhile is never cut back.
+    fn resize(&self, new_size: u64, grow_only: bool) -> Result<(), Errno> {
         let _layout = self.layout.write();
         let size = self.size();
-        if new_size == size && self.cipher.is_some() {
+        if (new_size == size || (grow_only && new_size < size)) && self.cipher.is_some() {
             return Ok(());
         }
         self.codec()?
@@ -333,8 +340,8 @@ impl EncFile {
     /// Reserves backing space for `[off, off+len)` (plain `fallocate`): the new
     /// backing blocks read as zeros, which the codec reads as holes.
     pub fn allocate(&self, off: u64, len: u64, keep_size: bool) -> Result<(), Errno> {
-        if !keep_size && off + len > self.size() {
-            self.truncate(off + len)?;
+        if !keep_size {
+            self.resize(off + len, true)?;
         }
         let start = layout::data_offset(off / layout::BLOCK) - layout::BLOCK;
         let end = layout::backing_size(off + len);
