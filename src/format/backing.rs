@@ -25,6 +25,11 @@ pub trait Backing {
     fn writes_direct(&self) -> bool {
         false
     }
+    /// Says that the codec is about to read `data_len` bytes of data at `data_at`
+    /// right after the metadata entries at `entries_at`. A backing that has to fetch
+    /// the entries from the disk may start fetching the data now, so that the two disk
+    /// reads overlap instead of following each other. A hint: doing nothing is right.
+    fn will_read(&self, _entries_at: u64, _data_at: u64, _data_len: usize) {}
 }
 
 impl<B: Backing + ?Sized> Backing for &B {
@@ -42,6 +47,9 @@ impl<B: Backing + ?Sized> Backing for &B {
     }
     fn writes_direct(&self) -> bool {
         (**self).writes_direct()
+    }
+    fn will_read(&self, entries_at: u64, data_at: u64, data_len: usize) {
+        (**self).will_read(entries_at, data_at, data_len)
     }
 }
 

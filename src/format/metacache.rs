@@ -96,6 +96,11 @@ impl MetaCache {
         true
     }
 
+    /// Whether group `group`'s entries are cached.
+    fn contains(&self, group: u64) -> bool {
+        self.inner.lock().areas.contains_key(&group)
+    }
+
     /// Keeps `area` as group `group`'s entries, if the budgets allow.
     fn insert(&self, group: u64, area: Box<[u8; AREA]>) {
         let mut groups = self.inner.lock();
@@ -228,6 +233,14 @@ impl<B: Backing> Backing for CachedMeta<'_, B> {
 
     fn writes_direct(&self) -> bool {
         self.inner.writes_direct()
+    }
+
+    /// Passed on only when the entries are not in memory: then they come from the
+    /// file, and the data read can start alongside.
+    fn will_read(&self, entries_at: u64, data_at: u64, data_len: usize) {
+        if group_of(entries_at, ENTRY_LEN as usize).is_some_and(|g| !self.cache.contains(g)) {
+            self.inner.will_read(entries_at, data_at, data_len);
+        }
     }
 }
 

@@ -183,6 +183,13 @@ pub fn fallocate(f: &File, mode: i32, off: u64, len: u64) -> io::Result<()> {
     check(unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) }).map(drop)
 }
 
+/// Starts reading `[off, off + len)` of `f` into the page cache and returns without
+/// waiting (`POSIX_FADV_WILLNEED`). A hint: a failure only means no head start.
+pub fn will_need(f: &File, off: u64, len: u64) {
+    // SAFETY: plain syscall on an open descriptor; no memory is passed.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), off as i64, len as i64, libc::POSIX_FADV_WILLNEED) };
+}
+
 fn xattr_result(r: isize) -> io::Result<usize> {
     if r < 0 {
         Err(io::Error::last_os_error())

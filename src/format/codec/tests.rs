@@ -728,6 +728,64 @@ fn truncate_to_zero_and_regrow() {
     assert_eq!(truncate(&c, &b, size, 0), 0);
 }
 
+/// Records the codec's `will_read` hints.
+#[derive(Default)]
+struct Hints {
+    inner: MemBacking,
+    seen: parking_lot::Mutex<Vec<(u64, u64, usize)>>,
+}
+
+impl Backing for Hints {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, off)
+    }
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        self.inner.write_at(buf, off)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn will_read(&self, entries_at: u64, data_at: u64, data_len: usize) {
+        self.seen.lock().push((entries_at, data_at, data_len));
+    }
+}
+
+/// A read whose entries are not cached yet tells the backing which data follows, so
+/// that it can fetch both at once; a read whose entries are cached does not.
+#[test]
+fn uncached_entries_announce_the_data_read() {
+    let c = codec();
+    let hints = Hints::default();
+    hints.set_len(HEADER_LEN).unwrap();
+    let data = bytes(17, 3 * G as usize);
+    let size = c.write(&hints, 0, 0, &data).unwrap();
+    hints.seen.lock().clear();
+    let cache = MetaCache::default();
+    let b = CachedMeta {
+        inner: &hints,
+        cache: &cache,
+    };
+    let block = GROUP_BLOCKS + 5;
+    let got = read_range(&c, &b, size, block * BLOCK, 2 * BLOCK as usize).unwrap();
+    assert_eq!(got, &data[(block * BLOCK) as usize..][..2 * BLOCK as usize]);
+    let first = (entry_offset(block), data_offset(block), 2 * BLOCK as usize);
+    assert_eq!(*hints.seen.lock(), [first]);
+    // the same group again: its entries are in memory
+    read_range(&c, &b, size, (block + 50) * BLOCK, 100).unwrap();
+    assert_eq!(hints.seen.lock().len(), 1);
+    // another group
+    read_range(&c, &b, size, 2 * G, 10).unwrap();
+    let second = (
+        entry_offset(2 * GROUP_BLOCKS),
+        data_offset(2 * GROUP_BLOCKS),
+        BLOCK as usize,
+    );
+    assert_eq!(*hints.seen.lock(), [first, second]);
+}
+
 // ---------------------------------------------------------------------------------
 // Failures while growing: the file stays as the caller believes it is
 // ---------------------------------------------------------------------------------
