@@ -728,91 +728,37 @@ fn truncate_to_zero_and_regrow() {
     assert_eq!(truncate(&c, &b, size, 0), 0);
 }
 
-/// Records the codec's `will_read` hints.
-#[derive(Default)]
-struct Hints {
-    inner: MemBacking,
-    seen: parking_lot::Mutex<Vec<(u64, u64, usize)>>,
-}
-
-impl Backing for Hints {
-    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
-        self.inner.read_at(buf, off)
-    }
-    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
-        self.inner.write_at(buf, off)
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-    fn will_read(&self, entries_at: u64, data_at: u64, data_len: usize) {
-        self.seen.lock().push((entries_at, data_at, data_len));
-    }
-}
-
-/// A read whose entries are not cached yet tells the backing which data follows, so
-/// that it can fetch both at once; a read whose entries are cached does not.
-#[test]
-fn uncached_entries_announce_the_data_read() {
-    let c = codec();
-    let hints = Hints::default();
-    hints.set_len(HEADER_LEN).unwrap();
-    let data = bytes(17, 3 * G as usize);
-    let size = c.write(&hints, 0, 0, &data).unwrap();
-    hints.seen.lock().clear();
-    let cache = MetaCache::default();
-    let b = CachedMeta {
-        inner: &hints,
-        cache: &cache,
-    };
-    let block = GROUP_BLOCKS + 5;
-    let got = read_range(&c, &b, size, block * BLOCK, 2 * BLOCK as usize).unwrap();
-    assert_eq!(got, &data[(block * BLOCK) as usize..][..2 * BLOCK as usize]);
-    let first = (entry_offset(block), data_offset(block), 2 * BLOCK as usize);
-    assert_eq!(*hints.seen.lock(), [first]);
-    // the same group again: its entries are in memory
-    read_range(&c, &b, size, (block + 50) * BLOCK, 100).unwrap();
-    assert_eq!(hints.seen.lock().len(), 1);
-    // another group
-    read_range(&c, &b, size, 2 * G, 10).unwrap();
-    let second = (
-        entry_offset(2 * GROUP_BLOCKS),
-        data_offset(2 * GROUP_BLOCKS),
-        BLOCK as usize,
-    );
-    assert_eq!(*hints.seen.lock(), [first, second]);
-}
-
 // ---------------------------------------------------------------------------------
-// Failures while growing: the file stays as the caller believes it is
+// A probing backing: read hints, and failures while growing (the file stays as the
+// caller believes it is)
 // ---------------------------------------------------------------------------------
 
-/// A backing that fails one chosen write (counting from 0) with ENOSPC, then works
-/// again, and refuses lengths past `max_len` with EFBIG, like a full or size-capped
-/// backing filesystem. With `direct` it answers like a backing with direct I/O, so
-/// the codec hands it whole group runs.
-struct Failing {
+/// A `MemBacking` that misbehaves on request, like a full or size-capped backing
+/// filesystem: it fails one chosen write (counting from 0) with ENOSPC, then works
+/// again, and refuses lengths past `max_len` with EFBIG. With `direct` it answers like
+/// a backing with direct I/O, so the codec hands it whole group runs. It records the
+/// codec's `will_read` hints.
+struct Probe {
     inner: MemBacking,
     fail_write: std::sync::atomic::AtomicUsize,
     max_len: u64,
     direct: bool,
+    hints: parking_lot::Mutex<Vec<(u64, u64, usize)>>,
 }
 
-impl Failing {
-    fn new(inner: MemBacking, fail_write: usize, max_len: u64, direct: bool) -> Failing {
-        Failing {
+impl Probe {
+    fn new(inner: MemBacking, fail_write: usize, max_len: u64, direct: bool) -> Probe {
+        Probe {
             inner,
             fail_write: fail_write.into(),
             max_len,
             direct,
+            hints: Default::default(),
         }
     }
 }
 
-impl Backing for Failing {
+impl Backing for Probe {
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
         self.inner.read_at(buf, off)
     }
@@ -838,6 +784,41 @@ impl Backing for Failing {
     fn writes_direct(&self) -> bool {
         self.direct
     }
+    fn will_read(&self, entries_at: u64, data_at: u64, data_len: usize) {
+        self.hints.lock().push((entries_at, data_at, data_len));
+    }
+}
+
+/// A read whose entries are not cached yet tells the backing which data follows, so
+/// that it can fetch both at once; a read whose entries are cached does not.
+#[test]
+fn uncached_entries_announce_the_data_read() {
+    let c = codec();
+    let hints = Probe::new(empty_backing(), usize::MAX, u64::MAX, false);
+    let data = bytes(17, 3 * G as usize);
+    let size = c.write(&hints, 0, 0, &data).unwrap();
+    hints.hints.lock().clear();
+    let cache = MetaCache::default();
+    let b = CachedMeta {
+        inner: &hints,
+        cache: &cache,
+    };
+    let block = GROUP_BLOCKS + 5;
+    let got = read_range(&c, &b, size, block * BLOCK, 2 * BLOCK as usize).unwrap();
+    assert_eq!(got, &data[(block * BLOCK) as usize..][..2 * BLOCK as usize]);
+    let first = (entry_offset(block), data_offset(block), 2 * BLOCK as usize);
+    assert_eq!(*hints.hints.lock(), [first]);
+    // the same group again: its entries are in memory
+    read_range(&c, &b, size, (block + 50) * BLOCK, 100).unwrap();
+    assert_eq!(hints.hints.lock().len(), 1);
+    // another group
+    read_range(&c, &b, size, 2 * G, 10).unwrap();
+    let second = (
+        entry_offset(2 * GROUP_BLOCKS),
+        data_offset(2 * GROUP_BLOCKS),
+        BLOCK as usize,
+    );
+    assert_eq!(*hints.hints.lock(), [first, second]);
 }
 
 #[test]
@@ -846,7 +827,7 @@ fn a_refused_grow_changes_nothing() {
     let data = bytes(14, 5000);
     let mem = empty_backing();
     let size = c.write(&mem, 0, 0, &data).unwrap();
-    let b = Failing::new(mem, usize::MAX, 1 << 30, false);
+    let b = Probe::new(mem, usize::MAX, 1 << 30, false);
     // the short last block must grow, and the backing refuses the new length
     assert!(c.truncate(&b, size, 1 << 40).is_err());
     assert_eq!(b.len().unwrap(), backing_size(size));
@@ -881,7 +862,7 @@ fn a_failed_write_past_the_end_is_undone() {
             for n in 0.. {
                 let mem = empty_backing();
                 c.write(&mem, 0, 0, &old).unwrap();
-                let b = &Failing::new(mem, n, u64::MAX, direct);
+                let b = &Probe::new(mem, n, u64::MAX, direct);
                 if c.write(b, size, off, &new).is_ok() {
                     assert!(n >= 6, "a write of two groups makes at least 6 backing writes");
                     break;
