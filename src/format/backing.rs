@@ -25,11 +25,16 @@ pub trait Backing {
     fn writes_direct(&self) -> bool {
         false
     }
-    /// Says that the codec is about to read `data_len` bytes of data at `data_at`
-    /// right after the metadata entries at `entries_at`. A backing that has to fetch
-    /// the entries from the disk may start fetching the data now, so that the two disk
-    /// reads overlap instead of following each other. A hint: doing nothing is right.
-    fn will_read(&self, _entries_at: u64, _data_at: u64, _data_len: usize) {}
+    /// Starts fetching `[off, off + len)` from the disk without waiting for it. A
+    /// hint: doing nothing is right.
+    fn prefetch(&self, _off: u64, _len: usize) {}
+    /// Reads metadata entries like [`Backing::read_at`], for a read of `data_len`
+    /// bytes of data at `data_at` that comes next. A backing that has to fetch the
+    /// entries from the disk may [`Backing::prefetch`] the data first, so that the two
+    /// disk reads overlap instead of following each other.
+    fn read_entries(&self, buf: &mut [u8], off: u64, _data_at: u64, _data_len: usize) -> io::Result<usize> {
+        self.read_at(buf, off)
+    }
 }
 
 impl<B: Backing + ?Sized> Backing for &B {
@@ -48,8 +53,11 @@ impl<B: Backing + ?Sized> Backing for &B {
     fn writes_direct(&self) -> bool {
         (**self).writes_direct()
     }
-    fn will_read(&self, entries_at: u64, data_at: u64, data_len: usize) {
-        (**self).will_read(entries_at, data_at, data_len)
+    fn prefetch(&self, off: u64, len: usize) {
+        (**self).prefetch(off, len)
+    }
+    fn read_entries(&self, buf: &mut [u8], off: u64, data_at: u64, data_len: usize) -> io::Result<usize> {
+        (**self).read_entries(buf, off, data_at, data_len)
     }
 }
 

@@ -142,8 +142,8 @@ impl BlockCodec {
             whole = [0u8; GROUP_BLOCKS as usize * ENTRY];
             &mut whole[..n]
         };
-        b.will_read(entry_offset(lo), data_offset(lo), out.len());
-        read_or_zero(b, entries, entry_offset(lo))?;
+        let got = b.read_entries(entries, entry_offset(lo), data_offset(lo), out.len())?;
+        entries[got..].fill(0);
         // read and open a chunk at a time, so each block is decrypted while in cache
         for (c, chunk) in out.chunks_mut(CHUNK).enumerate() {
             let first = lo + (c * CHUNK / BS) as u64;

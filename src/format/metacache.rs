@@ -96,11 +96,6 @@ impl MetaCache {
         true
     }
 
-    /// Whether group `group`'s entries are cached.
-    fn contains(&self, group: u64) -> bool {
-        self.inner.lock().areas.contains_key(&group)
-    }
-
     /// Keeps `area` as group `group`'s entries, if the budgets allow.
     fn insert(&self, group: u64, area: Box<[u8; AREA]>) {
         let mut groups = self.inner.lock();
@@ -185,15 +180,18 @@ pub struct CachedMeta<'a, B: Backing> {
     pub cache: &'a MetaCache,
 }
 
-impl<B: Backing> Backing for CachedMeta<'_, B> {
-    /// Reads inside one entry area come from the cache (filled on first use) and, like
-    /// the area's bytes past end of file, read as zeros there; others go to the file.
-    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+impl<B: Backing> CachedMeta<'_, B> {
+    /// [`Backing::read_at`], prefetching the data of `then` when the entries must come
+    /// from the file.
+    fn read_through(&self, buf: &mut [u8], off: u64, then: Option<(u64, usize)>) -> io::Result<usize> {
         let Some(group) = group_of(off, buf.len()) else {
             return self.inner.read_at(buf, off);
         };
         if self.cache.read(group, off, buf) {
             return Ok(buf.len());
+        }
+        if let Some((data_at, data_len)) = then {
+            self.inner.prefetch(data_at, data_len);
         }
         let mut area = Box::new([0u8; AREA]);
         let n = self.inner.read_at(&mut area[..], meta_offset(group))?;
@@ -202,6 +200,14 @@ impl<B: Backing> Backing for CachedMeta<'_, B> {
         buf.copy_from_slice(&area[at..at + buf.len()]);
         self.cache.insert(group, area);
         Ok(buf.len())
+    }
+}
+
+impl<B: Backing> Backing for CachedMeta<'_, B> {
+    /// Reads inside one entry area come from the cache (filled on first use) and, like
+    /// the area's bytes past end of file, read as zeros there; others go to the file.
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        self.read_through(buf, off, None)
     }
 
     fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
@@ -235,12 +241,13 @@ impl<B: Backing> Backing for CachedMeta<'_, B> {
         self.inner.writes_direct()
     }
 
-    /// Passed on only when the entries are not in memory: then they come from the
-    /// file, and the data read can start alongside.
-    fn will_read(&self, entries_at: u64, data_at: u64, data_len: usize) {
-        if group_of(entries_at, ENTRY_LEN as usize).is_some_and(|g| !self.cache.contains(g)) {
-            self.inner.will_read(entries_at, data_at, data_len);
-        }
+    fn prefetch(&self, off: u64, len: usize) {
+        self.inner.prefetch(off, len)
+    }
+
+    /// Entries not in memory come from the file: the data read starts first.
+    fn read_entries(&self, buf: &mut [u8], off: u64, data_at: u64, data_len: usize) -> io::Result<usize> {
+        self.read_through(buf, off, Some((data_at, data_len)))
     }
 }
 

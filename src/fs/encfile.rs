@@ -72,8 +72,8 @@ impl crate::format::Backing for SerialWrites<'_> {
     fn writes_direct(&self) -> bool {
         self.direct.enabled()
     }
-    fn will_read(&self, _entries_at: u64, data_at: u64, data_len: usize) {
-        sys::will_need(self.file, data_at, data_len as u64);
+    fn prefetch(&self, off: u64, len: usize) {
+        sys::will_need(self.file, off, len as u64);
     }
 }
 

@@ -729,7 +729,7 @@ fn truncate_to_zero_and_regrow() {
 }
 
 // ---------------------------------------------------------------------------------
-// A probing backing: read hints, and failures while growing (the file stays as the
+// A probing backing: prefetches, and failures while growing (the file stays as the
 // caller believes it is)
 // ---------------------------------------------------------------------------------
 
@@ -737,13 +737,13 @@ fn truncate_to_zero_and_regrow() {
 /// filesystem: it fails one chosen write (counting from 0) with ENOSPC, then works
 /// again, and refuses lengths past `max_len` with EFBIG. With `direct` it answers like
 /// a backing with direct I/O, so the codec hands it whole group runs. It records the
-/// codec's `will_read` hints.
+/// ranges it is asked to prefetch.
 struct Probe {
     inner: MemBacking,
     fail_write: std::sync::atomic::AtomicUsize,
     max_len: u64,
     direct: bool,
-    hints: parking_lot::Mutex<Vec<(u64, u64, usize)>>,
+    prefetched: parking_lot::Mutex<Vec<(u64, usize)>>,
 }
 
 impl Probe {
@@ -753,7 +753,7 @@ impl Probe {
             fail_write: fail_write.into(),
             max_len,
             direct,
-            hints: Default::default(),
+            prefetched: Default::default(),
         }
     }
 }
@@ -784,41 +784,36 @@ impl Backing for Probe {
     fn writes_direct(&self) -> bool {
         self.direct
     }
-    fn will_read(&self, entries_at: u64, data_at: u64, data_len: usize) {
-        self.hints.lock().push((entries_at, data_at, data_len));
+    fn prefetch(&self, off: u64, len: usize) {
+        self.prefetched.lock().push((off, len));
     }
 }
 
-/// A read whose entries are not cached yet tells the backing which data follows, so
-/// that it can fetch both at once; a read whose entries are cached does not.
+/// A read whose entries are not cached yet prefetches its data before it reads them,
+/// so that the two disk reads overlap; a read whose entries are cached does not.
 #[test]
-fn uncached_entries_announce_the_data_read() {
+fn uncached_entries_prefetch_the_data() {
     let c = codec();
-    let hints = Probe::new(empty_backing(), usize::MAX, u64::MAX, false);
+    let probe = Probe::new(empty_backing(), usize::MAX, u64::MAX, false);
     let data = bytes(17, 3 * G as usize);
-    let size = c.write(&hints, 0, 0, &data).unwrap();
-    hints.hints.lock().clear();
+    let size = c.write(&probe, 0, 0, &data).unwrap();
     let cache = MetaCache::default();
     let b = CachedMeta {
-        inner: &hints,
+        inner: &probe,
         cache: &cache,
     };
     let block = GROUP_BLOCKS + 5;
     let got = read_range(&c, &b, size, block * BLOCK, 2 * BLOCK as usize).unwrap();
     assert_eq!(got, &data[(block * BLOCK) as usize..][..2 * BLOCK as usize]);
-    let first = (entry_offset(block), data_offset(block), 2 * BLOCK as usize);
-    assert_eq!(*hints.hints.lock(), [first]);
+    let first = (data_offset(block), 2 * BLOCK as usize);
+    assert_eq!(*probe.prefetched.lock(), [first]);
     // the same group again: its entries are in memory
     read_range(&c, &b, size, (block + 50) * BLOCK, 100).unwrap();
-    assert_eq!(hints.hints.lock().len(), 1);
+    assert_eq!(probe.prefetched.lock().len(), 1);
     // another group
     read_range(&c, &b, size, 2 * G, 10).unwrap();
-    let second = (
-        entry_offset(2 * GROUP_BLOCKS),
-        data_offset(2 * GROUP_BLOCKS),
-        BLOCK as usize,
-    );
-    assert_eq!(*hints.hints.lock(), [first, second]);
+    let second = (data_offset(2 * GROUP_BLOCKS), BLOCK as usize);
+    assert_eq!(*probe.prefetched.lock(), [first, second]);
 }
 
 #[test]
