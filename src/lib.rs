@@ -3,7 +3,7 @@
 //! The library is layered so that everything but the FUSE adapter ([`fs`]) and the
 //! command line ([`cli`]) is pure logic, testable without a mount:
 //! - [`crypto`]: AES-256-GCM sealing, key wrapping, the zeroizing key type;
-//! - [`format`]: the encrypted file format (layout, header, block codec);
+//! - [`format`](mod@format): the encrypted file format (layout, header, block codec);
 //! - [`keys`]: the key-provider interface and the passphrase-sealed local keystore;
 //! - [`zone`]: zone markers and the boundary rules;
 //! - [`fs`]: the FUSE adapter; [`control`]: the socket the CLI uses to reach a mount;

@@ -211,7 +211,7 @@ impl BlockCodec {
     /// was short and the write starts past it (it must grow to a full block).
     ///
     /// A write past the end that fails puts the file back to `size` bytes as far as
-    /// it can ([`BlockCodec::undo_growth`]), so that its length on disk, and with it
+    /// it can (`undo_growth`), so that its length on disk, and with it
     /// the size seen after a reopen, stays what the caller still believes.
     pub fn write(&self, b: &dyn Backing, size: u64, off: u64, data: &[u8]) -> Result<u64, CodecError> {
         if data.is_empty() {

@@ -2,7 +2,7 @@
 //! `listReencryptionStatus`).
 //!
 //! A job walks one zone (nested zones keep their own keys) and brings every file to the
-//! zone key's newest version, one crash-safe step per file (see [`super::rekey`]). It
+//! zone key's newest version, one crash-safe step per file (see `fs::rekey`). It
 //! runs in a thread of the mount daemon, so the filesystem keeps serving, renames
 //! included: a file renamed away from the walk is found again by a second pass. The
 //! status of every job is kept in `BACKING/.ezfs/reencrypt.json`; a job that was
