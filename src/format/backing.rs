@@ -35,6 +35,12 @@ pub trait Backing {
     fn read_entries(&self, buf: &mut [u8], off: u64, _data_at: u64, _data_len: usize) -> io::Result<usize> {
         self.read_at(buf, off)
     }
+    /// Whether the metadata entries at `[off, off + len)` are held in memory, so that
+    /// reading them costs no I/O. A backing that holds them may start loading them
+    /// into the CPU cache: read after the data, they are there by then.
+    fn entries_in_memory(&self, _off: u64, _len: usize) -> bool {
+        false
+    }
 }
 
 impl<B: Backing + ?Sized> Backing for &B {
@@ -58,6 +64,9 @@ impl<B: Backing + ?Sized> Backing for &B {
     }
     fn read_entries(&self, buf: &mut [u8], off: u64, data_at: u64, data_len: usize) -> io::Result<usize> {
         (**self).read_entries(buf, off, data_at, data_len)
+    }
+    fn entries_in_memory(&self, off: u64, len: usize) -> bool {
+        (**self).entries_in_memory(off, len)
     }
 }
 

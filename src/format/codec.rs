@@ -142,12 +142,20 @@ impl BlockCodec {
             whole = [0u8; GROUP_BLOCKS as usize * ENTRY];
             &mut whole[..n]
         };
-        let got = b.read_entries(entries, entry_offset(lo), data_offset(lo), out.len())?;
-        entries[got..].fill(0);
+        // entries in memory are read after the first data read, which gives them time
+        // to reach the CPU cache; entries on disk first, with the data prefetched
+        let in_memory = b.entries_in_memory(entry_offset(lo), n);
+        if !in_memory {
+            let got = b.read_entries(entries, entry_offset(lo), data_offset(lo), out.len())?;
+            entries[got..].fill(0);
+        }
         // read and open a chunk at a time, so each block is decrypted while in cache
         for (c, chunk) in out.chunks_mut(CHUNK).enumerate() {
             let first = lo + (c * CHUNK / BS) as u64;
             read_or_zero(b, chunk, data_offset(first))?;
+            if in_memory && c == 0 {
+                read_or_zero(b, entries, entry_offset(lo))?;
+            }
             let entries = &entries[(first - lo) as usize * ENTRY..];
             for (i, (block, entry)) in chunk.chunks_mut(BS).zip(entries.chunks(ENTRY)).enumerate() {
                 self.open_block(first + i as u64, entry, block)?;
