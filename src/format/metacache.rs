@@ -112,19 +112,21 @@ impl Slots {
         (!self.0.is_empty()).then(|| (group % self.0.len() as u64) as usize)
     }
 
+    /// The slot holding `group`, if one does.
+    fn find(&self, group: u64) -> Option<usize> {
+        let slot = self.slot(group)?;
+        matches!(self.0[slot], Some((g, _)) if g == group).then_some(slot)
+    }
+
     fn get(&self, group: u64) -> Option<&[u8; AREA]> {
-        match &self.0[self.slot(group)?] {
-            Some((g, area)) if *g == group => Some(area),
-            _ => None,
-        }
+        let (_, area) = self.0[self.find(group)?].as_ref()?;
+        Some(area)
     }
 
     fn get_mut(&mut self, group: u64) -> Option<&mut [u8; AREA]> {
-        let slot = self.slot(group)?;
-        match &mut self.0[slot] {
-            Some((g, area)) if *g == group => Some(area),
-            _ => None,
-        }
+        let slot = self.find(group)?;
+        let (_, area) = self.0[slot].as_mut()?;
+        Some(area)
     }
 
     /// The slot for `group`, after growing the table to reach it if it may.
@@ -149,6 +151,9 @@ impl Slots {
         taken.filter_map(|s| s.take().map(|(_, area)| area)).collect()
     }
 }
+
+/// Bytes of a CPU cache line.
+const LINE: usize = 64;
 
 /// Asks the CPU to load the cache line at `p`: a hint, which never faults.
 #[inline(always)]
@@ -203,8 +208,11 @@ impl MetaCache {
             return false;
         };
         let at = (off - meta_offset(group)) as usize;
-        for line in area[at..at + len].chunks(64) {
-            prefetch(line.as_ptr());
+        // every line the range touches: a 28-byte entry may straddle two
+        let start = area[at..at + len].as_ptr();
+        let lead = start as usize % LINE;
+        for i in (0..lead + len).step_by(LINE) {
+            prefetch(start.wrapping_sub(lead).wrapping_add(i));
         }
         true
     }
