@@ -1273,6 +1273,62 @@ fn renames_keep_working_during_reencrypt() {
     fsck_clean(&f, "after renames");
 }
 
+/// Many short jobs over small zones: each ends soon after renames it must not miss, so
+/// the moment a job decides it has found every file is raced far more often.
+fn short_jobs_with_renames(f: &Fixture) {
+    const ZONES: [&str; 10] = ["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9"];
+    let _m = f.mount();
+    for (i, z) in ZONES.into_iter().enumerate() {
+        f.zone(z, "k1");
+        renames_during(f, z, 200, false, 2 + i as u64);
+    }
+    fsck_clean(f, "after renames");
+}
+
+#[test]
+fn short_jobs_miss_no_renamed_file() {
+    short_jobs_with_renames(&Fixture::new());
+}
+
+/// The same on a backing filesystem without file handles: a job then opens files by
+/// name only, and a file renamed before the job reaches it must be found again.
+#[test]
+fn short_jobs_miss_no_renamed_file_without_file_handles() {
+    let f = Fixture::bare();
+    let _overlay = MountOver::overlay(&f.backing, &f.scratch().join("layers"));
+    let probe = f.backing.join("probe");
+    fs::write(&probe, b"").unwrap();
+    assert!(
+        !has_file_handle(&probe),
+        "the overlay gives file handles here: this test would not test what it says"
+    );
+    fs::remove_file(&probe).unwrap();
+    let (b, pw) = (f.backing.to_str().unwrap(), f.pass.to_str().unwrap());
+    ok(&f.run(&["init", b, "--passphrase-file", pw]), "ezfs init");
+    ok(&f.key("create", "k1"), "ezfs key create k1");
+    short_jobs_with_renames(&f);
+}
+
+/// Whether `name_to_handle_at(2)` gives `path` a handle.
+fn has_file_handle(path: &Path) -> bool {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // struct file_handle: handle_bytes, handle_type, then up to 128 bytes
+    let mut buf = [0u8; 8 + 128];
+    buf[..4].copy_from_slice(&128u32.to_ne_bytes());
+    let mut mount_id = 0;
+    // SAFETY: buf holds the header and the 128 bytes it declares.
+    let r = unsafe {
+        libc::name_to_handle_at(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            &mut mount_id,
+            0,
+        )
+    };
+    r == 0
+}
+
 #[test]
 fn renames_keep_working_during_reencrypt_data() {
     let f = Fixture::new();

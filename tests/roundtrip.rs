@@ -496,30 +496,6 @@ fn plain_directory_is_byte_identical_in_backing() {
     );
 }
 
-/// A tmpfs mounted over a directory, detached on drop (after the fixture's mount is
-/// gone or not: a lazy unmount never fails on a busy filesystem).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
-        let o = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .expect("run mount");
-        assert!(o.status.success(), "mount tmpfs: {}", stderr_of(&o));
-        Tmpfs(dir.to_owned())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let p = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
-        // SAFETY: umount2 of a path this test mounted.
-        unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
 /// Writes `total` bytes to `path` in 1 MiB writes and closes it; the first error.
 fn write_then_close(path: &std::path::Path, total: usize) -> std::io::Result<()> {
     let mut file = File::create(path)?;
@@ -542,7 +518,7 @@ fn write_then_close(path: &std::path::Path, total: usize) -> std::io::Result<()>
 #[test]
 fn full_backing_dir_reports_enospc_by_close() {
     let f = Fixture::bare();
-    let _tmpfs = Tmpfs::mount(&f.backing, "6m");
+    let _tmpfs = MountOver::tmpfs(&f.backing, "6m");
     let (b, pw) = (f.backing.to_str().unwrap(), f.pass.to_str().unwrap());
     ok(&f.run(&["init", b, "--passphrase-file", pw]), "ezfs init");
     ok(&f.key("create", "k1"), "ezfs key create k1");

@@ -71,6 +71,9 @@ pub struct Core {
     /// Zones with a running re-encryption job, each with the backing paths renamed in
     /// it since the job last looked (a walk can miss an entry that moves while it walks).
     reencrypting: Mutex<HashMap<[u8; 16], Vec<PathBuf>>>,
+    /// Held shared by a rename from its backing `renameat` until it is noted above, and
+    /// exclusively by a job reading the notes: it then sees every finished rename.
+    rename_gate: RwLock<()>,
     /// Serialize reading a header at open with rewriting it (striped by inode number).
     header_locks: [RwLock<()>; 64],
     /// Tells the kernel to drop cached names (set once the session exists).
@@ -164,6 +167,7 @@ impl Core {
             me,
             jobs,
             reencrypting: Mutex::new(HashMap::new()),
+            rename_gate: RwLock::new(()),
             header_locks: std::array::from_fn(|_| RwLock::new(())),
             notifier: std::sync::OnceLock::new(),
         };
@@ -754,6 +758,7 @@ impl Filesystem for EzFs {
         if zone::check_rename(p.zone_id(), np.zone_id()).is_err() {
             return reply.error(Errno::EXDEV);
         }
+        let gate = c.rename_gate.read();
         tri!(
             reply,
             sys::rename_at(
@@ -771,6 +776,7 @@ impl Filesystem for EzFs {
             c.note_moved_zone(&p, name);
             c.note_renamed(&p, name);
         }
+        drop(gate);
         reply.ok();
     }
 

@@ -4,7 +4,8 @@
 //! A job walks one zone (nested zones keep their own keys) and brings every file to the
 //! zone key's newest version, one crash-safe step per file (see `fs::rekey`). It
 //! runs in a thread of the mount daemon, so the filesystem keeps serving, renames
-//! included: a file renamed away from the walk is found again by a second pass. The
+//! included: a file renamed away from the walk is found again by the next walk or by
+//! the renames noted meanwhile, and the job ends only once both find nothing left. The
 //! status of every job is kept in `BACKING/.ezfs/reencrypt.json`; a job that was
 //! running when the daemon died shows as interrupted, and running it again finishes it
 //! (files already done are recognized by their key version and skipped).
@@ -226,8 +227,12 @@ impl Core {
         }
     }
 
-    /// The files under the paths renamed in zone `id` since the last call.
+    /// The files under the paths renamed in zone `id` since the last call. Renames
+    /// wait meanwhile, so every rename finished before the call is noted and every
+    /// noted path names what is there now: a file that moved while the job walked is
+    /// found here, even if its rename finished just after the walk.
     fn renamed_files(&self, id: [u8; 16], zone_root: &Path) -> Vec<Target> {
+        let _gate = self.rename_gate.write();
         let paths = self
             .reencrypting
             .lock()
@@ -237,11 +242,15 @@ impl Core {
         let mut out = Vec::new();
         for p in paths {
             match std::fs::symlink_metadata(&p) {
+                // a renamed directory is walked here too: a file leaving it while we
+                // walked it unlocked would be missed
                 Ok(m) if m.is_dir() => out.extend(self.zone_files_under(&p, zone_root)),
                 Ok(m) if m.is_file() => out.push(Target {
                     handle: handle_of_path(&p),
                     path: p,
+                    id: (m.dev(), m.ino()),
                 }),
+                // deleted, or renamed again: then that later rename is noted too
                 _ => {}
             }
         }
@@ -263,10 +272,15 @@ impl Core {
             let temp = f.file_name().is_some_and(|n| is_rekey_temp(n.as_encoded_bytes()));
             if temp {
                 let _ = std::fs::remove_file(f);
-            } else if std::fs::symlink_metadata(f).is_ok_and(|m| inodes.insert((m.dev(), m.ino()))) {
+            } else if let Some(id) = std::fs::symlink_metadata(f)
+                .ok()
+                .map(|m| (m.dev(), m.ino()))
+                .filter(|id| inodes.insert(*id))
+            {
                 files.push(Target {
                     path: f.to_path_buf(),
                     handle: handle_of_path(f),
+                    id,
                 });
             }
         });
@@ -289,7 +303,6 @@ impl Core {
         );
         // files handled, by backing inode, so that a second walk counts nothing twice
         let mut seen: HashSet<(u64, u64)> = HashSet::new();
-        let id_of = |p: &Path| std::fs::symlink_metadata(p).ok().map(|m| (m.dev(), m.ino()));
         let mut retry: Vec<Target> = Vec::new();
         let mut pass = files;
         let mut round = 0;
@@ -333,14 +346,18 @@ impl Core {
                     last = Instant::now();
                 }
             }
-            // a file renamed away from its path with no handle to follow it is found by
-            // walking again; files the job has handled are not counted twice
+            // A file renamed away from its path with no handle to follow it, or moved
+            // from a part of the zone not yet walked to one already walked, is found by
+            // walking again plus the renames noted since the last look (read after the
+            // walk). Once both come back empty, every file of the zone was handled.
+            // Files are told apart by the inode found, not by looking their names up
+            // again: a rename meanwhile must not hide one.
+            let mut listed: HashSet<(u64, u64)> = retry.iter().map(|t| t.id).collect();
             let mut again: Vec<Target> = self
                 .zone_file_list(&dir)
                 .into_iter()
                 .chain(self.renamed_files(zone.id, &dir))
-                .filter(|t| id_of(&t.path).is_some_and(|id| !seen.contains(&id)))
-                .filter(|t| !retry.iter().any(|r| r.path == t.path))
+                .filter(|t| !seen.contains(&t.id) && listed.insert(t.id))
                 .collect();
             if retry.is_empty() && again.is_empty() {
                 break;

@@ -74,6 +74,8 @@ fn wrapped_header(
 pub struct Target {
     pub path: PathBuf,
     pub handle: Option<Box<[u8]>>,
+    /// Backing (device, inode) where it was found: it stays the file's id across renames.
+    pub id: (u64, u64),
 }
 
 impl Core {

@@ -334,6 +334,59 @@ pub fn force_unmount(mnt: &Path, scratch: &Path) {
 }
 
 // ---------------------------------------------------------------------------
+// Filesystems under the backing dir.
+
+/// A filesystem mounted over a directory for one test, detached on drop (after the
+/// fixture's mount is gone or not: a lazy unmount never fails on a busy filesystem).
+pub struct MountOver(PathBuf);
+
+impl MountOver {
+    /// `mount -t FSTYPE -o OPTIONS SOURCE DIR`.
+    pub fn new(fstype: &str, source: &str, options: &str, dir: &Path) -> MountOver {
+        let o = Command::new("mount")
+            .args(["-t", fstype, "-o", options, source])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            o.status.success(),
+            "mount -t {fstype} on {}: {}",
+            dir.display(),
+            stderr_of(&o)
+        );
+        MountOver(dir.to_owned())
+    }
+
+    pub fn tmpfs(dir: &Path, size: &str) -> MountOver {
+        MountOver::new("tmpfs", "tmpfs", &format!("size={size}"), dir)
+    }
+
+    /// An overlay whose layers are made in `layers`: without `nfs_export` it gives no
+    /// file handles, so the daemon must do without them there.
+    pub fn overlay(dir: &Path, layers: &Path) -> MountOver {
+        let [lower, upper, work] = ["lower", "upper", "work"].map(|l| layers.join(l));
+        for d in [&lower, &upper, &work] {
+            std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        MountOver::new("overlay", "overlay", &options, dir)
+    }
+}
+
+impl Drop for MountOver {
+    fn drop(&mut self) {
+        let p = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
+        // SAFETY: umount2 of a path this test mounted.
+        unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The fixture.
 
 /// A temporary ezfs setup: `root/b` (backing), `root/m` (mountpoint), `root/pw`.
