@@ -709,6 +709,11 @@ fn other_users_and_allow_other() {
     let m = f.mount();
     f.zone("z", "k1");
     fs::write(f.m("z/private"), b"root only").unwrap();
+    let o = as_nobody(&f, &["ls", f.mnt.to_str().unwrap()]);
+    assert!(
+        !o.status.success() && stderr_of(&o).contains("Permission denied"),
+        "nobody entered a mount without --allow-other: {o:?}"
+    );
     m.unmount();
     let _m = f.mount_opts(&["--allow-other"]);
     ok(&as_nobody(&f, &["true"]), "setpriv works");
@@ -740,6 +745,72 @@ fn other_users_and_allow_other() {
         "nobody's file is encrypted"
     );
     assert_eq!(fs::read(f.m("z/nobodys")).unwrap(), b"mine\n");
+}
+
+/// Without --allow-other only the mounting user gets in, and the kernel leaves the
+/// permission checks of access(2) to the daemon, which asks the backing file: an
+/// immutable file is not writable even for root. Exec bits are checked by the kernel.
+#[test]
+fn access_without_allow_other_asks_the_backing_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    let _m = f.mount();
+    f.zone("z", "k1");
+    for (rel, mode) in [("z/script", 0o755), ("z/data", 0o644), ("z/frozen", 0o644)] {
+        fs::write(f.m(rel), b"#!/bin/sh\necho ran\n").unwrap();
+        fs::set_permissions(f.m(rel), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let frozen = Immutable::set(&f.b("z/frozen"));
+    let sh = |script: &str| {
+        run_cmd(
+            std::process::Command::new("sh").args(["-c", script]),
+            &f.scratch(),
+        )
+    };
+    let test = |op: &str, rel: &str| sh(&format!("test {op} {}", mp(&f, rel))).status.success();
+    assert!(test("-w", "z/data"), "root may write a 0644 file");
+    assert!(
+        !test("-w", "z/frozen"),
+        "an immutable backing file shows as writable"
+    );
+    assert!(
+        test("-r", "z/frozen"),
+        "an immutable backing file shows as unreadable"
+    );
+    assert!(test("-x", "z/script") && !test("-x", "z/data"), "exec bits");
+    let o = sh(&mp(&f, "z/script"));
+    ok(&o, "run a script in a zone");
+    assert_eq!(stdout_of(&o), "ran\n");
+    let o = sh(&mp(&f, "z/data"));
+    assert!(
+        !o.status.success() && stderr_of(&o).contains("Permission denied"),
+        "ran a file without exec bits: {o:?}"
+    );
+    drop(frozen);
+    assert!(test("-w", "z/frozen"), "writable again once no longer immutable");
+}
+
+/// `chattr +i` on a backing file, undone on drop (the temporary dir must be removable).
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(path: &Path) -> Immutable {
+        let o = run_cmd(
+            std::process::Command::new("chattr").arg("+i").arg(path),
+            Path::new("/"),
+        );
+        ok(&o, &format!("chattr +i {}", path.display()));
+        Immutable(path.to_owned())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .output();
+    }
 }
 
 /// A user who owns a directory in a mount may make it a zone (`zone_create` checks

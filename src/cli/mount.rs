@@ -52,8 +52,20 @@ fn mount_config(a: &MountArgs, backing: &Path) -> Config {
     let mut opts = vec![
         MountOption::FSName(backing.to_string_lossy().into_owned()),
         MountOption::Subtype("ezfs".into()),
-        MountOption::DefaultPermissions,
     ];
+    let others = a.allow_other
+        || a.options
+            .iter()
+            .flat_map(|s| s.split(','))
+            .any(|o| o == "allow_other" || o == "allow_root");
+    if others {
+        // Other users' requests run with the daemon's rights: the kernel checks their
+        // permissions first. Without it only the mounting user gets in, and the daemon
+        // works with that user's rights, which the backing filesystem checks; the
+        // kernel's checks would add a GETATTR of the directory to every create and
+        // unlink (a changed directory's attributes are fetched again for the next one).
+        opts.push(MountOption::DefaultPermissions);
+    }
     if a.read_only {
         opts.push(MountOption::RO);
     }
@@ -375,4 +387,35 @@ pub fn umount(mnt: &Path) -> CliResult {
     }
     println!("unmounted {}", abs.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        mount: MountArgs,
+    }
+
+    fn kernel_checks(args: &[&str]) -> bool {
+        let cli = Cli::try_parse_from(["ezfs", "b", "m"].iter().chain(args)).expect("parses");
+        mount_config(&cli.mount, Path::new("/b"))
+            .mount_options
+            .iter()
+            .any(|o| matches!(o, MountOption::DefaultPermissions))
+    }
+
+    /// Other users' requests run with the daemon's rights: whenever they can get in,
+    /// the kernel checks their permissions first.
+    #[test]
+    fn kernel_checks_permissions_whenever_others_get_in() {
+        assert!(!kernel_checks(&[]));
+        assert!(!kernel_checks(&["-o", "noatime"]));
+        assert!(kernel_checks(&["--allow-other"]));
+        assert!(kernel_checks(&["-o", "noatime,allow_other"]));
+        assert!(kernel_checks(&["-o", "allow_root"]));
+    }
 }

@@ -1067,8 +1067,14 @@ impl Filesystem for EzFs {
         reply.ok();
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        tri!(reply, self.0.inode(ino));
+    /// Asked only without `default_permissions`, that is for the mounting user alone,
+    /// whose rights the daemon has: the backing file answers.
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let i = tri!(reply, self.0.inode(ino));
+        tri!(
+            reply,
+            sys::access(tri!(reply, i.fd()).as_fd(), mask.bits()).map_err(io_err)
+        );
         reply.ok();
     }
 

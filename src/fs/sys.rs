@@ -51,6 +51,14 @@ pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
+/// `access(2)` of a descriptor's file (`R_OK`, `W_OK`, `X_OK` or `F_OK`) with the
+/// daemon's real ids.
+pub fn access(fd: BorrowedFd<'_>, mode: i32) -> io::Result<()> {
+    let p = proc_path(fd.as_raw_fd());
+    // SAFETY: valid path.
+    check(unsafe { libc::access(p.as_ptr(), mode) }).map(drop)
+}
+
 /// Path of a descriptor's file, for log messages only.
 pub fn describe(fd: BorrowedFd<'_>) -> String {
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
