@@ -9,6 +9,7 @@
 #   defaults    1G file, 15 s per timed job
 # Environment: EZFS (the ezfs binary; default target/release/ezfs, built if missing)
 # Run as root so that caches can be dropped before every job (reads start cold).
+# Each target starts once the disk has settled (sync, then up to 60 s until it is idle).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -64,12 +65,32 @@ setup() {  # TARGET -> sets DIR, the directory to run the jobs in
     esac
 }
 
+# Waits (at most 60 s) until the workdir's disk has been nearly idle for 2 s in a row:
+# a disk mounted with `discard` is still trimming the files of whatever ran before,
+# which would slow down only the target that happens to come first.
+settle() {
+    sync
+    local dev stat busy0 busy1 quiet=0
+    dev=$(df --output=source "$WORKDIR" 2>/dev/null | tail -n 1)
+    stat=/sys/class/block/${dev##*/}/stat
+    [[ -r $stat ]] || { sleep 5; return; }
+    busy0=$(awk '{print $10}' "$stat")   # ms the device was busy
+    for _ in $(seq 60); do
+        sleep 1
+        busy1=$(awk '{print $10}' "$stat")
+        if (( busy1 - busy0 < 100 )); then quiet=$((quiet + 1)); else quiet=0; fi
+        busy0=$busy1
+        (( quiet >= 2 )) && return
+    done
+}
+
 results=$work/results
 mkdir -p "$results"
 for t in $TARGETS; do
     if [[ $t == gocryptfs ]] && ! command -v gocryptfs >/dev/null; then
         echo "bench.sh: gocryptfs not installed, skipping it" >&2; continue
     fi
+    settle
     setup "$t"
     for j in $JOBS; do
         echo "bench.sh: $t $j" >&2
