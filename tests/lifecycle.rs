@@ -1303,9 +1303,7 @@ fn short_jobs_miss_no_renamed_file_without_file_handles() {
         "the overlay gives file handles here: this test would not test what it says"
     );
     fs::remove_file(&probe).unwrap();
-    let (b, pw) = (f.backing.to_str().unwrap(), f.pass.to_str().unwrap());
-    ok(&f.run(&["init", b, "--passphrase-file", pw]), "ezfs init");
-    ok(&f.key("create", "k1"), "ezfs key create k1");
+    f.init();
     short_jobs_with_renames(&f);
 }
 

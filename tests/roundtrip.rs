@@ -519,9 +519,7 @@ fn write_then_close(path: &std::path::Path, total: usize) -> std::io::Result<()>
 fn full_backing_dir_reports_enospc_by_close() {
     let f = Fixture::bare();
     let _tmpfs = MountOver::tmpfs(&f.backing, "6m");
-    let (b, pw) = (f.backing.to_str().unwrap(), f.pass.to_str().unwrap());
-    ok(&f.run(&["init", b, "--passphrase-file", pw]), "ezfs init");
-    ok(&f.key("create", "k1"), "ezfs key create k1");
+    f.init();
     let _m = f.mount();
     f.zone("z", "k1");
     for rel in ["z/big", "big"] {

@@ -426,11 +426,17 @@ impl Fixture {
     /// An initialized backing dir with key `k1`.
     pub fn new() -> Fixture {
         let f = Fixture::bare();
-        let b = f.backing.to_str().unwrap().to_owned();
-        let pw = f.pass.to_str().unwrap().to_owned();
-        ok(&f.run(&["init", &b, "--passphrase-file", &pw]), "ezfs init");
-        ok(&f.key("create", "k1"), "ezfs key create k1");
+        f.init();
         f
+    }
+
+    /// `ezfs init` on the backing dir and key `k1` (what [`Fixture::new`] does; after
+    /// [`Fixture::bare`], once something is mounted under the backing dir).
+    pub fn init(&self) {
+        let b = self.backing.to_str().unwrap().to_owned();
+        let pw = self.pass.to_str().unwrap().to_owned();
+        ok(&self.run(&["init", &b, "--passphrase-file", &pw]), "ezfs init");
+        ok(&self.key("create", "k1"), "ezfs key create k1");
     }
 
     pub fn scratch(&self) -> PathBuf {
