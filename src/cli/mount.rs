@@ -40,6 +40,13 @@ pub struct MountArgs {
     pass: PassArgs,
 }
 
+impl MountArgs {
+    /// Every `-o` option, one by one (each `-o` may list several, comma-separated).
+    fn fuse_options(&self) -> impl Iterator<Item = &str> {
+        self.options.iter().flat_map(|s| s.split(','))
+    }
+}
+
 /// Request loops: enough to overlap disk waits with crypto on a small machine.
 const FUSE_THREADS: usize = 4;
 
@@ -53,11 +60,7 @@ fn mount_config(a: &MountArgs, backing: &Path) -> Config {
         MountOption::FSName(backing.to_string_lossy().into_owned()),
         MountOption::Subtype("ezfs".into()),
     ];
-    let others = a.allow_other
-        || a.options
-            .iter()
-            .flat_map(|s| s.split(','))
-            .any(|o| o == "allow_other" || o == "allow_root");
+    let others = a.allow_other || a.fuse_options().any(|o| o == "allow_other" || o == "allow_root");
     if others {
         // Other users' requests run with the daemon's rights: the kernel checks their
         // permissions first. Without it only the mounting user gets in, and the daemon
@@ -69,12 +72,7 @@ fn mount_config(a: &MountArgs, backing: &Path) -> Config {
     if a.read_only {
         opts.push(MountOption::RO);
     }
-    for o in a
-        .options
-        .iter()
-        .flat_map(|s| s.split(','))
-        .filter(|s| !s.is_empty() && *s != "nonempty")
-    {
+    for o in a.fuse_options().filter(|s| !s.is_empty() && *s != "nonempty") {
         opts.push(match o {
             "ro" => MountOption::RO,
             "rw" => MountOption::RW,
@@ -121,11 +119,7 @@ pub fn mount(a: MountArgs) -> CliResult {
     if mountinfo::is_mountpoint(&mnt) {
         return Err(Failure::op(format!("{} is already a mount point", mnt.display())));
     }
-    let nonempty = a
-        .options
-        .iter()
-        .flat_map(|s| s.split(','))
-        .any(|o| o == "nonempty");
+    let nonempty = a.fuse_options().any(|o| o == "nonempty");
     let empty = std::fs::read_dir(&mnt)
         .map(|mut d| d.next().is_none())
         .unwrap_or(false);
@@ -146,7 +140,7 @@ pub fn mount(a: MountArgs) -> CliResult {
     let keystore = Keystore::unlock(&backing, &pw)?;
     drop(pw);
     let keys = Arc::new(LocalProvider::new(keystore));
-    let read_only = a.read_only || a.options.iter().flat_map(|s| s.split(',')).any(|o| o == "ro");
+    let read_only = a.read_only || a.fuse_options().any(|o| o == "ro");
     // before the inode table sizes its descriptor budget from the limit
     raise_fd_limit();
     let core = Arc::new(Core::new(backing.clone(), keys, read_only).map_err(Failure::op)?);
