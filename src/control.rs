@@ -41,6 +41,11 @@ pub enum Request {
     ReencryptStatus {
         path: Option<String>,
     },
+    /// The record of the last job on the zone with this id (hex), wherever its root
+    /// is now: what `zone reencrypt` polls, since the root may be renamed meanwhile.
+    ReencryptJob {
+        zone_id: String,
+    },
 }
 
 /// The daemon's answer: `Ok(data)` or one error sentence.
@@ -144,6 +149,11 @@ impl Server {
             Request::ZoneList => Ok(json(&c.zone_list())),
             Request::ReencryptStart { path, data } => c.reencrypt_start(&path, data, uid).map(|j| json(&j)),
             Request::ReencryptStatus { path } => c.reencrypt_status(path.as_deref()).map(|j| json(&j)),
+            Request::ReencryptJob { zone_id } => c
+                .jobs
+                .get(&zone_id)
+                .map(|j| json(&j))
+                .ok_or_else(|| format!("no re-encryption job of zone {zone_id} is on record")),
         }
     }
 }

@@ -1307,6 +1307,74 @@ fn short_jobs_miss_no_renamed_file_without_file_handles() {
     short_jobs_with_renames(&f);
 }
 
+/// A job whose zone root, and the directory above it, are renamed over and over while
+/// it runs, on a backing without file handles (files are found by path only): the job
+/// follows the root, the waiting command follows the job, and every file ends at the
+/// new version.
+#[test]
+fn zone_root_renamed_during_reencrypt_without_file_handles() {
+    const FILES: usize = 1500;
+    let f = Fixture::bare();
+    let _overlay = MountOver::overlay(&f.backing, &f.scratch().join("layers"));
+    f.init();
+    assert!(
+        !has_file_handle(&f.backing.join(".ezfs")),
+        "the overlay gives file handles here"
+    );
+    let _m = f.mount();
+    fs::create_dir(f.m("p")).unwrap();
+    f.zone("p/zr", "k1");
+    for d in 0..4 {
+        fs::create_dir(f.m(&format!("p/zr/d{d}"))).unwrap();
+    }
+    for i in 0..FILES {
+        fs::write(f.m(&format!("p/zr/d{}/f{i}", i % 4)), format!("file {i}")).unwrap();
+    }
+    roll(&f, "k1", 2);
+    // the root and its parent move in turn: p/zr -> p/zs -> q/zs -> q/zr -> p/zr ...
+    let steps = [("p/zr", "p/zs"), ("p", "q"), ("q/zs", "q/zr"), ("q", "p")];
+    let stop = Arc::new(AtomicBool::new(false));
+    let moved = Arc::new(AtomicU64::new(0));
+    let mover = {
+        let (mnt, stop, moved) = (f.mnt.clone(), stop.clone(), moved.clone());
+        std::thread::spawn(move || {
+            let mut k = 0;
+            while !stop.load(Ordering::Relaxed) || k % steps.len() != 0 {
+                let (from, to) = steps[k % steps.len()];
+                fs::rename(mnt.join(from), mnt.join(to))
+                    .unwrap_or_else(|e| panic!("rename {from} -> {to}: {e}"));
+                k += 1;
+                moved.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    // started where the root is at that moment: retried if it moves as the job starts
+    let started = Instant::now();
+    let o = loop {
+        let o = spawn_bg(&f, &reencrypt_args(&mp(&f, "p/zr"), false)).wait();
+        let err = stderr_of(&o);
+        let raced = err.contains("No such file") || err.contains("renamed while the job started");
+        if !raced || started.elapsed() > Duration::from_secs(30) {
+            break o;
+        }
+    };
+    let during = moved.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    mover.join().expect("renames of the zone root");
+    assert!(during > 4, "the zone root was renamed {during} times only");
+    ok(&o, "reencrypt while the zone root moves");
+    let job: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    eprintln!("{during} renames of the zone root or its parent; job: {job}");
+    assert_job_clean(&job, "k1", 2, "zone root renamed during the job");
+    assert_eq!(
+        zone_counts(&f, "p/zr"),
+        counts(&[("k1@2", FILES as u64)]),
+        "every file at the new version after a job that reported {job:#}"
+    );
+    fsck_clean(&f, "after the zone root moved");
+}
+
 /// Whether `name_to_handle_at(2)` gives `path` a handle.
 fn has_file_handle(path: &Path) -> bool {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();

@@ -194,17 +194,7 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
                     eprint!("\r{}", progress_line(&job));
                 }
                 std::thread::sleep(Duration::from_millis(250));
-                let v = control::call(
-                    &m.backing,
-                    &Request::ReencryptStatus {
-                        path: Some(rel.clone()),
-                    },
-                )?;
-                let jobs: Vec<JobStatus> = serde_json::from_value(v).map_err(Failure::op)?;
-                job = jobs
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| Failure::op("the zone disappeared during re-encryption"))?;
+                job = poll_job(&m.backing, &job.zone_id, &rel)?;
             }
             if tty {
                 eprintln!("\r{}", progress_line(&job));
@@ -243,6 +233,26 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
         }
     }
     Ok(())
+}
+
+/// The status of the running job on zone `zone_id`, asked by zone id, since the root
+/// may be renamed while the job runs; by the root's path `rel` from a daemon older
+/// than that request.
+fn poll_job(backing: &Path, zone_id: &str, rel: &str) -> Result<JobStatus, Failure> {
+    let by_id = Request::ReencryptJob {
+        zone_id: zone_id.to_owned(),
+    };
+    if let Ok(v) = control::call(backing, &by_id) {
+        return serde_json::from_value(v).map_err(Failure::op);
+    }
+    let by_path = Request::ReencryptStatus {
+        path: Some(rel.to_owned()),
+    };
+    let jobs: Vec<JobStatus> =
+        serde_json::from_value(control::call(backing, &by_path)?).map_err(Failure::op)?;
+    jobs.into_iter()
+        .next()
+        .ok_or_else(|| Failure::op("the zone disappeared during re-encryption"))
 }
 
 fn progress_line(j: &JobStatus) -> String {

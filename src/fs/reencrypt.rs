@@ -6,6 +6,8 @@
 //! runs in a thread of the mount daemon, so the filesystem keeps serving, renames
 //! included: a file renamed away from the walk is found again by the next walk or by
 //! the renames noted meanwhile, and the job ends only once both find nothing left. The
+//! zone root is held open and walked through its descriptor, so a rename of the root
+//! (or of a directory above it) does not send the job to a stale path. The
 //! status of every job is kept in `BACKING/.ezfs/reencrypt.json`; a job that was
 //! running when the daemon died shows as interrupted, and running it again finishes it
 //! (files already done are recognized by their key version and skipped).
@@ -19,6 +21,8 @@ use crate::zone::walk::{zone_files, Nested};
 use crate::zone::Zone;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -119,15 +123,39 @@ impl Jobs {
         }
     }
 
+    /// The record of zone `zone_id`'s last job.
     pub fn get(&self, zone_id: &str) -> Option<JobStatus> {
         self.map.lock().get(zone_id).cloned()
     }
 }
 
-fn syncfs(dir: &Path) {
-    if let Ok(f) = std::fs::File::open(dir) {
-        // SAFETY: valid descriptor.
-        unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
+fn syncfs(dir: &File) {
+    // SAFETY: valid descriptor.
+    unsafe { libc::syncfs(dir.as_raw_fd()) };
+}
+
+/// The zone root of a running job, open: walked through `/proc/self/fd`, it is found
+/// wherever renames take it.
+struct Root {
+    dir: File,
+    /// `/proc/self/fd/N` of `dir`.
+    link: PathBuf,
+}
+
+impl Root {
+    fn open(dir: &Path) -> std::io::Result<Root> {
+        let dir = File::open(dir)?;
+        let link = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        Ok(Root { dir, link })
+    }
+
+    /// Path `p` (under [`Root::link`] or absolute) with the root's current path in it:
+    /// for messages.
+    fn shown(&self, p: &Path) -> PathBuf {
+        match (p.strip_prefix(&self.link), super::sys::dir_path(&self.dir)) {
+            (Ok(rel), Some(now)) => now.join(rel),
+            _ => p.to_path_buf(),
+        }
     }
 }
 
@@ -145,7 +173,8 @@ impl Core {
         }
         let dir = self.resolve(rel)?;
         let shown = format!("/{}", self.relative(&dir));
-        let meta = std::fs::metadata(&dir).map_err(|e| format!("{shown}: {e}"))?;
+        let root = Root::open(&dir).map_err(|e| format!("{shown}: {e}"))?;
+        let meta = root.dir.metadata().map_err(|e| format!("{shown}: {e}"))?;
         if caller != 0 && std::os::unix::fs::MetadataExt::uid(&meta) != caller {
             return Err(format!("{shown}: only its owner or root may re-encrypt the zone"));
         }
@@ -170,6 +199,9 @@ impl Core {
             key: marker.key.clone(),
             broken: None,
         };
+        if super::sys::dir_path(&root.dir).as_deref() != Some(dir.as_path()) {
+            return Err(format!("{shown} was renamed while the job started; run it again"));
+        }
         let status = JobStatus {
             zone: shown.clone(),
             zone_id: marker.id_hex(),
@@ -201,7 +233,7 @@ impl Core {
         // the walk of a large zone takes seconds: the job does it, the caller polls
         let spawned = std::thread::Builder::new()
             .name("ezfs-reencrypt".into())
-            .spawn(move || core.run_job(dir, zone, status));
+            .spawn(move || core.run_job(root, zone, status));
         if let Err(e) = spawned {
             self.reencrypting.lock().remove(&marker.zone_id);
             return Err(format!("cannot start the job: {e}"));
@@ -227,11 +259,13 @@ impl Core {
         }
     }
 
-    /// The files under the paths renamed in zone `id` since the last call. Renames
-    /// wait meanwhile, so every rename finished before the call is noted and every
-    /// noted path names what is there now: a file that moved while the job walked is
-    /// found here, even if its rename finished just after the walk.
-    fn renamed_files(&self, id: [u8; 16], zone_root: &Path) -> Vec<Target> {
+    /// The files under the paths renamed in zone `id` since the last call, and whether
+    /// some of those paths could not be followed. Renames wait meanwhile, so every
+    /// rename finished before the call is noted and every noted path names what is
+    /// there now: a file that moved while the job walked is found here, even if its
+    /// rename finished just after the walk. Only a rename of the zone root (or above
+    /// it) since a path was noted leaves the path unusable; the caller then walks again.
+    fn renamed_files(&self, id: [u8; 16], root: &Root) -> (Vec<Target>, bool) {
         let _gate = self.rename_gate.write();
         let paths = self
             .reencrypting
@@ -239,12 +273,23 @@ impl Core {
             .get_mut(&id)
             .map(std::mem::take)
             .unwrap_or_default();
+        // the root cannot move while the gate is held
+        let Some(now) = super::sys::dir_path(&root.dir) else {
+            // removed, so empty: nothing is left in the zone
+            return (Vec::new(), false);
+        };
         let mut out = Vec::new();
+        let mut lost = false;
         for p in paths {
+            let Ok(rel) = p.strip_prefix(&now) else {
+                lost = true;
+                continue;
+            };
+            let p = root.link.join(rel);
             match std::fs::symlink_metadata(&p) {
                 // a renamed directory is walked here too: a file leaving it while we
                 // walked it unlocked would be missed
-                Ok(m) if m.is_dir() => out.extend(self.zone_files_under(&p, zone_root)),
+                Ok(m) if m.is_dir() => out.extend(self.zone_files_under(&p, &root.link)),
                 Ok(m) if m.is_file() => out.push(Target {
                     handle: handle_of_path(&p),
                     path: p,
@@ -254,7 +299,7 @@ impl Core {
                 _ => {}
             }
         }
-        out
+        (out, lost)
     }
 
     /// Regular files of the zone rooted at `dir` (nested zones excluded); leftover
@@ -287,9 +332,9 @@ impl Core {
         files
     }
 
-    fn run_job(self: Arc<Core>, dir: PathBuf, zone: Zone, mut status: JobStatus) {
+    fn run_job(self: Arc<Core>, root: Root, zone: Zone, mut status: JobStatus) {
         let t0 = Instant::now();
-        let files = self.zone_file_list(&dir);
+        let files = self.zone_file_list(&root.link);
         status.files_total = files.len() as u64;
         self.jobs.set(&status);
         let mut last = Instant::now();
@@ -331,16 +376,17 @@ impl Core {
                     Err(e) => failure = Some(e),
                 }
                 if let Some(e) = failure {
-                    log::error!("re-encrypting {}: {e}", target.path.display());
+                    log::error!("re-encrypting {}: {e}", root.shown(&target.path).display());
                     status.files_failed += 1;
                     if status.failures.len() < MAX_FAILURES {
                         status
                             .failures
-                            .push(format!("/{}: {e}", self.relative(&target.path)));
+                            .push(format!("/{}: {e}", self.relative(&root.shown(&target.path))));
                     }
                 }
                 if last.elapsed() >= CHECKPOINT {
-                    syncfs(&dir);
+                    syncfs(&root.dir);
+                    status.zone = format!("/{}", self.relative(&root.shown(&root.link)));
                     status.elapsed_ms = t0.elapsed().as_millis() as u64;
                     self.jobs.set(&status);
                     last = Instant::now();
@@ -352,24 +398,29 @@ impl Core {
             // walk). Once both come back empty, every file of the zone was handled.
             // Files are told apart by the inode found, not by looking their names up
             // again: a rename meanwhile must not hide one.
+            // A noted path that the root's rename made unusable counts as something
+            // left: the next walk, through the root's descriptor, finds that file.
             let mut listed: HashSet<(u64, u64)> = retry.iter().map(|t| t.id).collect();
-            let mut again: Vec<Target> = self
-                .zone_file_list(&dir)
+            let walked = self.zone_file_list(&root.link);
+            let (renamed, lost) = self.renamed_files(zone.id, &root);
+            let mut again: Vec<Target> = walked
                 .into_iter()
-                .chain(self.renamed_files(zone.id, &dir))
+                .chain(renamed)
                 .filter(|t| !seen.contains(&t.id) && listed.insert(t.id))
                 .collect();
-            if retry.is_empty() && again.is_empty() {
+            if retry.is_empty() && again.is_empty() && !lost {
                 break;
             }
             if last_round {
                 // renamed faster than walked, round after round: say so, do not hide it
-                for t in again.iter().chain(&retry) {
+                let moving = again.iter().chain(&retry).map(|t| root.shown(&t.path));
+                let root_moving = lost.then(|| root.shown(&root.link));
+                for path in moving.chain(root_moving) {
                     status.files_failed += 1;
                     if status.failures.len() < MAX_FAILURES {
                         status.failures.push(format!(
                             "/{}: kept moving during the job; run it again",
-                            self.relative(&t.path)
+                            self.relative(&path)
                         ));
                     }
                 }
@@ -382,7 +433,8 @@ impl Core {
             again.append(&mut retry);
             pass = again;
         }
-        syncfs(&dir);
+        syncfs(&root.dir);
+        status.zone = format!("/{}", self.relative(&root.shown(&root.link)));
         status.state = JobState::Completed;
         status.finished = Some(now());
         status.elapsed_ms = t0.elapsed().as_millis() as u64;

@@ -61,9 +61,25 @@ pub fn access(fd: BorrowedFd<'_>, mode: i32) -> io::Result<()> {
 
 /// Path of a descriptor's file, for log messages only.
 pub fn describe(fd: BorrowedFd<'_>) -> String {
-    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+    path_of(fd)
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "<unknown>".into())
+}
+
+/// Where the directory open as `dir` is now, wherever renames took it; `None` once it was
+/// removed. (The kernel's name for a removed directory ends in " (deleted)", which a
+/// live one could also be named: the path counts only if it leads back to `dir`.)
+pub fn dir_path(dir: &File) -> Option<std::path::PathBuf> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let p = path_of(dir.as_fd()).ok()?;
+    let here = std::fs::symlink_metadata(&p).ok()?;
+    let it = dir.metadata().ok()?;
+    (here.is_dir() && (here.dev(), here.ino()) == (it.dev(), it.ino())).then_some(p)
+}
+
+fn path_of(fd: BorrowedFd<'_>) -> io::Result<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
 pub fn mkdir_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
