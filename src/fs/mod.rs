@@ -817,12 +817,10 @@ impl Filesystem for EzFs {
         reply: ReplyData,
     ) {
         let h = tri!(reply, self.0.handle(fh));
-        // a per-thread buffer: no allocation or zeroing per request
+        // a per-thread buffer: no allocation or zeroing per request; page-aligned, so
+        // that the kernel copies a 4 KiB block in and out of one page, not two
         READ_BUF.with_borrow_mut(|buf| {
-            if buf.len() < size as usize {
-                buf.resize(size as usize, 0);
-            }
-            let buf = &mut buf[..size as usize];
+            let buf = crate::format::codec::aligned(buf, size as usize);
             let n = match &*h {
                 Handle::Enc(e) => e.read_into(offset, buf),
                 Handle::Plain(f, _) => Backing::read_at(f, buf, offset).map_err(io_err),
