@@ -81,6 +81,24 @@ fn remount_keeps_everything_readable() {
     }
 }
 
+/// `/proc/self/mountinfo` lists the mount as type `fuse.ezfs` with the backing dir as
+/// its source, as `df -t fuse.ezfs`, `findmnt` and the CLI's own lookup see it.
+#[test]
+fn mount_lists_as_fuse_ezfs_from_the_backing_dir() {
+    let f = Fixture::new();
+    let _m = f.mount();
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mnt = f.mnt.to_str().unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(mnt))
+        .unwrap_or_else(|| panic!("{mnt} not in mountinfo:\n{info}"));
+    let (_, after) = line.split_once(" - ").expect("mountinfo separator");
+    let mut fields = after.split(' ');
+    assert_eq!(fields.next(), Some("fuse.ezfs"), "{line}");
+    assert_eq!(fields.next(), f.backing.to_str(), "{line}");
+}
+
 #[test]
 fn wrong_passphrase_is_refused() {
     let f = Fixture::new();

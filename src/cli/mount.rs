@@ -58,7 +58,9 @@ fn canonical(p: &Path, what: &str) -> Result<PathBuf, Failure> {
 fn mount_config(a: &MountArgs, backing: &Path) -> Config {
     let mut opts = vec![
         MountOption::FSName(backing.to_string_lossy().into_owned()),
-        MountOption::Subtype("ezfs".into()),
+        // as a kernel option, not fuser's Subtype (which only fusermount gets): the
+        // kernel then lists the mount as type fuse.ezfs when the daemon mounts it itself
+        MountOption::CUSTOM("subtype=ezfs".into()),
     ];
     let others = a.allow_other || a.fuse_options().any(|o| o == "allow_other" || o == "allow_root");
     if others {
