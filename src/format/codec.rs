@@ -48,7 +48,7 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The `len`-byte window of `buf` that starts at an [`ALIGN`]ed (page) address,
+/// The `len`-byte window of `buf` that starts at a 4 KiB-aligned (page) address,
 /// growing `buf` first if needed.
 pub fn aligned(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
     if buf.len() < len + ALIGN {
