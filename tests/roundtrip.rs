@@ -436,6 +436,80 @@ fn xattrs_of_open_encrypted_files() {
     assert_eq!(fs::read(&p).unwrap(), b"datamore");
 }
 
+/// Pages of `path` in the kernel's cache, and pages in all, as a fresh open of it
+/// finds them (`mincore` of a mapping).
+fn cached_pages_after_open(path: &std::path::Path) -> (usize, usize) {
+    let file = File::open(path).unwrap();
+    let len = file.metadata().unwrap().len() as usize;
+    let pages = len.div_ceil(4096);
+    let mut resident = vec![0u8; pages];
+    // SAFETY: a fresh read-only shared mapping, unmapped before returning; mincore
+    // fills one byte per page of it into `resident`.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        let r = libc::mincore(p, len, resident.as_mut_ptr());
+        let err = std::io::Error::last_os_error();
+        libc::munmap(p, len);
+        assert_eq!(r, 0, "mincore: {err}");
+    }
+    (resident.iter().filter(|&&b| b & 1 != 0).count(), pages)
+}
+
+/// An open keeps what the kernel cached of a file (no reads reach the daemon again)
+/// while the backing file is unchanged, and drops it once anything changed the
+/// backing file, here a program writing to the backing dir directly.
+#[test]
+fn reopen_keeps_the_page_cache_of_an_unchanged_file() {
+    let f = Fixture::new();
+    let _m = f.mount();
+    f.zone("z", "k1");
+    for rel in ["z/a", "plain"] {
+        fs::write(f.m(rel), vec![7u8; 1 << 20]).unwrap();
+        // the write's timestamps settle (a change within the same clock tick could
+        // look like none), then one read fills the cache
+        std::thread::sleep(Duration::from_millis(50));
+        drop_caches();
+        assert_eq!(fs::read(f.m(rel)).unwrap(), vec![7u8; 1 << 20]);
+        let (cached, pages) = cached_pages_after_open(&f.m(rel));
+        assert_eq!(
+            cached, pages,
+            "{rel}: an open of an unchanged file keeps its cached pages"
+        );
+    }
+    fs::write(f.b("plain"), vec![9u8; 1 << 20]).unwrap();
+    assert_eq!(
+        cached_pages_after_open(&f.m("plain")).0,
+        0,
+        "an open after a write to the backing file drops the cached pages"
+    );
+    assert_eq!(
+        fs::read(f.m("plain")).unwrap(),
+        vec![9u8; 1 << 20],
+        "the new bytes are read"
+    );
+    // a write through the mount is a change too: the next open drops the cache (which
+    // the write kept current anyway)
+    OpenOptions::new()
+        .write(true)
+        .open(f.m("z/a"))
+        .unwrap()
+        .write_all_at(b"x", 0)
+        .unwrap();
+    assert_eq!(
+        cached_pages_after_open(&f.m("z/a")).0,
+        0,
+        "z/a after a write through the mount"
+    );
+}
+
 #[test]
 fn mmap_write_then_read() {
     let f = Fixture::new();

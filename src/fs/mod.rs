@@ -400,8 +400,15 @@ impl Core {
         Err(Errno::EACCES)
     }
 
-    fn open_file(&self, req: &Request, ino: &Inode, flags: i32) -> FsResult<Handle> {
+    /// Opens `ino` for a handle; also says whether the kernel may keep the pages it has
+    /// cached for the file (see [`Inode::unchanged_since_open`]).
+    fn open_file(&self, req: &Request, ino: &Inode, flags: i32) -> FsResult<(Handle, bool)> {
         let st = sys::stat_at(ino.fd()?.as_fd(), OsStr::new("")).map_err(io_err)?;
+        let h = self.open_backing(req, ino, flags, &st)?;
+        Ok((h, ino.unchanged_since_open(&st)))
+    }
+
+    fn open_backing(&self, req: &Request, ino: &Inode, flags: i32, st: &libc::stat) -> FsResult<Handle> {
         let wants_write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if wants_write {
             self.writable_check()?;
@@ -800,9 +807,14 @@ impl Filesystem for EzFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let c = &self.0;
         let i = tri!(reply, c.inode(ino));
-        let h = tri!(reply, c.open_file(req, &i, flags.0));
+        let (h, keep_cache) = tri!(reply, c.open_file(req, &i, flags.0));
         i.open_count.fetch_add(1, Ordering::AcqRel);
-        reply.opened(c.add_handle(h), FopenFlags::empty());
+        let flags = if keep_cache {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        reply.opened(c.add_handle(h), flags);
     }
 
     fn read(
