@@ -405,7 +405,9 @@ impl Core {
     fn open_file(&self, req: &Request, ino: &Inode, flags: i32) -> FsResult<(Handle, bool)> {
         let st = sys::stat_at(ino.fd()?.as_fd(), OsStr::new("")).map_err(io_err)?;
         let h = self.open_backing(req, ino, flags, &st)?;
-        Ok((h, ino.unchanged_since_open(&st)))
+        // an O_TRUNC open (sent only with atomic_o_trunc) just truncated the file
+        let truncated = flags & libc::O_TRUNC != 0;
+        Ok((h, ino.unchanged_since_open(&st) && !truncated))
     }
 
     fn open_backing(&self, req: &Request, ino: &Inode, flags: i32, st: &libc::stat) -> FsResult<Handle> {
