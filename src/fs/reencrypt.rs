@@ -145,7 +145,7 @@ struct Root {
 impl Root {
     fn open(dir: &Path) -> std::io::Result<Root> {
         let dir = File::open(dir)?;
-        let link = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        let link = super::sys::fd_link(dir.as_raw_fd());
         Ok(Root { dir, link })
     }
 

@@ -20,7 +20,6 @@ use std::collections::HashSet;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -108,7 +107,7 @@ impl Core {
             p.starts_with(&self.backing)
                 && std::fs::symlink_metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()))
         };
-        let now = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+        let now = super::sys::path_of(f.as_fd())
             .ok()
             .filter(|p| names_it(p))
             .or_else(|| names_it(&t.path).then(|| t.path.clone()));

@@ -20,9 +20,15 @@ fn check(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// `/proc/self/fd/N`: reopens or names an `O_PATH` descriptor's file.
+/// `/proc/self/fd/N`: reopens or names an `O_PATH` descriptor's file, and leads
+/// through it wherever renames took it.
+pub fn fd_link(fd: RawFd) -> std::path::PathBuf {
+    format!("/proc/self/fd/{fd}").into()
+}
+
+/// [`fd_link`] for the C calls.
 pub fn proc_path(fd: RawFd) -> CString {
-    CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL")
+    CString::new(fd_link(fd).into_os_string().into_encoded_bytes()).expect("no NUL")
 }
 
 /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`; an empty name stats `dir` itself.
@@ -78,8 +84,10 @@ pub fn dir_path(dir: &File) -> Option<std::path::PathBuf> {
     (here.is_dir() && (here.dev(), here.ino()) == (it.dev(), it.ino())).then_some(p)
 }
 
-fn path_of(fd: BorrowedFd<'_>) -> io::Result<std::path::PathBuf> {
-    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+/// The path the kernel has for a descriptor's file now (for a removed file it ends
+/// in " (deleted)"; for one opened by handle it may name no place in the tree).
+pub fn path_of(fd: BorrowedFd<'_>) -> io::Result<std::path::PathBuf> {
+    std::fs::read_link(fd_link(fd.as_raw_fd()))
 }
 
 pub fn mkdir_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
@@ -262,7 +270,7 @@ pub fn removexattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
 pub fn read_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<(std::ffi::OsString, u64, u8)>> {
     use std::os::unix::fs::DirEntryExt;
     let mut out = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/self/fd/{}", fd.as_raw_fd()))? {
+    for e in std::fs::read_dir(fd_link(fd.as_raw_fd()))? {
         let e = e?;
         let t = e.file_type()?;
         use std::os::unix::fs::FileTypeExt;
