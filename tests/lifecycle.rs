@@ -1295,15 +1295,7 @@ fn short_jobs_miss_no_renamed_file() {
 #[test]
 fn short_jobs_miss_no_renamed_file_without_file_handles() {
     let f = Fixture::bare();
-    let _overlay = MountOver::overlay(&f.backing, &f.scratch().join("layers"));
-    let probe = f.backing.join("probe");
-    fs::write(&probe, b"").unwrap();
-    assert!(
-        !has_file_handle(&probe),
-        "the overlay gives file handles here: this test would not test what it says"
-    );
-    fs::remove_file(&probe).unwrap();
-    f.init();
+    let _overlay = init_without_file_handles(&f);
     short_jobs_with_renames(&f);
 }
 
@@ -1315,12 +1307,7 @@ fn short_jobs_miss_no_renamed_file_without_file_handles() {
 fn zone_root_renamed_during_reencrypt_without_file_handles() {
     const FILES: usize = 1500;
     let f = Fixture::bare();
-    let _overlay = MountOver::overlay(&f.backing, &f.scratch().join("layers"));
-    f.init();
-    assert!(
-        !has_file_handle(&f.backing.join(".ezfs")),
-        "the overlay gives file handles here"
-    );
+    let _overlay = init_without_file_handles(&f);
     let _m = f.mount();
     fs::create_dir(f.m("p")).unwrap();
     f.zone("p/zr", "k1");
@@ -1381,6 +1368,95 @@ fn zone_root_renamed_during_reencrypt_without_file_handles() {
         "every file at the new version after a job that reported {job:#}"
     );
     fsck_clean(&f, "after the zone root moved");
+}
+
+/// A few files renamed nonstop, each by its own thread, on a backing without file
+/// handles, among files that stay put: the job brings them all to the new version,
+/// though each moving file is elsewhere by the time any walk's path to it is used.
+/// Re-wrapping reaches them through the mount's own inodes, which follow renames;
+/// `--data` swaps the new file in at the name the old one has at that moment.
+fn files_renamed_nonstop(data: bool) {
+    const STILL: usize = 1000;
+    const MOVING: usize = 4;
+    let what = if data { "--data" } else { "re-wrap" };
+    let f = Fixture::bare();
+    let _overlay = init_without_file_handles(&f);
+    let _m = f.mount();
+    f.zone("z", "k1");
+    // a walk lists the root's files, then the directory of files that stay: what it
+    // found of the moving ones is stale by the time it ends
+    fs::create_dir(f.m("z/still")).unwrap();
+    for i in 0..STILL {
+        fs::write(f.m(&format!("z/still/s{i}")), format!("still {i}")).unwrap();
+    }
+    for i in 0..MOVING {
+        fs::write(f.m(&format!("z/m{i}_0")), format!("moving {i}")).unwrap();
+    }
+    roll(&f, "k1", 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let movers: Vec<_> = (0..MOVING)
+        .map(|i| {
+            let (mnt, stop) = (f.mnt.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut at = mnt.join(format!("z/m{i}_0"));
+                let mut k = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    k += 1;
+                    let to = mnt.join(format!("z/m{i}_{k}"));
+                    fs::rename(&at, &to).unwrap_or_else(|e| panic!("rename {at:?}: {e}"));
+                    at = to;
+                }
+                (at, k)
+            })
+        })
+        .collect();
+    let o = f.run(&reencrypt_args(&mp(&f, "z"), data));
+    stop.store(true, Ordering::Relaxed);
+    let mut renames = 0;
+    for (i, m) in movers.into_iter().enumerate() {
+        let (at, k) = m.join().expect("mover");
+        renames += k;
+        assert_same(
+            &fs::read(&at).unwrap(),
+            format!("moving {i}").as_bytes(),
+            "moved file",
+        );
+    }
+    ok(&o, &format!("{what} while files move nonstop"));
+    let job: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    eprintln!("{what}: {renames} renames during the job; job: {job}");
+    assert_job_clean(&job, "k1", 2, what);
+    if data {
+        assert!(temp_files(&f.b("z")).is_empty(), "{what}: temp files left");
+    }
+    assert_eq!(
+        zone_counts(&f, "z"),
+        counts(&[("k1@2", (STILL + MOVING) as u64)]),
+        "{what}: every file at the new version after a job that reported {job:#}"
+    );
+    fsck_clean(&f, &format!("{what}: after files moved nonstop"));
+}
+
+#[test]
+fn files_renamed_nonstop_are_rewrapped_without_file_handles() {
+    files_renamed_nonstop(false);
+}
+
+#[test]
+fn files_renamed_nonstop_are_reencrypted_with_data_without_file_handles() {
+    files_renamed_nonstop(true);
+}
+
+/// Puts an overlay (which gives no file handles) on the bare fixture's backing dir and
+/// initializes it there; the overlay is unmounted when the value is dropped.
+fn init_without_file_handles(f: &Fixture) -> MountOver {
+    let overlay = MountOver::overlay(&f.backing, &f.scratch().join("layers"));
+    f.init();
+    assert!(
+        !has_file_handle(&f.backing.join(".ezfs")),
+        "the overlay gives file handles here: the test would not test what it says"
+    );
+    overlay
 }
 
 /// Whether `name_to_handle_at(2)` gives `path` a handle.

@@ -323,6 +323,18 @@ impl InodeTable {
         Some(ino.clone())
     }
 
+    /// Opens backing file `key` anew through the `O_PATH` descriptor of its inode, which
+    /// followed it through every rename; `None` if the mount does not know the inode
+    /// (or its descriptor was closed and cannot be reopened).
+    pub fn open_known(&self, key: (u64, u64), flags: libc::c_int) -> Option<std::io::Result<std::fs::File>> {
+        let ino = {
+            let t = self.t.read();
+            t.by_key.get(&key).and_then(|id| t.by_id.get(id)).cloned()?
+        };
+        let fd = ino.fd().ok()?;
+        Some(super::sys::reopen(fd.as_fd(), flags))
+    }
+
     /// Adds a looked-up inode (lookup count 1), or refs the one another thread added
     /// meanwhile. `make` builds the descriptor and zone only when needed.
     pub fn insert(

@@ -67,6 +67,14 @@ fn wrapped_header(
     })
 }
 
+/// What [`Core::copy_reencrypted`] did.
+enum Copied {
+    /// Nothing (the file already used the target version, or went away).
+    Skipped(Outcome),
+    /// The re-encrypted copy replaced the file, at name `at`; `new` is its inode.
+    Swapped { at: PathBuf, new: (u64, u64) },
+}
+
 /// A file a job works on: found at `path`, and, where the filesystem gives file
 /// handles, reachable by its handle wherever a rename in the zone moves it meanwhile.
 #[derive(Debug, Clone)]
@@ -78,19 +86,24 @@ pub struct Target {
 }
 
 impl Core {
-    /// Opens a target read-write (by handle where it has one) and says where it is
-    /// now; `None` if it is gone.
+    /// Opens a target read-write and says where it is now; `None` if it is gone.
+    /// Where the filesystem has no file handles, a file the mount knows is opened
+    /// through its inode's descriptor, so renames in the mount since it was found do
+    /// not lose it (files renamed thousands of times a second were, after 5 walks);
+    /// only a file the mount never looked up is opened by its path.
     /// The path is `None` when the file's current name is not known for sure: a file
     /// opened by handle can come back with a dentry detached from the tree, whose
     /// `/proc` link is not a usable path.
     fn open_target(&self, t: &Target) -> Result<Option<(File, Option<PathBuf>)>, String> {
         let opened = match &t.handle {
             Some(h) => self.inodes.open_handle(h, libc::O_RDWR),
-            None => OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&t.path),
+            None => self.inodes.open_known(t.id, libc::O_RDWR).unwrap_or_else(|| {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&t.path)
+            }),
         };
         let f = match opened {
             Ok(f) => f,
@@ -102,16 +115,21 @@ impl Core {
             // unlinked, though something still holds it open: gone for the zone
             return Ok(None);
         }
-        // a name counts only if it is in the backing dir and names this very inode
-        let names_it = |p: &Path| {
-            p.starts_with(&self.backing)
-                && std::fs::symlink_metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()))
-        };
-        let now = super::sys::path_of(f.as_fd())
-            .ok()
-            .filter(|p| names_it(p))
-            .or_else(|| names_it(&t.path).then(|| t.path.clone()));
+        let now = self
+            .current_name(&f, &meta)
+            .or_else(|| self.names(&t.path, &meta).then(|| t.path.clone()));
         Ok(Some((f, now)))
+    }
+
+    /// Whether `p` is in the backing dir and names the very file `meta` is of.
+    fn names(&self, p: &Path, meta: &std::fs::Metadata) -> bool {
+        p.starts_with(&self.backing)
+            && std::fs::symlink_metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()))
+    }
+
+    /// The name open file `f` (of `meta`) has now, if its `/proc` link gives one.
+    fn current_name(&self, f: &File, meta: &std::fs::Metadata) -> Option<PathBuf> {
+        sys::path_of(f.as_fd()).ok().filter(|p| self.names(p, meta))
     }
 
     /// Brings target `t` (in `zone`) to `zone.key@version`: re-wraps its EDEK, or with
@@ -140,7 +158,7 @@ impl Core {
             let Some(path) = &path else {
                 return Ok(Outcome::Gone);
             };
-            self.reencrypt_data(f, path, &meta, zone, version)
+            self.reencrypt_data(f, path, &meta, zone, version, seen)
         } else {
             self.rewrap(&f, &meta, zone, version)
         };
@@ -149,12 +167,6 @@ impl Core {
             Err(e) if e.starts_with("busy") && !last => {}
             _ => {
                 seen.insert(id);
-            }
-        }
-        if let (true, Ok(Outcome::Done), Some(path)) = (data, &result, &path) {
-            // the replacement is done too
-            if let Ok(m) = std::fs::symlink_metadata(path) {
-                seen.insert((m.dev(), m.ino()));
             }
         }
         result
@@ -185,9 +197,10 @@ impl Core {
         Ok(Outcome::Done)
     }
 
-    /// Re-encrypts `path` (in `zone`) under a new DEK wrapped with `zone.key@version`,
-    /// unless it already uses that version: then its DEK was never wrapped by an older
-    /// version (new file, or re-encrypted by an earlier run of this job).
+    /// Re-encrypts file `old`, found at `path` (in `zone`), under a new DEK wrapped with
+    /// `zone.key@version`, unless it already uses that version: then its DEK was never
+    /// wrapped by an older version (new file, or re-encrypted by an earlier run of this
+    /// job). The replacement goes into `seen`.
     fn reencrypt_data(
         &self,
         old: File,
@@ -195,6 +208,7 @@ impl Core {
         meta: &std::fs::Metadata,
         zone: &Zone,
         version: u32,
+        seen: &mut HashSet<(u64, u64)>,
     ) -> Result<Outcome, String> {
         if meta.len() == 0 {
             return Ok(Outcome::Empty);
@@ -215,7 +229,7 @@ impl Core {
         } else {
             self.copy_reencrypted(path, &old, meta, zone, version)
         };
-        if result == Ok(Outcome::Done) {
+        if let Ok(Copied::Swapped { .. }) = result {
             // under the header lock: no open of the old inode can start after the swap
             self.mark_replaced((meta.dev(), meta.ino()));
         }
@@ -224,16 +238,22 @@ impl Core {
         if let Some(i) = known {
             self.inodes.forget(i.id, 1);
         }
-        if result == Ok(Outcome::Done) {
-            // only once no lock is held: the kernel may need a lookup answered (by a
-            // request that takes those locks) before it can drop the name
-            if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
-                self.invalidate_name(dir, name);
+        match result? {
+            Copied::Skipped(outcome) => Ok(outcome),
+            Copied::Swapped { at, new } => {
+                seen.insert(new);
+                // only once no lock is held: the kernel may need a lookup answered (by
+                // a request that takes those locks) before it can drop the name
+                if let (Some(dir), Some(name)) = (at.parent(), at.file_name()) {
+                    self.invalidate_name(dir, name);
+                }
+                Ok(Outcome::Done)
             }
         }
-        result
     }
 
+    /// Copies `old` (found at `path`) re-encrypted into a new file next to it, then
+    /// swaps the new file in under the name `old` has by then.
     fn copy_reencrypted(
         &self,
         path: &Path,
@@ -241,10 +261,10 @@ impl Core {
         meta: &std::fs::Metadata,
         zone: &Zone,
         version: u32,
-    ) -> Result<Outcome, String> {
+    ) -> Result<Copied, String> {
         let h = read_header(old)?;
         if h.key_name == zone.key && h.key_version == version {
-            return Ok(Outcome::Current);
+            return Ok(Copied::Skipped(Outcome::Current));
         }
         let size =
             plain_size(meta.len()).map_err(|_| "backing size is not a valid encrypted size".to_string())?;
@@ -254,24 +274,26 @@ impl Core {
         let header = wrapped_header(&*self.keys, zone, version, file_id, &dek)?;
         let codec = BlockCodec::new(&dek, file_id);
 
+        // the directory is held open: renames of it during the copy do not matter
         let dir = path.parent().ok_or("no parent directory")?;
-        let name = path.file_name().ok_or("no file name")?;
+        let tmp_dir = File::open(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let tmp_name: OsString = format!(
             "{}{}",
             crate::zone::REKEY_TEMP_PREFIX,
             crate::format::header::hex(&file_id)
         )
         .into();
-        let tmp = dir.join(&tmp_name);
-        let new = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        let new = File::from(
+            sys::open_at(
+                tmp_dir.as_fd(),
+                &tmp_name,
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                0o600,
+            )
+            .map_err(|e| format!("cannot create {}: {e}", dir.join(&tmp_name).display()))?,
+        );
         let cleanup = |e: String| {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = sys::unlink_at(tmp_dir.as_fd(), &tmp_name, 0);
             e
         };
         (|| -> Result<(), String> {
@@ -317,40 +339,76 @@ impl Core {
             new.sync_all().map_err(|e| e.to_string())
         })()
         .map_err(cleanup)?;
-        // swap atomically, then check that the name still held the file we copied (a
-        // rename in the zone may have moved it meanwhile): if not, swap back
-        let dir_f = File::open(dir).map_err(|e| cleanup(e.to_string()))?;
-        if let Err(e) = sys::rename_at(
-            dir_f.as_fd(),
-            &tmp_name,
-            dir_f.as_fd(),
-            name,
-            libc::RENAME_EXCHANGE,
-        ) {
-            let _ = std::fs::remove_file(&tmp);
-            if e.kind() == std::io::ErrorKind::NotFound {
-                // renamed away during the copy: the job meets it again under its new name
-                return Ok(Outcome::Gone);
+        let new = new.metadata().map_err(|e| cleanup(e.to_string()))?;
+        match self.swap_in(old, meta, path, (new.dev(), new.ino()), &tmp_dir, &tmp_name) {
+            Ok(swapped @ Copied::Swapped { .. }) => Ok(swapped),
+            // the new file was not swapped in
+            other => {
+                let _ = sys::unlink_at(tmp_dir.as_fd(), &tmp_name, 0);
+                other
             }
-            return Err(format!("cannot swap in the new file: {e}"));
         }
-        let moved_away = std::fs::symlink_metadata(&tmp)
-            .map(|m| m.ino() != meta.ino())
-            .unwrap_or(true);
-        if moved_away {
-            let _ = sys::rename_at(
-                dir_f.as_fd(),
-                &tmp_name,
-                dir_f.as_fd(),
+    }
+
+    /// Swaps the new file `new`, named `tmp_name` in `tmp_dir`, with `old` (of `meta`,
+    /// found at `path`) wherever `old` is now, and removes `old`; unless it says
+    /// `Swapped`, the new file is left at `tmp_name`. Renames in the mount wait
+    /// meanwhile: a file renamed over and over during its copy is still swapped at the
+    /// name it has (it was missed round after round when the swap went to the name it
+    /// had before the copy). A rename from outside the mount is caught after the swap,
+    /// which is then undone.
+    fn swap_in(
+        &self,
+        old: &File,
+        meta: &std::fs::Metadata,
+        path: &Path,
+        new: (u64, u64),
+        tmp_dir: &File,
+        tmp_name: &OsStr,
+    ) -> Result<Copied, String> {
+        let gate = self.rename_gate.write();
+        // unlinked, or renamed to where its link does not show (a file opened by
+        // handle may have no connected name): the job meets it again
+        let at = self
+            .current_name(old, meta)
+            .or_else(|| self.names(path, meta).then(|| path.to_path_buf()));
+        let Some(at) = at else {
+            return Ok(Copied::Skipped(Outcome::Gone));
+        };
+        let at_dir = at
+            .parent()
+            .and_then(|d| File::open(d).ok())
+            .ok_or_else(|| format!("cannot open the directory of {}", at.display()))?;
+        let name = at.file_name().ok_or("no file name")?;
+        let exchange = || {
+            sys::rename_at(
+                tmp_dir.as_fd(),
+                tmp_name,
+                at_dir.as_fd(),
                 name,
                 libc::RENAME_EXCHANGE,
-            );
-            let _ = std::fs::remove_file(&tmp);
-            return Ok(Outcome::Gone);
+            )
+        };
+        match exchange() {
+            Ok(()) => {}
+            // renamed from outside the mount just now: met again under its new name
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Copied::Skipped(Outcome::Gone)),
+            Err(e) => return Err(format!("cannot swap in the new file: {e}")),
         }
-        std::fs::remove_file(&tmp).map_err(|e| e.to_string())?;
-        let _ = dir_f.sync_all();
-        Ok(Outcome::Done)
+        let swapped_old = sys::stat_at(tmp_dir.as_fd(), tmp_name).is_ok_and(|st| st.st_ino == meta.ino());
+        if !swapped_old {
+            // the name held another file by then: put it back
+            let _ = exchange();
+            return Ok(Copied::Skipped(Outcome::Gone));
+        }
+        drop(gate);
+        if let Err(e) = sys::unlink_at(tmp_dir.as_fd(), tmp_name, 0) {
+            // the next walk of the zone removes it
+            log::warn!("cannot remove the replaced file {:?}: {e}", tmp_name);
+        }
+        let _ = tmp_dir.sync_all();
+        let _ = at_dir.sync_all();
+        Ok(Copied::Swapped { at, new })
     }
 
     /// The kernel may still know the replaced inode: opening it gives ESTALE from now
