@@ -79,12 +79,61 @@ impl crate::format::Backing for SerialWrites<'_> {
 
 /// Lock stripes over block groups (a group is 512 KiB of plaintext).
 const STRIPES: usize = 32;
+const _: () = assert!(STRIPES <= u32::BITS as usize, "a stripe set is a u32");
 
-/// Holds the stripe locks of a range of groups, taken in ascending order.
-#[allow(dead_code)] // the guards are held for their Drop
-enum StripeGuards<'a> {
-    Shared(Vec<parking_lot::RwLockReadGuard<'a, ()>>),
-    Exclusive(Vec<parking_lot::RwLockWriteGuard<'a, ()>>),
+/// Holds the stripe locks of a range of groups, taken in ascending order and released
+/// on drop. A bit set of the stripes held, not a `Vec` of guards: every read and write
+/// takes these, and two allocations per request showed in the daemon's profile of
+/// random reads (malloc, free and collect: about 0.5 µs per read).
+struct StripeGuards<'a> {
+    stripes: &'a [RwLock<()>; STRIPES],
+    held: u32,
+    exclusive: bool,
+}
+
+impl<'a> StripeGuards<'a> {
+    /// Locks the stripes whose bits are set in `wanted`, lowest first.
+    fn lock(stripes: &'a [RwLock<()>; STRIPES], wanted: u32, exclusive: bool) -> Self {
+        for i in Self::indices(wanted) {
+            // released in Drop, which unlocks exactly the stripes in `held`
+            if exclusive {
+                std::mem::forget(stripes[i].write());
+            } else {
+                std::mem::forget(stripes[i].read());
+            }
+        }
+        StripeGuards {
+            stripes,
+            held: wanted,
+            exclusive,
+        }
+    }
+
+    fn indices(mut bits: u32) -> impl Iterator<Item = usize> {
+        std::iter::from_fn(move || {
+            (bits != 0).then(|| {
+                let i = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                i
+            })
+        })
+    }
+}
+
+impl Drop for StripeGuards<'_> {
+    fn drop(&mut self) {
+        for i in Self::indices(self.held) {
+            // SAFETY: `lock` took stripe i in this mode and forgot its guard; only this
+            // value releases it, once.
+            unsafe {
+                if self.exclusive {
+                    self.stripes[i].force_unlock_write();
+                } else {
+                    self.stripes[i].force_unlock_read();
+                }
+            }
+        }
+    }
 }
 
 /// Converts an I/O error to the errno the kernel should see.
@@ -207,17 +256,8 @@ impl EncFile {
     fn stripes(&self, off: u64, end: u64, exclusive: bool) -> StripeGuards<'_> {
         let span = layout::BLOCK * layout::GROUP_BLOCKS;
         let (g0, g1) = (off / span, end.saturating_sub(1).max(off) / span);
-        let mut idx: Vec<usize> = (g0..=g1.min(g0 + STRIPES as u64))
-            .map(|g| (g % STRIPES as u64) as usize)
-            .collect();
-        idx.sort_unstable();
-        idx.dedup();
-        let locks = idx.into_iter().map(|i| &self.stripes[i]);
-        if exclusive {
-            StripeGuards::Exclusive(locks.map(|l| l.write()).collect())
-        } else {
-            StripeGuards::Shared(locks.map(|l| l.read()).collect())
-        }
+        let wanted = (g0..=g1.min(g0 + STRIPES as u64)).fold(0u32, |m, g| m | 1 << (g % STRIPES as u64));
+        StripeGuards::lock(&self.stripes, wanted, exclusive)
     }
 
     /// The backing file as the codec sees it: every access to its blocks goes through
@@ -358,5 +398,45 @@ impl EncFile {
             self.file.sync_all()
         }
         .map_err(|e| errno(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free(stripes: &[RwLock<()>; STRIPES]) -> Vec<usize> {
+        (0..STRIPES)
+            .filter(|&i| stripes[i].try_write().is_some())
+            .collect()
+    }
+
+    /// The stripes set are held in the mode asked, the others are free, and all are
+    /// released on drop.
+    #[test]
+    fn stripe_guards_hold_exactly_their_stripes() {
+        let stripes: [RwLock<()>; STRIPES] = std::array::from_fn(|_| RwLock::new(()));
+        let all: Vec<usize> = (0..STRIPES).collect();
+        let wanted = 1 << 0 | 1 << 5 | 1 << 31;
+        {
+            let _g = StripeGuards::lock(&stripes, wanted, false);
+            let f = free(&stripes);
+            assert_eq!(
+                f,
+                all.iter()
+                    .copied()
+                    .filter(|i| ![0, 5, 31].contains(i))
+                    .collect::<Vec<_>>()
+            );
+            // shared: other readers get in
+            assert!(stripes[5].try_read().is_some());
+        }
+        assert_eq!(free(&stripes), all);
+        {
+            let _g = StripeGuards::lock(&stripes, 1 << 7, true);
+            assert!(stripes[7].try_read().is_none());
+            assert_eq!(free(&stripes).len(), STRIPES - 1);
+        }
+        assert_eq!(free(&stripes), all);
     }
 }
