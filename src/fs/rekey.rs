@@ -406,8 +406,15 @@ impl Core {
             // the next walk of the zone removes it
             log::warn!("cannot remove the replaced file {:?}: {e}", tmp_name);
         }
-        let _ = tmp_dir.sync_all();
+        // one directory in the common case: one fsync of it
         let _ = at_dir.sync_all();
+        let same_dir = match (tmp_dir.metadata(), at_dir.metadata()) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => false,
+        };
+        if !same_dir {
+            let _ = tmp_dir.sync_all();
+        }
         Ok(Copied::Swapped { at, new })
     }
 
