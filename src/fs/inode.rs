@@ -315,10 +315,16 @@ impl InodeTable {
         self.t.read().by_id.get(&id).cloned()
     }
 
-    /// The known inode for a backing file, with its lookup count raised.
+    /// The known inode for a backing file, in the locked table `t`.
+    fn find_in(t: &Tables, key: (u64, u64)) -> Option<&Arc<Inode>> {
+        t.by_key.get(&key).and_then(|id| t.by_id.get(id))
+    }
+
+    /// The known inode for a backing file, with its lookup count raised (under the
+    /// table lock, so that a concurrent forget cannot drop it meanwhile).
     pub fn find_and_ref(&self, key: (u64, u64)) -> Option<Arc<Inode>> {
         let t = self.t.read();
-        let ino = t.by_key.get(&key).and_then(|id| t.by_id.get(id))?;
+        let ino = Self::find_in(&t, key)?;
         ino.nlookup.fetch_add(1, Ordering::Relaxed);
         Some(ino.clone())
     }
@@ -327,10 +333,7 @@ impl InodeTable {
     /// followed it through every rename; `None` if the mount does not know the inode
     /// (or its descriptor was closed and cannot be reopened).
     pub fn open_known(&self, key: (u64, u64), flags: libc::c_int) -> Option<std::io::Result<std::fs::File>> {
-        let ino = {
-            let t = self.t.read();
-            t.by_key.get(&key).and_then(|id| t.by_id.get(id)).cloned()?
-        };
+        let ino = Self::find_in(&self.t.read(), key)?.clone();
         let fd = ino.fd().ok()?;
         Some(super::sys::reopen(fd.as_fd(), flags))
     }
