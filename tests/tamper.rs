@@ -385,3 +385,24 @@ fn copy_raw_bytes(f: &Fixture, to: &str, src: &[u8], off: u64, len: usize) {
         .unwrap();
     dst.sync_all().unwrap();
 }
+
+/// A file read cold and front to back reaches ezfs as large reads, which it takes
+/// from the disk straight into its buffer (direct I/O, when the backing page cache
+/// lacks them): a damaged block there gives EIO for that block only too.
+#[test]
+fn flipped_data_block_in_a_cold_stream() {
+    let f = Fixture::new();
+    let m = f.mount();
+    f.zone("z", "k1");
+    let data = Rng::new(79).bytes(3 * 128 * BS + 5000);
+    fs::write(f.m("z/f"), &data).unwrap();
+    fs::write(f.m("z/intact"), &data).unwrap();
+    m.unmount();
+    f.flip_raw("z/f", data_offset(200) + 9, 0x04);
+    drop_caches();
+    let _m = f.mount();
+    assert_same(&fs::read(f.m("z/intact")).unwrap(), &data, "a cold stream");
+    assert_errno(fs::read(f.m("z/f")), libc::EIO, "a cold stream over the damage");
+    drop_caches();
+    check_blocks(&f.m("z/f"), &data, &[200]);
+}

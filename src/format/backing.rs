@@ -41,6 +41,12 @@ pub trait Backing {
     fn entries_in_memory(&self, _off: u64, _len: usize) -> bool {
         false
     }
+    /// Reads like [`Backing::read_at`], past the page cache, for a large read of data
+    /// the caller will not read from the backing file again soon; `None` when this
+    /// backing does not take this read that way (the caller then reads it buffered).
+    fn read_direct(&self, _buf: &mut [u8], _off: u64) -> Option<io::Result<usize>> {
+        None
+    }
 }
 
 impl<B: Backing + ?Sized> Backing for &B {
@@ -67,6 +73,9 @@ impl<B: Backing + ?Sized> Backing for &B {
     }
     fn entries_in_memory(&self, off: u64, len: usize) -> bool {
         (**self).entries_in_memory(off, len)
+    }
+    fn read_direct(&self, buf: &mut [u8], off: u64) -> Option<io::Result<usize>> {
+        (**self).read_direct(buf, off)
     }
 }
 

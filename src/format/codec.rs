@@ -145,6 +145,20 @@ impl BlockCodec {
         // entries in memory are read after the first data read, which gives them time
         // to reach the CPU cache; entries on disk first, with the data prefetched
         let in_memory = b.entries_in_memory(entry_offset(lo), n);
+        // a run of several chunks is a stream: its ciphertext may come from the disk
+        // straight into `out`, not through the backing page cache (a copy saved), with
+        // the entries' disk read started first so that the two overlap
+        if out.len() > CHUNK {
+            if !in_memory {
+                b.prefetch(entry_offset(lo), n);
+            }
+            if let Some(got) = b.read_direct(out, data_offset(lo)) {
+                let got = got?;
+                out[got..].fill(0);
+                read_or_zero(b, entries, entry_offset(lo))?;
+                return self.open_blocks(lo, entries, out);
+            }
+        }
         if !in_memory {
             let got = b.read_entries(entries, entry_offset(lo), data_offset(lo), out.len())?;
             entries[got..].fill(0);
@@ -156,10 +170,15 @@ impl BlockCodec {
             if in_memory && c == 0 {
                 read_or_zero(b, entries, entry_offset(lo))?;
             }
-            let entries = &entries[(first - lo) as usize * ENTRY..];
-            for (i, (block, entry)) in chunk.chunks_mut(BS).zip(entries.chunks(ENTRY)).enumerate() {
-                self.open_block(first + i as u64, entry, block)?;
-            }
+            self.open_blocks(first, &entries[(first - lo) as usize * ENTRY..], chunk)?;
+        }
+        Ok(())
+    }
+
+    /// Opens, in place, the blocks of `buf` from block `first` on, given their entries.
+    fn open_blocks(&self, first: u64, entries: &[u8], buf: &mut [u8]) -> Result<(), CodecError> {
+        for (i, (block, entry)) in buf.chunks_mut(BS).zip(entries.chunks(ENTRY)).enumerate() {
+            self.open_block(first + i as u64, entry, block)?;
         }
         Ok(())
     }

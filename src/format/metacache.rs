@@ -367,6 +367,11 @@ impl<B: Backing> Backing for CachedMeta<'_, B> {
     fn entries_in_memory(&self, off: u64, len: usize) -> bool {
         group_of(off, len).is_some_and(|g| self.cache.touch(g, off, len))
     }
+
+    /// Straight to the file: the cache writes through, so the file holds what it holds.
+    fn read_direct(&self, buf: &mut [u8], off: u64) -> Option<io::Result<usize>> {
+        self.inner.read_direct(buf, off)
+    }
 }
 
 #[cfg(test)]

@@ -75,6 +75,9 @@ impl crate::format::Backing for SerialWrites<'_> {
     fn prefetch(&self, off: u64, len: usize) {
         sys::will_need(self.file, off, len as u64);
     }
+    fn read_direct(&self, buf: &mut [u8], off: u64) -> Option<io::Result<usize>> {
+        self.direct.read(self.file, buf, off)
+    }
 }
 
 /// Lock stripes over block groups (a group is 512 KiB of plaintext).

@@ -222,6 +222,26 @@ pub fn will_need(f: &File, off: u64, len: u64) {
     unsafe { libc::posix_fadvise(f.as_raw_fd(), off as i64, len as i64, libc::POSIX_FADV_WILLNEED) };
 }
 
+/// How many pages of `[off, off + len)` of `f` the page cache holds (`cachestat(2)`,
+/// Linux 6.5); `None` where the kernel lacks the call.
+pub fn cached_pages(f: &File, off: u64, len: u64) -> Option<u64> {
+    /// `cachestat`'s number, the same on every architecture (the shared syscall table);
+    /// the `libc` crate names it only for some targets.
+    const SYS_CACHESTAT: libc::c_long = 451;
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    let range = Range { off, len };
+    // struct cachestat: nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted
+    let mut stat = [0u64; 5];
+    // SAFETY: both are live and laid out as the kernel's structs; the call only reads
+    // `range` and writes `stat`.
+    let r = unsafe { libc::syscall(SYS_CACHESTAT, f.as_raw_fd(), &range, stat.as_mut_ptr(), 0u32) };
+    (r == 0).then_some(stat[0])
+}
+
 fn xattr_result(r: isize) -> io::Result<usize> {
     if r < 0 {
         Err(io::Error::last_os_error())
