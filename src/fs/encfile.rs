@@ -45,7 +45,8 @@ pub struct EncFile {
 /// the CPU while the holder copies: measured here, 4 request threads writing one
 /// file spent a sixth of the daemon's CPU spinning there. Waiting here parks the
 /// thread instead, leaving the core to the threads that are sealing.
-/// Large aligned writes go past the page cache (see [`direct`]).
+/// Large aligned writes, and large reads of what the page cache lacks, go past it
+/// (see [`direct`]).
 struct SerialWrites<'a> {
     file: &'a File,
     lock: &'a parking_lot::Mutex<()>,
