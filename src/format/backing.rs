@@ -6,7 +6,19 @@
 use parking_lot::RwLock;
 use std::fs::File;
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
+
+/// Where a small data read lies, in backing offsets (see [`Backing::read_around`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Around {
+    /// The aligned window of blocks holding the read, inside its group: what a backing
+    /// may read with it.
+    pub window: Range<u64>,
+    /// The data blocks of the read's group: where a backing may look to judge whether
+    /// the file is read densely. The caller's lock covers it.
+    pub area: Range<u64>,
+}
 
 /// Positioned I/O on the ciphertext of one file.
 #[allow(clippy::len_without_is_empty)] // a length in bytes, as File::metadata().len()
@@ -47,6 +59,13 @@ pub trait Backing {
     fn read_direct(&self, _buf: &mut [u8], _off: u64) -> Option<io::Result<usize>> {
         None
     }
+    /// Reads like [`Backing::read_at`], for a small read inside `around.window`. A
+    /// backing may read all of the window in the same disk request when the read misses
+    /// the page cache: neighbours in a file read densely at random then cost no disk
+    /// request of their own.
+    fn read_around(&self, buf: &mut [u8], off: u64, _around: &Around) -> io::Result<usize> {
+        self.read_at(buf, off)
+    }
 }
 
 impl<B: Backing + ?Sized> Backing for &B {
@@ -76,6 +95,9 @@ impl<B: Backing + ?Sized> Backing for &B {
     }
     fn read_direct(&self, buf: &mut [u8], off: u64) -> Option<io::Result<usize>> {
         (**self).read_direct(buf, off)
+    }
+    fn read_around(&self, buf: &mut [u8], off: u64, around: &Around) -> io::Result<usize> {
+        (**self).read_around(buf, off, around)
     }
 }
 

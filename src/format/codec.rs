@@ -15,7 +15,7 @@
 //! The codec holds no state besides the key: the caller passes the current plaintext
 //! size and serializes writers (see the filesystem's per-file lock).
 
-use super::backing::Backing;
+use super::backing::{Around, Backing};
 use super::layout::*;
 use crate::crypto::{Cipher, Key, NONCE_LEN, TAG_LEN};
 use std::io;
@@ -81,6 +81,31 @@ fn read_or_zero(b: &dyn Backing, buf: &mut [u8], off: u64) -> io::Result<()> {
     let n = b.read_at(buf, off)?;
     buf[n..].fill(0);
     Ok(())
+}
+
+/// Blocks a small read may bring in with it ([`Backing::read_around`]): 32 KiB. On
+/// the disk measured here a random 32 KiB read took 1.5x the time of a 4 KiB one (92
+/// to 99 against 60 to 67 µs), and each of the seven neighbours it brings in is then
+/// read at the cost of a page-cache hit.
+const AROUND_BLOCKS: u64 = 8;
+const _: () = assert!(GROUP_BLOCKS % AROUND_BLOCKS == 0, "a window stays in its group");
+
+/// For a run `[lo, hi]` inside one aligned window of [`AROUND_BLOCKS`] blocks and
+/// smaller than it: where it lies, cut at the end of a file of `size` bytes. `None`
+/// for other runs.
+fn surroundings(lo: u64, hi: u64, size: u64) -> Option<Around> {
+    let window = lo - lo % AROUND_BLOCKS;
+    let group = lo - lo % GROUP_BLOCKS;
+    let last = block_count(size).checked_sub(1)?;
+    let end = (window + AROUND_BLOCKS - 1).min(last);
+    if hi > end || (lo, hi) == (window, end) {
+        return None;
+    }
+    let bytes = |a: u64, z: u64| data_offset(a)..data_offset(z) + block_len(z, size);
+    Some(Around {
+        window: bytes(window, end),
+        area: bytes(group, (group + GROUP_BLOCKS - 1).min(last)),
+    })
 }
 
 /// Plaintext bytes of blocks `[lo, hi]` in a file of `size` bytes.
@@ -163,10 +188,18 @@ impl BlockCodec {
             let got = b.read_entries(entries, entry_offset(lo), data_offset(lo), out.len())?;
             entries[got..].fill(0);
         }
+        let around = surroundings(lo, hi, size);
         // read and open a chunk at a time, so each block is decrypted while in cache
         for (c, chunk) in out.chunks_mut(CHUNK).enumerate() {
             let first = lo + (c * CHUNK / BS) as u64;
-            read_or_zero(b, chunk, data_offset(first))?;
+            match &around {
+                // a run inside its window: one chunk
+                Some(around) => {
+                    let n = b.read_around(chunk, data_offset(first), around)?;
+                    chunk[n..].fill(0);
+                }
+                None => read_or_zero(b, chunk, data_offset(first))?,
+            }
             if in_memory && c == 0 {
                 read_or_zero(b, entries, entry_offset(lo))?;
             }

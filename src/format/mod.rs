@@ -7,7 +7,7 @@ pub mod header;
 pub mod layout;
 pub mod metacache;
 
-pub use backing::{Backing, MemBacking};
+pub use backing::{Around, Backing, MemBacking};
 pub use codec::{BlockCodec, CodecError};
 pub use header::{Header, HeaderError};
 pub use metacache::{CachedMeta, MetaCache};

@@ -2,11 +2,11 @@
 //! data key and plaintext size, shared by every handle of the inode so the key is
 //! unwrapped once per open file, not per request.
 
-use super::{direct, sys, writebehind};
+use super::{direct, readaround, sys, writebehind};
 use crate::crypto::{random_bytes, Key};
 use crate::format::header::read_header;
 use crate::format::layout::{self, plain_size};
-use crate::format::{BlockCodec, CachedMeta, CodecError, Header, MetaCache};
+use crate::format::{Around, BlockCodec, CachedMeta, CodecError, Header, MetaCache};
 use crate::keys::{KeyError, KeyProvider};
 use crate::zone::Zone;
 use fuser::Errno;
@@ -46,7 +46,8 @@ pub struct EncFile {
 /// file spent a sixth of the daemon's CPU spinning there. Waiting here parks the
 /// thread instead, leaving the core to the threads that are sealing.
 /// Large aligned writes, and large reads of what the page cache lacks, go past it
-/// (see [`direct`]).
+/// (see [`direct`]); small reads that miss it may bring in their neighbours (see
+/// [`readaround`]).
 struct SerialWrites<'a> {
     file: &'a File,
     lock: &'a parking_lot::Mutex<()>,
@@ -78,6 +79,9 @@ impl crate::format::Backing for SerialWrites<'_> {
     }
     fn read_direct(&self, buf: &mut [u8], off: u64) -> Option<io::Result<usize>> {
         self.direct.read(self.file, buf, off)
+    }
+    fn read_around(&self, buf: &mut [u8], off: u64, around: &Around) -> io::Result<usize> {
+        readaround::read(self.file, buf, off, around)
     }
 }
 

@@ -8,6 +8,7 @@
 mod direct;
 pub mod encfile;
 pub mod inode;
+mod readaround;
 pub mod reencrypt;
 mod rekey;
 pub mod sys;

@@ -8,6 +8,7 @@ use crate::format::backing::MemBacking;
 use crate::format::layout;
 use crate::format::metacache::{CachedMeta, MetaCache};
 use proptest::prelude::*;
+use std::ops::Range;
 
 const G: u64 = GROUP_BLOCKS * BLOCK;
 
@@ -189,6 +190,8 @@ enum Via {
     Cache,
     /// A file that writes large runs direct: whole group runs in one aligned buffer.
     Direct,
+    /// A file that takes every read offered: direct reads, windows around small ones.
+    Offers,
 }
 
 /// A `MemBacking` that asks for direct-I/O-sized writes and checks that runs of
@@ -230,10 +233,12 @@ fn run_model(ops: &[Op], via: Via) -> Result<(), TestCaseError> {
         cache: &cache,
     };
     let direct = DirectLike(&mem, Default::default());
+    let offers = TakesOffers::new(&mem);
     let b: &dyn Backing = match via {
         Via::Plain => &mem,
         Via::Cache => &through_cache,
         Via::Direct => &direct,
+        Via::Offers => &offers,
     };
     let mut model: Vec<u8> = Vec::new();
     for (step, op) in ops.iter().enumerate() {
@@ -312,6 +317,12 @@ proptest! {
     #[test]
     fn model_random_ops_direct(ops in op_sequences()) {
         run_model(&ops, Via::Direct)?;
+    }
+
+    /// The same, with every direct read and read-around window taken.
+    #[test]
+    fn model_random_ops_offers(ops in op_sequences()) {
+        run_model(&ops, Via::Offers)?;
     }
 }
 
@@ -1050,26 +1061,59 @@ fn codec_writes_documented_format() {
     }
 }
 
-/// A backing that takes every read offered as direct (as a real one does when the
-/// page cache lacks the range), counting them.
-struct TakesDirect<'a>(&'a MemBacking, std::sync::atomic::AtomicUsize);
+/// A backing that takes every read it is offered: large runs as direct reads (as a
+/// real one does when the page cache lacks the range), counted, and the whole window
+/// of every small read (as a real one does in a densely read group), recorded.
+struct TakesOffers<'a> {
+    mem: &'a MemBacking,
+    direct: std::sync::atomic::AtomicUsize,
+    windows: parking_lot::Mutex<Vec<Range<u64>>>,
+}
 
-impl Backing for TakesDirect<'_> {
+impl<'a> TakesOffers<'a> {
+    fn new(mem: &'a MemBacking) -> Self {
+        TakesOffers {
+            mem,
+            direct: Default::default(),
+            windows: Default::default(),
+        }
+    }
+}
+
+impl Backing for TakesOffers<'_> {
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
-        self.0.read_at(buf, off)
+        self.mem.read_at(buf, off)
     }
     fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
-        self.0.write_at(buf, off)
+        self.mem.write_at(buf, off)
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.0.set_len(len)
+        self.mem.set_len(len)
     }
     fn len(&self) -> io::Result<u64> {
-        self.0.len()
+        self.mem.len()
     }
     fn read_direct(&self, buf: &mut [u8], off: u64) -> Option<io::Result<usize>> {
-        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Some(self.0.read_at(buf, off))
+        self.direct.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(self.mem.read_at(buf, off))
+    }
+    fn read_around(&self, buf: &mut [u8], off: u64, around: &Around) -> io::Result<usize> {
+        let w = &around.window;
+        assert!(
+            w.start <= off && off + buf.len() as u64 <= w.end,
+            "{off} in {around:?}"
+        );
+        assert!(
+            around.area.start <= w.start && w.end <= around.area.end,
+            "{around:?}"
+        );
+        let mut window = vec![0u8; (w.end - w.start) as usize];
+        let got = self.mem.read_at(&mut window, w.start)?;
+        let at = (off - w.start) as usize;
+        let n = got.saturating_sub(at).min(buf.len());
+        buf[..n].copy_from_slice(&window[at..at + n]);
+        self.windows.lock().push(w.clone());
+        Ok(n)
     }
 }
 
@@ -1088,14 +1132,14 @@ fn streaming_reads_decrypt_direct_reads() {
     let mut want = plain.clone();
     want[G as usize..2 * G as usize].fill(0);
     let cache = MetaCache::default();
-    let direct = TakesDirect(&mem, Default::default());
+    let direct = TakesOffers::new(&mem);
     let b = CachedMeta {
         inner: &direct,
         cache: &cache,
     };
     assert_eq!(read_all(&c, &b, size).unwrap(), want);
     // every run longer than a chunk went direct: the three whole groups
-    assert_eq!(direct.1.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(direct.direct.load(std::sync::atomic::Ordering::Relaxed), 3);
     assert_eq!(
         read_range(&c, &b, size, 100 * BLOCK, 2 * G as usize).unwrap(),
         want[100 * BLOCK as usize..100 * BLOCK as usize + 2 * G as usize]
@@ -1107,4 +1151,74 @@ fn streaming_reads_decrypt_direct_reads() {
         want[..2 * G as usize],
         "the groups before the damage"
     );
+}
+
+/// The window and group offered around small runs: aligned windows of
+/// [`AROUND_BLOCKS`] inside their group, cut at the end of the file; none for runs
+/// that fill or cross their window.
+#[test]
+fn surroundings_of_small_runs() {
+    let w = AROUND_BLOCKS;
+    let size = 3 * G + 5000;
+    let span = |a: u64, z: u64| data_offset(a)..data_offset(z) + block_len(z, size);
+    let around = |a: u64, z: u64| {
+        let g = a / GROUP_BLOCKS * GROUP_BLOCKS;
+        Some(Around {
+            window: span(a, z),
+            area: span(g, (g + GROUP_BLOCKS - 1).min(3 * GROUP_BLOCKS + 1)),
+        })
+    };
+    assert_eq!(surroundings(0, 0, size), around(0, w - 1));
+    assert_eq!(surroundings(w + 2, w + 3, size), around(w, 2 * w - 1));
+    let in_third = 2 * GROUP_BLOCKS + 3 * w + 1;
+    assert_eq!(
+        surroundings(in_third, in_third, size),
+        around(in_third - 1, in_third + w - 2)
+    );
+    // the last group has two blocks, the second one short
+    let tail = 3 * GROUP_BLOCKS;
+    assert_eq!(surroundings(tail, tail, size), around(tail, tail + 1));
+    assert_eq!(surroundings(tail + 1, tail + 1, size), around(tail, tail + 1));
+    assert_eq!(surroundings(tail, tail + 1, size), None, "fills its window");
+    assert_eq!(surroundings(0, w - 1, size), None, "fills its window");
+    assert_eq!(surroundings(w - 1, w, size), None, "crosses two windows");
+    assert_eq!(surroundings(0, 0, 0), None, "an empty file");
+}
+
+/// Small reads come back whole from a backing that reads their windows: the
+/// plaintext, a hole, the short last block, damage in the block read found and damage
+/// in a neighbour of its window not reported.
+#[test]
+fn small_reads_through_their_windows() {
+    let c = codec();
+    let mem = empty_backing();
+    let size = G + 5000;
+    let plain = bytes(12, size as usize);
+    c.write(&mem, HEADER_LEN, 0, &plain[..2 * BLOCK as usize])
+        .unwrap();
+    c.write(&mem, 2 * BLOCK, 3 * BLOCK, &plain[3 * BLOCK as usize..])
+        .unwrap();
+    let mut want = plain.clone();
+    want[2 * BLOCK as usize..3 * BLOCK as usize].fill(0);
+    let around = TakesOffers::new(&mem);
+    for off in [0, 2 * BLOCK + 7, 3 * BLOCK - 100, 77 * BLOCK, G, G + 4096] {
+        let len = (size - off).min(BLOCK) as usize;
+        assert_eq!(
+            read_range(&c, &around, size, off, len).unwrap(),
+            want[off as usize..off as usize + len],
+            "at {off}"
+        );
+    }
+    let windows = around.windows.lock().clone();
+    assert_eq!(windows.len(), 6, "one window per read: {windows:?}");
+    assert_eq!(
+        windows[4],
+        data_offset(GROUP_BLOCKS)..data_offset(GROUP_BLOCKS + 1) + 5000 - 4096
+    );
+    flip(&mem, data_offset(78) + 9, 1);
+    assert_eq!(
+        read_range(&c, &around, size, 77 * BLOCK, BLOCK as usize).unwrap(),
+        want[77 * BLOCK as usize..78 * BLOCK as usize]
+    );
+    assert_corrupt(read_range(&c, &around, size, 78 * BLOCK, BLOCK as usize), 78);
 }
