@@ -11,7 +11,8 @@
 //! length and offset, go through a second descriptor opened with `O_DIRECT` instead:
 //! the disk reads them from, or writes them into, the daemon's buffer. Smaller I/O
 //! (random 4 KiB reads and overwrites, metadata entries) stays buffered, where the
-//! page cache absorbs rewrites and readahead serves neighbouring reads.
+//! page cache absorbs rewrites and serves the neighbours that readahead and
+//! read-around ([`super::readaround`]) bring in.
 //!
 //! A large read goes direct only when the page cache holds none of its range: what
 //! is cached (written and not yet on the disk, or read before) is cheaper to copy
