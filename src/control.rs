@@ -2,19 +2,41 @@
 //!
 //! One abstract Unix socket per mount, named after the backing directory's device and
 //! inode, so any user who can reach the mount can find it without a writable path.
-//! Requests and responses are one JSON line each. The daemon learns the caller's uid
-//! from the socket (SO_PEERCRED) and checks it where an operation needs it.
+//! Requests and responses are one JSON line each.
+//!
+//! Anyone can connect, and anyone could bind the name first, so both ends check the
+//! other (`SO_PEERCRED`):
+//! - the daemon answers each request for the caller the kernel names: paths are
+//!   resolved with the caller's rights, `reload` and `key_list` are for root and the
+//!   keystore's owner only; requests are bounded (64 KiB) and served by several
+//!   threads with read and write timeouts, so no client can hold the others up;
+//! - a client talks only to a daemon it can trust: root, itself, or the very process
+//!   that recorded itself in `BACKING/.ezfs/daemon.json` when it mounted.
 
+use crate::backdir::{sys, Caller};
 use crate::fs::Core;
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Longest request line the daemon reads.
+pub const MAX_REQUEST: u64 = 64 * 1024;
+/// Connections served at once; more are told to retry.
+const MAX_CLIENTS: usize = 16;
+/// How long the daemon waits for a client to send its request or take its answer.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest error sentence sent back (a request can name a long path).
+const MAX_ERROR: usize = 2000;
+/// The daemon's record of itself in `.ezfs`, for clients that can read it.
+pub const DAEMON_FILE: &str = "daemon.json";
 
 /// A request to the mount daemon.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -22,7 +44,7 @@ use std::time::Duration;
 pub enum Request {
     /// Who are you: pid, mountpoint, backing dir.
     Ping,
-    /// Re-read the keystore (the command line changed it).
+    /// Re-read the keystore (the command line changed it) and find the zones again.
     Reload,
     ZoneCreate {
         path: String,
@@ -37,6 +59,10 @@ pub enum Request {
         path: String,
         data: bool,
     },
+    /// Stop the running job of the zone rooted at `path` (resumable).
+    ReencryptCancel {
+        path: String,
+    },
     /// Re-encryption status of every zone, or of the zone rooted at `path`.
     ReencryptStatus {
         path: Option<String>,
@@ -46,6 +72,8 @@ pub enum Request {
     ReencryptJob {
         zone_id: String,
     },
+    /// The keystore's public part as the daemon authenticated it.
+    KeyList,
 }
 
 /// The daemon's answer: `Ok(data)` or one error sentence.
@@ -67,8 +95,9 @@ fn socket_addr(backing: &Path) -> std::io::Result<SocketAddr> {
     SocketAddr::from_abstract_name(format!("ezfs/{}/{}", m.dev(), m.ino()))
 }
 
-/// Uid of the process at the other end of `s`.
-fn peer_uid(s: &UnixStream) -> Option<u32> {
+/// The process at the other end of `s`, as the kernel saw it connect or bind.
+fn peer(s: &UnixStream) -> Option<Caller> {
+    // SAFETY: ucred is plain integers, for which zero is a value.
     let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: cred and len are valid out pointers of the right size.
@@ -81,7 +110,7 @@ fn peer_uid(s: &UnixStream) -> Option<u32> {
             &mut len,
         )
     };
-    (r == 0).then_some(cred.uid)
+    (r == 0).then(|| Caller::new(cred.uid, cred.gid, cred.pid as u32))
 }
 
 /// Listens for requests on behalf of the mounted filesystem `core`.
@@ -92,13 +121,23 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the socket; fails if another daemon serves the same backing dir.
-    pub fn bind(core: Arc<Core>, mountpoint: PathBuf) -> std::io::Result<Server> {
-        let listener = UnixListener::bind_addr(&socket_addr(&core.backing)?).map_err(|e| {
+    /// Binds the socket; fails if another process holds the name (another daemon of
+    /// the same backing dir, or a squatter: the message tells which).
+    pub fn bind(core: Arc<Core>, mountpoint: PathBuf) -> Result<Server, String> {
+        let addr = socket_addr(&core.backing).map_err(|e| e.to_string())?;
+        let listener = UnixListener::bind_addr(&addr).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AddrInUse {
-                std::io::Error::new(e.kind(), format!("{} is already mounted", core.backing.display()))
+                match probe(&core.backing) {
+                    Probe::Daemon(m) => format!(
+                        "{} is already mounted at {}",
+                        core.backing.display(),
+                        m.mountpoint.display()
+                    ),
+                    Probe::Impostor(p) => impostor(&core.backing, &p),
+                    Probe::Nobody => format!("{} is already mounted", core.backing.display()),
+                }
             } else {
-                e
+                e.to_string()
             }
         })?;
         Ok(Server {
@@ -108,30 +147,73 @@ impl Server {
         })
     }
 
-    /// Serves requests until the process exits.
+    /// Serves requests until the process exits: each connection in a thread of its
+    /// own, at most [`MAX_CLIENTS`] at once.
     pub fn run(self) {
-        for stream in self.listener.incoming().flatten() {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-            if let Err(e) = self.serve_one(&stream) {
-                log::debug!("control connection: {e}");
+        let me = Arc::new(self);
+        let active = Arc::new(AtomicUsize::new(0));
+        for stream in me.listener.incoming().flatten() {
+            let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+            let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+            if active.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
+                active.fetch_sub(1, Ordering::AcqRel);
+                let _ = reply(&stream, Err("the mount daemon is busy; try again".into()));
+                continue;
+            }
+            let (me, done) = (me.clone(), active.clone());
+            let spawned = std::thread::Builder::new()
+                .name("ezfs-control-client".into())
+                .spawn(move || {
+                    if let Err(e) = me.serve_one(&stream) {
+                        log::debug!("control connection: {e}");
+                    }
+                    done.fetch_sub(1, Ordering::AcqRel);
+                });
+            if spawned.is_err() {
+                active.fetch_sub(1, Ordering::AcqRel);
             }
         }
     }
 
     fn serve_one(&self, stream: &UnixStream) -> std::io::Result<()> {
-        let uid = peer_uid(stream).unwrap_or(u32::MAX);
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line)?;
-        let result = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => self.handle(req, uid),
-            Err(e) => Err(format!("bad request: {e}")),
+        let Some(caller) = peer(stream) else {
+            return Ok(());
         };
-        let mut out = serde_json::to_vec(&Response { result }).expect("response serializes");
-        out.push(b'\n');
-        (&*stream).write_all(&out)
+        let mut line = Vec::new();
+        BufReader::new(stream.take(MAX_REQUEST + 1)).read_until(b'\n', &mut line)?;
+        let result = if line.len() as u64 > MAX_REQUEST {
+            Err(format!("request longer than {MAX_REQUEST} bytes"))
+        } else {
+            match serde_json::from_slice::<Request>(&line) {
+                Ok(req) => self.handle(req, &caller),
+                Err(e) => Err(format!("bad request: {e}")),
+            }
+        };
+        reply(stream, result)
     }
 
-    fn handle(&self, req: Request, uid: u32) -> Result<serde_json::Value, String> {
+    /// Whether `caller` may change what the daemon knows of the keystore: root, or the
+    /// keystore file's owner.
+    fn keystore_admin(&self, caller: &Caller) -> Result<(), String> {
+        if caller.is_root() {
+            return Ok(());
+        }
+        let owner = sys::open_at(
+            sys::at_cwd(),
+            crate::keys::keystore::ezfs_dir(&self.core.backing).as_os_str(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )
+        .and_then(|d| sys::stat_at(d.as_fd(), OsStr::new(crate::keys::keystore::KEYSTORE_FILE)))
+        .map(|st| st.st_uid);
+        if owner.is_ok_and(|o| o == caller.uid) {
+            Ok(())
+        } else {
+            Err("only root and the keystore's owner may do that".into())
+        }
+    }
+
+    fn handle(&self, req: Request, caller: &Caller) -> Result<serde_json::Value, String> {
         let c = &self.core;
         match req {
             Request::Ping => Ok(json(&MountInfo {
@@ -139,23 +221,35 @@ impl Server {
                 mountpoint: self.mountpoint.clone(),
                 backing: c.backing.clone(),
             })),
-            Request::Reload => c
-                .keys
-                .reload()
-                .map(|_| serde_json::Value::Null)
-                .map_err(|e| e.to_string()),
-            Request::ZoneCreate { path, key } => c.zone_create(&path, &key, uid).map(|z| json(&z)),
-            Request::ZoneInfo { path } => c.zone_info(&path).map(|z| json(&z)),
-            Request::ZoneList => Ok(json(&c.zone_list())),
-            Request::ReencryptStart { path, data } => c.reencrypt_start(&path, data, uid).map(|j| json(&j)),
-            Request::ReencryptStatus { path } => c.reencrypt_status(path.as_deref()).map(|j| json(&j)),
-            Request::ReencryptJob { zone_id } => c
-                .jobs
-                .get(&zone_id)
-                .map(|j| json(&j))
-                .ok_or_else(|| format!("no re-encryption job of zone {zone_id} is on record")),
+            Request::Reload => {
+                self.keystore_admin(caller)?;
+                c.reload().map(|_| serde_json::Value::Null)
+            }
+            Request::KeyList => {
+                self.keystore_admin(caller)?;
+                Ok(json(c.keys.store().read().body()))
+            }
+            Request::ZoneCreate { path, key } => c.zone_create(&path, &key, caller).map(|z| json(&z)),
+            Request::ZoneInfo { path } => c.zone_info(&path, caller).map(|z| json(&z)),
+            Request::ZoneList => Ok(json(&c.zone_list(caller))),
+            Request::ReencryptStart { path, data } => {
+                c.reencrypt_start(&path, data, caller).map(|j| json(&j))
+            }
+            Request::ReencryptCancel { path } => c.reencrypt_cancel(&path, caller).map(|j| json(&j)),
+            Request::ReencryptStatus { path } => {
+                c.reencrypt_status(path.as_deref(), caller).map(|j| json(&j))
+            }
+            Request::ReencryptJob { zone_id } => c.reencrypt_job(&zone_id, caller).map(|j| json(&j)),
         }
     }
+}
+
+/// Sends one answer line; an error sentence is cut to [`MAX_ERROR`] bytes.
+fn reply(stream: &UnixStream, result: Result<serde_json::Value, String>) -> std::io::Result<()> {
+    let result = result.map_err(|e| crate::text::shorten(&e, MAX_ERROR));
+    let mut out = serde_json::to_vec(&Response { result }).expect("response serializes");
+    out.push(b'\n');
+    (&*stream).write_all(&out)
 }
 
 fn json<T: Serialize>(v: &T) -> serde_json::Value {
@@ -167,10 +261,100 @@ fn json<T: Serialize>(v: &T) -> serde_json::Value {
 pub enum ClientError {
     #[error("{0} is not mounted")]
     NotMounted(PathBuf),
+    #[error("{}", impostor(.0, .1))]
+    Impostor(PathBuf, Caller),
     #[error("{0}")]
     Failed(String),
     #[error("talking to the mount daemon: {0}")]
     Io(#[from] std::io::Error),
+}
+
+fn impostor(backing: &Path, p: &Caller) -> String {
+    format!(
+        "the control socket of {} is held by process {} (uid {}), which is not its ezfs daemon; \
+         it was ignored (stop that process)",
+        backing.display(),
+        p.pid,
+        p.uid
+    )
+}
+
+/// The daemon's record of itself, if this process may read it (root and the backing
+/// dir's owner may).
+fn recorded_daemon(backing: &Path) -> Option<(u32, u32)> {
+    let dir = sys::open_at(
+        sys::at_cwd(),
+        crate::keys::keystore::ezfs_dir(backing).as_os_str(),
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )
+    .ok()?;
+    let bytes = crate::backdir::resolve::read_small(dir.as_fd(), OsStr::new(DAEMON_FILE), 4096).ok()?;
+    let st = sys::stat_at(dir.as_fd(), OsStr::new(DAEMON_FILE)).ok()?;
+    let info: MountInfo = serde_json::from_slice(&bytes).ok()?;
+    Some((info.pid, st.st_uid))
+}
+
+/// Whether the server at the other end of `s` is the daemon of `backing`: the process
+/// that recorded itself in `.ezfs` when that record is readable here, else a process of
+/// root or of this user.
+fn trusted(s: &UnixStream, backing: &Path) -> Result<(), Caller> {
+    let Some(p) = peer(s) else {
+        return Err(Caller::new(u32::MAX, u32::MAX, 0));
+    };
+    let ok = match recorded_daemon(backing) {
+        Some((pid, uid)) => p.pid == pid && p.uid == uid,
+        // SAFETY: geteuid cannot fail.
+        None => p.uid == 0 || p.uid == unsafe { libc::geteuid() },
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(p)
+    }
+}
+
+/// Records the daemon (this process) in `.ezfs`, so that clients can check they talk
+/// to it; removed by [`forget_daemon`].
+pub fn record_daemon(backing: &Path, mountpoint: &Path) -> std::io::Result<()> {
+    let info = MountInfo {
+        pid: std::process::id(),
+        mountpoint: mountpoint.to_path_buf(),
+        backing: backing.to_path_buf(),
+    };
+    let path = crate::keys::keystore::ezfs_dir(backing).join(DAEMON_FILE);
+    crate::keys::atomic::write_file(&path, &serde_json::to_vec(&info).expect("serializes"), 0o644)
+}
+
+/// Removes the daemon's record (at unmount), if it is still this process's.
+pub fn forget_daemon(backing: &Path) {
+    if recorded_daemon(backing).is_some_and(|(pid, _)| pid == std::process::id()) {
+        let dir = crate::keys::keystore::ezfs_dir(backing);
+        if let Ok(d) = sys::open_at(
+            sys::at_cwd(),
+            dir.as_os_str(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        ) {
+            let _ = sys::unlink_at(d.as_fd(), OsStr::new(DAEMON_FILE), 0);
+        }
+    }
+}
+
+/// Who holds the control socket name of a backing dir.
+pub enum Probe {
+    Nobody,
+    Daemon(MountInfo),
+    Impostor(Caller),
+}
+
+/// Finds out who holds the control socket of `backing`.
+pub fn probe(backing: &Path) -> Probe {
+    match call(backing, &Request::Ping) {
+        Ok(v) => serde_json::from_value(v).map_or(Probe::Nobody, Probe::Daemon),
+        Err(ClientError::Impostor(_, p)) => Probe::Impostor(p),
+        Err(_) => Probe::Nobody,
+    }
 }
 
 /// Sends `req` to the daemon serving `backing` and returns its answer.
@@ -178,7 +362,9 @@ pub fn call(backing: &Path, req: &Request) -> Result<serde_json::Value, ClientEr
     let addr = socket_addr(backing)?;
     let stream =
         UnixStream::connect_addr(&addr).map_err(|_| ClientError::NotMounted(backing.to_path_buf()))?;
+    trusted(&stream, backing).map_err(|p| ClientError::Impostor(backing.to_path_buf(), p))?;
     stream.set_read_timeout(Some(Duration::from_secs(600)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(60)))?;
     let mut line = serde_json::to_vec(req).expect("request serializes");
     line.push(b'\n');
     (&stream).write_all(&line)?;

@@ -2,6 +2,8 @@
 //!
 //! The library is layered so that everything but the FUSE adapter ([`fs`]) and the
 //! command line ([`cli`]) is pure logic, testable without a mount:
+//! - [`backdir`]: the backing directory as root touches it for users: descriptors,
+//!   resolution beneath the root through no symlink, one tree walker;
 //! - [`crypto`]: AES-256-GCM sealing, key wrapping, the zeroizing key type;
 //! - [`format`](mod@format): the encrypted file format (layout, header, block codec);
 //! - [`keys`]: the key-provider interface and the passphrase-sealed local keystore;
@@ -10,6 +12,7 @@
 //! - [`fsck`]: offline verification of every header and block;
 //! - [`cli`]: the `ezfs` command.
 
+pub mod backdir;
 pub mod cli;
 pub mod control;
 pub mod crypto;
@@ -17,6 +20,7 @@ pub mod format;
 pub mod fs;
 pub mod fsck;
 pub mod keys;
+pub mod text;
 pub mod zone;
 
 /// Name of the directory in the backing dir that holds config and keystore; it is

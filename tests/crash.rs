@@ -284,7 +284,15 @@ fn fsck_damage(f: &Fixture) -> BTreeMap<String, Vec<(u64, u64)>> {
 }
 
 fn k1_version(f: &Fixture) -> u64 {
-    let o = f.run(&["key", "list", "--json", "--backing", f.backing.to_str().unwrap()]);
+    let o = f.run(&[
+        "key",
+        "list",
+        "--json",
+        "--backing",
+        f.backing.to_str().unwrap(),
+        "--passphrase-file",
+        f.pass.to_str().unwrap(),
+    ]);
     ok(&o, "key list");
     let keys: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let k1 = keys

@@ -39,7 +39,15 @@ fn keyc(f: &Fixture, args: &[&str]) -> Output {
 
 /// `ezfs key list --json`, parsed.
 fn key_list(f: &Fixture) -> Vec<Value> {
-    let o = f.run(&["key", "list", "--json", "--backing", f.backing.to_str().unwrap()]);
+    let o = f.run(&[
+        "key",
+        "list",
+        "--json",
+        "--backing",
+        f.backing.to_str().unwrap(),
+        "--passphrase-file",
+        f.pass.to_str().unwrap(),
+    ]);
     ok(&o, "key list --json");
     serde_json::from_slice(&o.stdout).expect("key list --json is a JSON array")
 }
@@ -1644,7 +1652,15 @@ fn key_users_decide_who_opens_zone_files() {
     // the owner (root created the keys) and root are users
     assert_eq!(key_entry(&f, "k1")["owner"], 0);
     let acl = stdout_of(&{
-        let o = f.run(&["key", "acl", "k1", "--backing", f.backing.to_str().unwrap()]);
+        let o = f.run(&[
+            "key",
+            "acl",
+            "k1",
+            "--backing",
+            f.backing.to_str().unwrap(),
+            "--passphrase-file",
+            f.pass.to_str().unwrap(),
+        ]);
         ok(&o, "key acl");
         o
     });
@@ -1666,7 +1682,15 @@ fn key_users_decide_who_opens_zone_files() {
     set_mode(&f.m("z/new"), 0o666);
     denied(&cat(u2, g2, &a), "another uid is still denied");
     denied(&cat(u1, g1, &b), "a grant on k1 does not open k2's zone");
-    let acl = stdout_of(&f.run(&["key", "acl", "k1", "--backing", f.backing.to_str().unwrap()]));
+    let acl = stdout_of(&f.run(&[
+        "key",
+        "acl",
+        "k1",
+        "--backing",
+        f.backing.to_str().unwrap(),
+        "--passphrase-file",
+        f.pass.to_str().unwrap(),
+    ]));
     assert!(acl.contains("user:") && acl.contains("60001"), "{acl}");
 
     // revoke it
@@ -1676,7 +1700,15 @@ fn key_users_decide_who_opens_zone_files() {
         &cat(u1, g1, &mp(&f, "z/new")),
         "cat of its own new file after revoke",
     );
-    let acl = stdout_of(&f.run(&["key", "acl", "k1", "--backing", f.backing.to_str().unwrap()]));
+    let acl = stdout_of(&f.run(&[
+        "key",
+        "acl",
+        "k1",
+        "--backing",
+        f.backing.to_str().unwrap(),
+        "--passphrase-file",
+        f.pass.to_str().unwrap(),
+    ]));
     assert!(!acl.contains("60001"), "{acl}");
 
     // grant a group: its primary members may use the key
@@ -1685,7 +1717,15 @@ fn key_users_decide_who_opens_zone_files() {
     ok(&o, "cat with the granted primary group");
     assert_eq!(stdout_of(&o), "written by 60001\n");
     denied(&cat(u3, g3, &a), "cat with another primary group");
-    let acl = stdout_of(&f.run(&["key", "acl", "k1", "--backing", f.backing.to_str().unwrap()]));
+    let acl = stdout_of(&f.run(&[
+        "key",
+        "acl",
+        "k1",
+        "--backing",
+        f.backing.to_str().unwrap(),
+        "--passphrase-file",
+        f.pass.to_str().unwrap(),
+    ]));
     assert!(acl.contains("group:") && acl.contains("60012"), "{acl}");
     // and supplementary members
     if have_setpriv() {

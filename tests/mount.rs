@@ -470,6 +470,7 @@ fn lost_zone_marker_refuses_mount() {
     f.zone("z", "k1");
     f.zone("gone", "k1");
     fs::write(f.m("z/f"), b"zone data").unwrap();
+    let gone_id = f.zone_info("gone")["zone_id"].as_str().unwrap().to_owned();
     m.unmount();
     let marker = f.b("z/.ezfs-zone");
     let saved = fs::read(&marker).unwrap();
@@ -479,14 +480,32 @@ fn lost_zone_marker_refuses_mount() {
         .err()
         .expect("mount with a zone marker missing succeeded");
     assert_eq!(c, Some(1), "{msg}");
-    assert!(msg.contains("/z") && msg.contains("marker"), "message: {msg}");
-    assert_eq!(msg.trim().lines().count(), 1, "one sentence: {msg}");
+    assert!(
+        msg.contains("/z") && msg.contains("marker") && msg.contains("zone repair"),
+        "message: {msg}"
+    );
     assert!(!is_mounted(&f.mnt));
     assert!(daemon_pid(&f.mnt).is_none());
     // restoring the marker makes it mountable again; a zone removed with its directory
-    // is forgotten
+    // is never forgotten silently: mount names it and the command that forgets it
     fs::write(&marker, &saved).unwrap();
     fs::remove_dir_all(f.b("gone")).unwrap();
+    let (c, msg) = f.try_mount(&[]).err().expect("mount with a zone gone succeeded");
+    assert_eq!(c, Some(1), "{msg}");
+    assert!(
+        msg.contains(&gone_id) && msg.contains("zone forget"),
+        "message: {msg}"
+    );
+    let o = f.run(&[
+        "zone",
+        "forget",
+        &gone_id,
+        "--backing",
+        f.backing.to_str().unwrap(),
+        "--passphrase-file",
+        f.pass.to_str().unwrap(),
+    ]);
+    ok(&o, "zone forget");
     let _m = f.mount();
     assert_eq!(fs::read(f.m("z/f")).unwrap(), b"zone data");
     assert_eq!(f.zone_paths(), vec![f.m("z").to_str().unwrap().to_owned()]);
@@ -538,6 +557,15 @@ fn bad_usage_exits_2() {
         "zone list outside a mount",
     );
     let o = f.run(&["key", "list", "--backing", b]);
+    code(&o, 1, "key list with no passphrase and no mount to ask");
+    let o = f.run(&[
+        "key",
+        "list",
+        "--backing",
+        b,
+        "--passphrase-file",
+        f.pass.to_str().unwrap(),
+    ]);
     ok(&o, "key list");
     assert!(stdout_of(&o).contains("k1"));
 }

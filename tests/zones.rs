@@ -422,7 +422,15 @@ fn rmdir_of_empty_zone_root_removes_the_zone() {
     fs::remove_dir(f.m("zr")).unwrap();
     assert!(!f.b("zr").exists());
     assert_eq!(f.zone_paths(), vec![mp(&f, "keep")]);
-    let keys = f.run(&["key", "list", "--json", "--backing", f.backing.to_str().unwrap()]);
+    let keys = f.run(&[
+        "key",
+        "list",
+        "--json",
+        "--backing",
+        f.backing.to_str().unwrap(),
+        "--passphrase-file",
+        f.pass.to_str().unwrap(),
+    ]);
     ok(&keys, "key list");
     let v: serde_json::Value = serde_json::from_slice(&keys.stdout).unwrap();
     assert_eq!(v[0]["zones"][0]["path"], "/keep", "key list: {v}");
@@ -456,7 +464,15 @@ fn key_delete_refused_while_a_zone_uses_it() {
     fs::remove_file(f.m("z2/f")).unwrap();
     fs::remove_dir(f.m("z2")).unwrap();
     ok(&f.key("delete", "k2"), "key delete after the zone is gone");
-    let keys = f.run(&["key", "list", "--json", "--backing", f.backing.to_str().unwrap()]);
+    let keys = f.run(&[
+        "key",
+        "list",
+        "--json",
+        "--backing",
+        f.backing.to_str().unwrap(),
+        "--passphrase-file",
+        f.pass.to_str().unwrap(),
+    ]);
     let v: serde_json::Value = serde_json::from_slice(&keys.stdout).unwrap();
     let names: Vec<&str> = v
         .as_array()

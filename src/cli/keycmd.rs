@@ -31,10 +31,13 @@ pub enum KeyCmd {
         #[command(flatten)]
         pass: PassArgs,
     },
-    /// List keys: versions and the zones using each.
+    /// List keys: versions and the zones using each (from the running mount, which
+    /// authenticated the keystore; otherwise the passphrase is asked for).
     List {
         #[command(flatten)]
         at: BackingArg,
+        #[command(flatten)]
+        pass: PassArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -80,6 +83,8 @@ pub enum KeyCmd {
         name: String,
         #[command(flatten)]
         at: BackingArg,
+        #[command(flatten)]
+        pass: PassArgs,
     },
 }
 
@@ -118,7 +123,7 @@ pub struct BackingArg {
 }
 
 impl BackingArg {
-    fn resolve(&self) -> Result<PathBuf, Failure> {
+    pub(super) fn resolve(&self) -> Result<PathBuf, Failure> {
         if let Some(b) = &self.backing {
             return b
                 .canonicalize()
@@ -135,16 +140,47 @@ fn obtain(pass: &PassArgs, what: &str, confirm: bool) -> Result<Passphrase, Fail
     passphrase::obtain(pass.passphrase_file.as_deref(), what, confirm).map_err(Failure::op)
 }
 
-fn unlock(backing: &Path, pass: &PassArgs) -> Result<Keystore, Failure> {
+pub(super) fn unlock(backing: &Path, pass: &PassArgs) -> Result<Keystore, Failure> {
     // fail early, before prompting, when the directory is not a backing dir
     read_body(backing)?;
     Ok(Keystore::unlock(backing, &obtain(pass, "passphrase", false)?)?)
 }
 
+/// The keystore's public part, authenticated: as the running mount authenticated it,
+/// else unlocked here with the passphrase (its MAC is checked with the master key). An
+/// edited keystore (an ACL added by hand, say) is never shown as real.
+fn authentic_body(backing: &Path, pass: &PassArgs) -> Result<Body, Failure> {
+    read_body(backing)?;
+    match control::call(backing, &Request::KeyList) {
+        Ok(v) => return serde_json::from_value(v).map_err(Failure::op),
+        Err(ClientError::NotMounted(_)) => {}
+        Err(e @ ClientError::Impostor(..)) => eprintln!("ezfs: warning: {e}"),
+        Err(e) => return Err(Failure::op(e)),
+    }
+    Ok(unlock(backing, pass)?.body().clone())
+}
+
+/// Which key versions the files of the backing dir's zones use.
+fn scan_usage(backing: &Path, registered: &[String]) -> Usage {
+    match crate::backdir::sys::open_at(
+        crate::backdir::sys::at_cwd(),
+        backing.as_os_str(),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    ) {
+        Ok(root) => usage::scan(std::os::fd::AsFd::as_fd(&root), registered),
+        Err(_) => Usage::default(),
+    }
+}
+
 /// Tells a running mount of `backing` (if any) to re-read the keystore.
-fn notify_mount(backing: &Path) -> CliResult {
+pub(super) fn notify_mount(backing: &Path) -> CliResult {
     match control::call(backing, &Request::Reload) {
         Ok(_) | Err(ClientError::NotMounted(_)) => Ok(()),
+        Err(e @ ClientError::Impostor(..)) => {
+            eprintln!("ezfs: warning: {e}");
+            Ok(())
+        }
         Err(e) => Err(Failure::op(format!(
             "the keystore changed, but the running mount did not reload it: {e}"
         ))),
@@ -325,7 +361,14 @@ pub fn run(cmd: KeyCmd) -> CliResult {
             let backing = at.resolve()?;
             let mut ks = unlock(&backing, &pass)?;
             ks.key(&name)?;
-            let usage = usage::scan(&backing);
+            let usage = scan_usage(
+                &backing,
+                &ks.body()
+                    .zones
+                    .values()
+                    .map(|z| z.path.clone())
+                    .collect::<Vec<_>>(),
+            );
             if usage.unreadable > 0 {
                 eprintln!(
                     "ezfs: warning: {} file(s) in zones have unreadable headers (see 'ezfs fsck'); \
@@ -372,8 +415,8 @@ pub fn run(cmd: KeyCmd) -> CliResult {
         }
         KeyCmd::Grant { name, who, at, pass } => change_acl(&name, &who, &at, &pass, true)?,
         KeyCmd::Revoke { name, who, at, pass } => change_acl(&name, &who, &at, &pass, false)?,
-        KeyCmd::Acl { name, at } => {
-            let body = read_body(&at.resolve()?)?;
+        KeyCmd::Acl { name, at, pass } => {
+            let body = authentic_body(&at.resolve()?, &pass)?;
             let k = body
                 .keys
                 .get(&name)
@@ -394,10 +437,13 @@ pub fn run(cmd: KeyCmd) -> CliResult {
             notify_mount(&backing)?;
             println!("deleted key {name}");
         }
-        KeyCmd::List { at, json } => {
+        KeyCmd::List { at, json, pass } => {
             let backing = at.resolve()?;
-            let body = read_body(&backing)?;
-            let usage = usage::scan(&backing);
+            let body = authentic_body(&backing, &pass)?;
+            let usage = scan_usage(
+                &backing,
+                &body.zones.values().map(|z| z.path.clone()).collect::<Vec<_>>(),
+            );
             let views = key_views(&body, &usage);
             if json {
                 println!("{}", serde_json::to_string_pretty(&views).expect("serializes"));

@@ -9,6 +9,7 @@ mod mount;
 pub mod mountinfo;
 mod users;
 mod zonecmd;
+mod zonefix;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -6,7 +6,7 @@
 //! leaves nothing half-mounted.
 
 use super::{mountinfo, CliResult, Failure, PassArgs};
-use crate::control::{self, MountInfo, Request, Server};
+use crate::control::{self, MountInfo, Probe, Request, Server};
 use crate::fs::{Core, EzFs};
 use crate::keys::keystore::read_body;
 use crate::keys::{passphrase, Keystore, LocalProvider};
@@ -129,14 +129,26 @@ pub fn mount(a: MountArgs) -> CliResult {
         return Err(Failure::op(format!("mountpoint {} is not empty", mnt.display())));
     }
     read_body(&backing)?;
-    if let Ok(v) = control::call(&backing, &Request::Ping) {
-        let at = serde_json::from_value::<MountInfo>(v).map(|m| m.mountpoint.display().to_string());
-        return Err(Failure::op(format!(
-            "{} is already mounted at {}",
-            backing.display(),
-            at.unwrap_or_default()
-        )));
+    match control::probe(&backing) {
+        Probe::Nobody => {}
+        Probe::Daemon(m) => {
+            return Err(Failure::op(format!(
+                "{} is already mounted at {}",
+                backing.display(),
+                m.mountpoint.display()
+            )))
+        }
+        Probe::Impostor(p) => {
+            return Err(Failure::op(format!(
+                "cannot mount {}: its control socket is taken by process {} (uid {}), which is not an \
+                 ezfs daemon; stop that process and mount again",
+                backing.display(),
+                p.pid,
+                p.uid
+            )))
+        }
     }
+    warn_if_open(&backing);
     let pw =
         passphrase::obtain(a.pass.passphrase_file.as_deref(), "passphrase", false).map_err(Failure::op)?;
     let keystore = Keystore::unlock(&backing, &pw)?;
@@ -146,15 +158,40 @@ pub fn mount(a: MountArgs) -> CliResult {
     // before the inode table sizes its descriptor budget from the limit
     raise_fd_limit();
     let core = Arc::new(Core::new(backing.clone(), keys, read_only).map_err(Failure::op)?);
-    core.check_zones().map_err(Failure::op)?;
-    let server = Server::bind(core.clone(), mnt.clone()).map_err(Failure::op)?;
+    let located = core.locate_zones().map_err(Failure::op)?;
+    for w in &located.warnings {
+        log::warn!("{w}");
+    }
+    if !located.missing.is_empty() {
+        return Err(Failure::op(format!(
+            "refusing to mount {} so that no zone is silently lost:\n  {}",
+            backing.display(),
+            located.missing.join("\n  ")
+        )));
+    }
     let config = mount_config(&a, &backing);
     if a.foreground {
-        return serve(core, server, &mnt, &config, None);
+        return serve(core, &mnt, &config, None);
     }
-    daemonize(&backing, &mnt, |notify| {
-        serve(core, server, &mnt, &config, Some(notify))
-    })
+    daemonize(&backing, &mnt, |notify| serve(core, &mnt, &config, Some(notify)))
+}
+
+/// A backing root that other users can enter lets them read ciphertext, and write to
+/// the parts they own behind the mount's back: say so (`ezfs init` makes it 0700).
+fn warn_if_open(backing: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(backing) {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            log::warn!(
+                "{} is accessible to other users (mode {mode:03o}): they can read its ciphertext \
+                 and change what they own behind the mount; 'chmod 700 {}' (mounts with \
+                 --allow-other still serve them)",
+                backing.display(),
+                backing.display()
+            );
+        }
+    }
 }
 
 /// Forks; the child runs `child` with the write end of a pipe on which it reports
@@ -235,13 +272,16 @@ fn report(notify: &mut Option<OwnedFd>, msg: &str) {
 }
 
 /// Mounts and serves until unmounted.
-fn serve(
-    core: Arc<Core>,
-    server: Server,
-    mnt: &Path,
-    config: &Config,
-    mut notify: Option<OwnedFd>,
-) -> CliResult {
+fn serve(core: Arc<Core>, mnt: &Path, config: &Config, mut notify: Option<OwnedFd>) -> CliResult {
+    // bound by the daemon itself (after the fork): clients check that the socket's
+    // owner is the process recorded in .ezfs
+    let server = match Server::bind(core.clone(), mnt.to_path_buf()) {
+        Ok(s) => s,
+        Err(msg) => {
+            report(&mut notify, &format!("ERR {msg}"));
+            return Err(Failure::op(msg));
+        }
+    };
     let mut session = match fuser::Session::new(EzFs(core.clone()), mnt, config) {
         Ok(s) => s,
         Err(e) => {
@@ -272,9 +312,14 @@ fn serve(
             }
         })
         .map_err(Failure::op)?;
+    if let Err(e) = control::record_daemon(&core.backing, mnt) {
+        log::warn!("cannot record the daemon in {}: {e}", core.backing.display());
+    }
     report(&mut notify, "OK\n");
     log::info!("mounted {} at {}", core.backing.display(), mnt.display());
     let res = session.run();
+    core.stop_jobs();
+    control::forget_daemon(&core.backing);
     log::info!("unmounted {}", mnt.display());
     res.map_err(|e| Failure::op(format!("session ended with an error: {e}")))
 }

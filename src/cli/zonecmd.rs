@@ -42,11 +42,38 @@ pub enum ZoneCmd {
         #[arg(long, conflicts_with = "status")]
         data: bool,
         /// Show the state of re-encryption jobs instead of starting one.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cancel")]
         status: bool,
+        /// Stop the running job of zone DIR; running the command again resumes it.
+        #[arg(long, conflicts_with = "data")]
+        cancel: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Write the marker of a registered zone again (it was lost or damaged), or with
+    /// --id put a zone back at ZONE after it was moved without its marker. ZONE is the
+    /// zone root's path from the mount root (as 'zone list' and fsck show it).
+    Repair {
+        zone: String,
+        /// The zone's id (hex, from fsck or the mount's error); default: the zone
+        /// registered at ZONE.
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+        #[command(flatten)]
+        at: super::keycmd::BackingArg,
+        #[command(flatten)]
+        pass: super::PassArgs,
+    },
+    /// Remove a zone whose directory is gone from the keystore's registry (so that its
+    /// key can be deleted and the backing dir mounts again).
+    Forget {
+        /// The zone's id (hex, from the mount's error or fsck).
+        id: String,
+        #[command(flatten)]
+        at: super::keycmd::BackingArg,
+        #[command(flatten)]
+        pass: super::PassArgs,
     },
 }
 
@@ -74,6 +101,31 @@ fn shown(m: &mountinfo::EzMount, rel: &str) -> String {
 
 pub fn run(cmd: ZoneCmd) -> CliResult {
     match cmd {
+        ZoneCmd::Repair { zone, id, at, pass } => super::zonefix::repair(&zone, id.as_deref(), &at, &pass)?,
+        ZoneCmd::Forget { id, at, pass } => super::zonefix::forget(&id, &at, &pass)?,
+        ZoneCmd::Reencrypt {
+            dir: Some(dir),
+            cancel: true,
+            json,
+            ..
+        } => {
+            let (m, rel) = locate(&dir)?;
+            let v = control::call(&m.backing, &Request::ReencryptCancel { path: rel })?;
+            let mut job: JobStatus = serde_json::from_value(v).map_err(Failure::op)?;
+            job.zone = shown(&m, &job.zone);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&job).expect("serializes"));
+            } else {
+                println!(
+                    "cancelled the re-encryption of {} after {} of {} file(s); run 'ezfs zone reencrypt{} {}' to finish it",
+                    job.zone,
+                    job.files_seen(),
+                    job.files_total,
+                    if job.data { " --data" } else { "" },
+                    job.zone
+                );
+            }
+        }
         ZoneCmd::Create { key, dir } => {
             let (m, rel) = locate(&dir)?;
             let v = control::call(&m.backing, &Request::ZoneCreate { path: rel, key })?;
@@ -150,6 +202,7 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
             data,
             status: true,
             json,
+            ..
         } => {
             let _ = data;
             let (m, rel) = match &dir {
@@ -185,6 +238,12 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
                 },
             )?;
             let mut job: JobStatus = serde_json::from_value(v).map_err(Failure::op)?;
+            if job.data && !data {
+                eprintln!(
+                    "ezfs: resuming the interrupted 'zone reencrypt --data' job of {}: every file gets a new data key",
+                    shown(&m, &job.zone)
+                );
+            }
             let tty = std::io::stderr().is_terminal();
             if tty {
                 eprintln!("re-encrypting in the mount daemon (Ctrl-C stops only this display)");
@@ -286,17 +345,10 @@ fn print_status_table(jobs: &[JobStatus]) {
         "ZONE", "STATE", "KEY", "TOTAL", "DONE", "CURRENT", "FAILED"
     );
     for j in jobs {
-        let state = match j.state {
-            JobState::None => "never",
-            JobState::Running => "running",
-            JobState::Completed if j.files_failed > 0 => "failures",
-            JobState::Completed => "completed",
-            JobState::Interrupted => "interrupted",
-        };
         println!(
             "{:<32} {:<12} {:<16} {:>8} {:>8} {:>8} {:>7}",
             j.zone,
-            format!("{state}{}", if j.data { "+data" } else { "" }),
+            j.state_name(),
             format!("{}@{}", j.key, j.target_version),
             j.files_total,
             j.files_done,
@@ -304,7 +356,13 @@ fn print_status_table(jobs: &[JobStatus]) {
             j.files_failed
         );
     }
-    if jobs.iter().any(|j| j.state == JobState::Interrupted) {
-        println!("interrupted jobs finish when 'ezfs zone reencrypt DIR' is run again");
+    for j in jobs.iter().filter(|j| j.state.resumable()) {
+        println!(
+            "{}: run 'ezfs zone reencrypt{} {}' to finish the {} job",
+            j.zone,
+            if j.data { " --data" } else { "" },
+            j.zone,
+            j.state_name()
+        );
     }
 }

@@ -217,6 +217,19 @@ impl EncFile {
         let size = plain_size(len)
             .map_err(|_| fail(&file, format!("backing size {len} is too short for a header")))?;
         let header = read_header(&file).map_err(|e| fail(&file, e))?;
+        if header.zone_id != zone.id || header.key_name != zone.key {
+            return Err(fail(
+                &file,
+                format!(
+                    "belongs to zone {} (key {}), not to the zone it is in ({}, key {}): a file copied \
+                     or moved here in the backing dir is not decrypted (see ezfs fsck)",
+                    crate::format::header::hex(&header.zone_id),
+                    header.key_name,
+                    crate::format::header::hex(&zone.id),
+                    zone.key
+                ),
+            ));
+        }
         let dek = keys
             .unwrap(
                 &header.key_name,

@@ -194,16 +194,18 @@ impl Drop for Inode {
 
 /// The file handle of the file behind `fd`, if its filesystem gives one.
 fn handle_of(fd: BorrowedFd<'_>) -> Option<Box<[u8]>> {
-    handle_at(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH)
+    handle_raw(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH)
 }
 
-/// The file handle of `path` (not following a final symlink).
-pub fn handle_of_path(path: &std::path::Path) -> Option<Box<[u8]>> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-    handle_at(libc::AT_FDCWD, &c, 0)
+/// The file handle of `dir/name` (not following a final symlink; an empty name is
+/// `dir` itself).
+pub fn handle_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> Option<Box<[u8]>> {
+    let c = std::ffi::CString::new(name.as_encoded_bytes()).ok()?;
+    let flags = if name.is_empty() { libc::AT_EMPTY_PATH } else { 0 };
+    handle_raw(dir.as_raw_fd(), &c, flags)
 }
 
-fn handle_at(dir: libc::c_int, name: &std::ffi::CStr, flags: libc::c_int) -> Option<Box<[u8]>> {
+fn handle_raw(dir: libc::c_int, name: &std::ffi::CStr, flags: libc::c_int) -> Option<Box<[u8]>> {
     let mut buf = vec![0u8; HANDLE_BUF];
     buf[..4].copy_from_slice(&((HANDLE_BUF - 8) as u32).to_ne_bytes());
     let mut mount_id: libc::c_int = 0;
@@ -405,7 +407,19 @@ impl InodeTable {
         }
     }
 
-    /// Opens the backing file named by `handle` (from [`handle_of_path`]) wherever it
+    /// Hands every cached inode whose zone is `old` the zone `new` (a zone root whose
+    /// state changed: repaired, or broken).
+    pub fn replace_zone(&self, old: &Arc<Zone>, new: &Arc<Zone>) {
+        let t = self.t.read();
+        for ino in t.by_id.values() {
+            let mut z = ino.zone.write();
+            if z.as_ref().is_some_and(|z| Arc::ptr_eq(z, old)) {
+                *z = Some(new.clone());
+            }
+        }
+    }
+
+    /// Opens the backing file named by `handle` (from [`handle_at`]) wherever it
     /// is now; `NotFound` if it was deleted.
     pub fn open_handle(&self, handle: &[u8], flags: libc::c_int) -> std::io::Result<std::fs::File> {
         let mut buf = handle.to_vec();

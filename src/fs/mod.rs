@@ -11,9 +11,10 @@ pub mod inode;
 mod readaround;
 pub mod reencrypt;
 mod rekey;
-pub mod sys;
 mod writebehind;
 pub mod zones;
+
+pub use crate::backdir::sys;
 
 use encfile::{errno, EncFile};
 use fuser::{
@@ -23,7 +24,7 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use inode::{Inode, InodeTable, ROOT};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::File;
@@ -36,10 +37,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::backdir::Caller;
 use crate::format::layout::plain_size;
 use crate::format::Backing;
 use crate::keys::LocalProvider;
-use crate::zone::{self, Zone, ZoneMarker, MARKER_FILE};
+use crate::zone::{self, Zone, MARKER_FILE};
 
 /// How long the kernel may cache attributes and names. Everything goes through this
 /// daemon, so the cache is only as stale as changes made behind the mount's back.
@@ -69,12 +71,18 @@ pub struct Core {
     me: (u32, u32),
     /// Re-encryption status records.
     pub jobs: reencrypt::Jobs,
-    /// Zones with a running re-encryption job, each with the backing paths renamed in
-    /// it since the job last looked (a walk can miss an entry that moves while it walks).
-    reencrypting: Mutex<HashMap<[u8; 16], Vec<PathBuf>>>,
+    /// Running re-encryption jobs.
+    running: reencrypt::Running,
+    /// Set once the mount is going away: jobs stopped then are interrupted, not cancelled.
+    unmounting: std::sync::atomic::AtomicBool,
     /// Held shared by a rename from its backing `renameat` until it is noted above, and
     /// exclusively by a job reading the notes: it then sees every finished rename.
     rename_gate: RwLock<()>,
+    /// Held shared by every operation that adds a name to a directory, and exclusively
+    /// while a directory becomes a zone: no plaintext file can slip into a new zone.
+    zone_gate: RwLock<()>,
+    /// The registered zone roots, by inode.
+    zone_roots: zones::ZoneRoots,
     /// Serialize reading a header at open with rewriting it (striped by inode number).
     header_locks: [RwLock<()>; 64],
     /// Tells the kernel to drop cached names (set once the session exists).
@@ -152,7 +160,12 @@ fn io_err(e: io::Error) -> Errno {
 
 impl Core {
     pub fn new(backing: PathBuf, keys: Arc<LocalProvider>, read_only: bool) -> io::Result<Core> {
-        let root_fd = sys::open_at(at_cwd(), backing.as_os_str(), libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let root_fd = sys::open_at(
+            sys::at_cwd(),
+            backing.as_os_str(),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?;
         let st = sys::stat_at(std::os::fd::AsFd::as_fd(&root_fd), OsStr::new(""))?;
         // SAFETY: geteuid/getegid cannot fail.
         let me = unsafe { (libc::geteuid(), libc::getegid()) };
@@ -167,8 +180,11 @@ impl Core {
             writeback: !read_only,
             me,
             jobs,
-            reencrypting: Mutex::new(HashMap::new()),
+            running: Default::default(),
+            unmounting: Default::default(),
             rename_gate: RwLock::new(()),
+            zone_gate: RwLock::new(()),
+            zone_roots: Default::default(),
             header_locks: std::array::from_fn(|_| RwLock::new(())),
             notifier: std::sync::OnceLock::new(),
         };
@@ -187,36 +203,6 @@ impl Core {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.write().insert(fh, Arc::new(h));
         FileHandle(fh)
-    }
-
-    /// The zone a marker in directory `dir` declares, if any. A marker that does not
-    /// authenticate yields a broken zone: its files give EIO instead of plaintext.
-    pub fn read_marker(&self, dir: std::os::fd::BorrowedFd<'_>) -> Option<Arc<Zone>> {
-        let f = match sys::open_at(dir, OsStr::new(MARKER_FILE), libc::O_RDONLY | libc::O_NOFOLLOW, 0) {
-            Ok(f) => File::from(f),
-            Err(_) => return None,
-        };
-        let mut bytes = Vec::new();
-        let res = io::Read::read_to_end(&mut &f, &mut bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|_| {
-                ZoneMarker::decode(&bytes, self.keys.store().read().master()).map_err(|e| e.to_string())
-            });
-        Some(Arc::new(match res {
-            Ok(m) => Zone {
-                id: m.zone_id,
-                key: m.key,
-                broken: None,
-            },
-            Err(why) => {
-                log::error!("{}: {why}; files in this zone give EIO", sys::describe(dir));
-                Zone {
-                    id: [0xff; 16],
-                    key: String::new(),
-                    broken: Some(why),
-                }
-            }
-        }))
     }
 
     fn attr(&self, ino: &Inode, st: &libc::stat) -> FileAttr {
@@ -265,7 +251,7 @@ impl Core {
             .insert((st.st_dev, st.st_ino), is_dir, || {
                 let fd = sys::open_at(parent_fd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
                 let own = if is_dir {
-                    self.read_marker(std::os::fd::AsFd::as_fd(&fd))
+                    self.dir_zone(std::os::fd::AsFd::as_fd(&fd), (st.st_dev, st.st_ino))
                 } else {
                     None
                 };
@@ -384,18 +370,26 @@ impl Core {
     }
 
     /// Key users (`ezfs key grant`): the caller may open files of a zone only if its
-    /// key lets it; root and the key's owner always may.
+    /// key lets it; root and the key's owner always may. The key is the zone's, which
+    /// is the key of every file the zone serves (a file whose header names another is
+    /// refused: see [`EncFile::open`]). A key the keystore does not know lets no one but
+    /// root in (root then gets EIO, with a log line, when the file is opened).
     fn check_key_user(&self, req: &Request, zone: Option<&Zone>) -> FsResult<()> {
         let Some(zone) = zone.filter(|z| z.broken.is_none()) else {
             return Ok(());
         };
-        let store = self.keys.store().read();
-        // a key that is missing fails later, with EIO and a log line
-        let Ok(key) = store.key(&zone.key) else {
+        let caller = Caller::new(req.uid(), req.gid(), req.pid());
+        if caller.is_root() {
             return Ok(());
-        };
-        if key.allows(req.uid(), req.gid(), || supplementary_groups(req.pid())) {
-            return Ok(());
+        }
+        if crate::keys::KeyProvider::current_version(&*self.keys, &zone.key).is_ok() {
+            let store = self.keys.store().read();
+            if store
+                .key(&zone.key)
+                .is_ok_and(|key| key.allows(caller.uid, caller.gid, || caller.groups()))
+            {
+                return Ok(());
+            }
         }
         log::info!("uid {} may not use key {}: access denied", req.uid(), zone.key);
         Err(Errno::EACCES)
@@ -437,7 +431,32 @@ impl Core {
             flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
         }
         let f = sys::reopen(ino.fd()?.as_fd(), flags).map_err(io_err)?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+            self.refuse_ciphertext(ino, st)?;
+        }
         Ok(Handle::Plain(f, Default::default()))
+    }
+
+    /// An encrypted file outside every zone (copied there in the backing dir, or left
+    /// by a zone whose registration was lost) is not served as plaintext: its bytes
+    /// are ciphertext, and writes would corrupt it. EIO, with a log line.
+    fn refuse_ciphertext(&self, ino: &Inode, st: &libc::stat) -> FsResult<()> {
+        if (st.st_size as u64) < crate::format::layout::HEADER_LEN {
+            return Ok(());
+        }
+        let f = sys::reopen(ino.fd()?.as_fd(), libc::O_RDONLY | libc::O_NONBLOCK).map_err(io_err)?;
+        let mut magic = [0u8; 8];
+        if Backing::read_at(&f, &mut magic, 0).map_err(io_err)? == magic.len()
+            && &magic == crate::format::header::MAGIC
+        {
+            log::error!(
+                "{}: an encrypted file outside every encryption zone; not served as plaintext (EIO). \
+                 See 'ezfs fsck'",
+                sys::describe(ino.fd()?.as_fd())
+            );
+            return Err(Errno::EIO);
+        }
+        Ok(())
     }
 
     fn set_size(&self, req: &Request, ino: &Inode, size: u64) -> FsResult<()> {
@@ -454,28 +473,26 @@ impl Core {
     }
 
     fn rmdir(&self, parent: &Inode, name: &OsStr) -> FsResult<()> {
+        let pfd = parent.fd()?;
         let dir = sys::open_at(
-            parent.fd()?.as_fd(),
+            pfd.as_fd(),
             name,
             libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
             0,
         )
         .map_err(io_err)?;
         let dirfd = std::os::fd::AsFd::as_fd(&dir);
-        let marker = sys::open_at(
-            dirfd,
-            OsStr::new(MARKER_FILE),
-            libc::O_RDONLY | libc::O_NOFOLLOW,
-            0,
-        )
-        .ok();
-        let Some(marker) = marker else {
-            return sys::unlink_at(parent.fd()?.as_fd(), name, libc::AT_REMOVEDIR).map_err(io_err);
-        };
+        let st = sys::stat_at(dirfd, OsStr::new("")).map_err(io_err)?;
+        let key = (st.st_dev, st.st_ino);
+        let marker = crate::backdir::resolve::read_small(dirfd, OsStr::new(MARKER_FILE), 4096);
+        let has_marker = crate::zone::walk::has_marker(dirfd);
+        if !has_marker {
+            sys::unlink_at(pfd.as_fd(), name, libc::AT_REMOVEDIR).map_err(io_err)?;
+            self.forget_zone_root(key);
+            return Ok(());
+        }
         // A zone root: empty but for its marker. Remove the marker, then the directory;
         // if that fails (a file appeared), put the marker back.
-        let mut bytes = Vec::new();
-        io::Read::read_to_end(&mut File::from(marker), &mut bytes).map_err(io_err)?;
         if sys::read_dir(dirfd)
             .map_err(io_err)?
             .iter()
@@ -483,55 +500,22 @@ impl Core {
         {
             return Err(Errno::ENOTEMPTY);
         }
-        let zone = ZoneMarker::decode(&bytes, self.keys.store().read().master()).ok();
         sys::unlink_at(dirfd, OsStr::new(MARKER_FILE), 0).map_err(io_err)?;
-        if let Err(e) = sys::unlink_at(parent.fd()?.as_fd(), name, libc::AT_REMOVEDIR) {
-            let path = PathBuf::from(sys::describe(dirfd)).join(MARKER_FILE);
-            if let Err(e2) = crate::keys::atomic::write_file(&path, &bytes, 0o644) {
-                log::error!("{}: could not restore zone marker: {e2}", path.display());
+        if let Err(e) = sys::unlink_at(pfd.as_fd(), name, libc::AT_REMOVEDIR) {
+            if let Ok(bytes) = marker {
+                let restored =
+                    crate::backdir::resolve::replace_at(dirfd, OsStr::new(MARKER_FILE), &bytes, 0o644);
+                if let Err(e2) = restored {
+                    log::error!(
+                        "{}: could not restore the zone marker: {e2}",
+                        sys::describe(dirfd)
+                    );
+                }
             }
             return Err(io_err(e));
         }
-        if let Some(z) = zone {
-            if let Err(e) = self.keys.store().write().unregister_zone(&z.id_hex()) {
-                log::error!(
-                    "zone {} removed, but the keystore could not forget it: {e}",
-                    z.id_hex()
-                );
-            }
-        }
+        self.forget_zone_root(key);
         Ok(())
-    }
-
-    /// After a rename, a moved zone root's path in the keystore registry is updated.
-    fn note_moved_zone(&self, dir: &Inode, name: &OsStr) {
-        let Ok(dir_fd) = dir.fd() else { return };
-        let Ok(fd) = sys::open_at(
-            dir_fd.as_fd(),
-            name,
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        ) else {
-            return;
-        };
-        if let Some(z) = self.read_marker(std::os::fd::AsFd::as_fd(&fd)) {
-            if z.broken.is_none() {
-                let path = sys::describe(std::os::fd::AsFd::as_fd(&fd));
-                let rel = self.relative(&PathBuf::from(path));
-                let hex = crate::format::header::hex(&z.id);
-                if let Err(e) = self.keys.store().write().register_zone(&hex, &z.key, &rel) {
-                    log::warn!("zone {hex} moved to {rel}, but the keystore was not updated: {e}");
-                }
-            }
-        }
-    }
-
-    /// A backing path relative to the backing root, as the registry stores it.
-    pub fn relative(&self, p: &std::path::Path) -> String {
-        p.strip_prefix(&self.backing)
-            .unwrap_or(p)
-            .to_string_lossy()
-            .into_owned()
     }
 
     fn dir_entries(&self, ino: &Inode) -> FsResult<Vec<(OsString, u64, u8)>> {
@@ -546,12 +530,6 @@ impl Core {
         }
         Ok(v)
     }
-}
-
-/// AT_FDCWD as a borrowed descriptor, for opening the backing root by path.
-fn at_cwd() -> std::os::fd::BorrowedFd<'static> {
-    // SAFETY: AT_FDCWD is a valid "descriptor" for *at calls for the whole program.
-    unsafe { std::os::fd::BorrowedFd::borrow_raw(libc::AT_FDCWD) }
 }
 
 macro_rules! tri {
@@ -685,6 +663,7 @@ impl Filesystem for EzFs {
     ) {
         let c = &self.0;
         let p = tri!(reply, c.parent_for_new(parent, name));
+        let _gate = c.zone_gate.read();
         tri!(
             reply,
             sys::mknod_at(tri!(reply, p.fd()).as_fd(), name, mode & !umask, rdev as u64).map_err(io_err)
@@ -696,6 +675,7 @@ impl Filesystem for EzFs {
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let c = &self.0;
         let p = tri!(reply, c.parent_for_new(parent, name));
+        let _gate = c.zone_gate.read();
         tri!(
             reply,
             sys::mkdir_at(tri!(reply, p.fd()).as_fd(), name, mode & !umask & 0o7777).map_err(io_err)
@@ -739,6 +719,7 @@ impl Filesystem for EzFs {
     ) {
         let c = &self.0;
         let p = tri!(reply, c.parent_for_new(parent, link_name));
+        let _gate = c.zone_gate.read();
         tri!(
             reply,
             sys::symlink_at(target.as_os_str(), tri!(reply, p.fd()).as_fd(), link_name).map_err(io_err)
@@ -764,11 +745,16 @@ impl Filesystem for EzFs {
         if zone::is_reserved(name.as_bytes(), p.id == ROOT) {
             return reply.error(Errno::ENOENT);
         }
+        let _zone_gate = c.zone_gate.read();
         tri!(reply, Core::check_new_name(&np, newname));
         if zone::check_rename(p.zone_id(), np.zone_id()).is_err() {
             return reply.error(Errno::EXDEV);
         }
         let gate = c.rename_gate.read();
+        // where the two names are, for the registry, if it has zones that could move
+        let places = c
+            .zones_may_move()
+            .then(|| (c.rel_of(&p, name), c.rel_of(&np, newname)));
         tri!(
             reply,
             sys::rename_at(
@@ -780,10 +766,11 @@ impl Filesystem for EzFs {
             )
             .map_err(io_err)
         );
-        c.note_moved_zone(&np, newname);
+        if let Some((Some(from), Some(to))) = places {
+            c.note_moved_zones(&from, &to, flags.contains(RenameFlags::RENAME_EXCHANGE));
+        }
         c.note_renamed(&np, newname);
         if flags.contains(RenameFlags::RENAME_EXCHANGE) {
-            c.note_moved_zone(&p, name);
             c.note_renamed(&p, name);
         }
         drop(gate);
@@ -795,6 +782,7 @@ impl Filesystem for EzFs {
         tri!(reply, c.writable_check());
         let i = tri!(reply, c.inode(ino));
         let np = tri!(reply, c.inode(newparent));
+        let _gate = c.zone_gate.read();
         tri!(reply, Core::check_new_name(&np, newname));
         if zone::check_link(i.zone_id(), np.zone_id()).is_err() {
             return reply.error(Errno::EXDEV);
@@ -1024,7 +1012,7 @@ impl Filesystem for EzFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -1034,6 +1022,7 @@ impl Filesystem for EzFs {
     ) {
         let c = &self.0;
         tri!(reply, c.writable_check());
+        tri!(reply, xattr_allowed(req, name));
         let i = tri!(reply, xattr_target(c, ino));
         let name = tri!(reply, CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL));
         tri!(
@@ -1068,9 +1057,10 @@ impl Filesystem for EzFs {
         }
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let c = &self.0;
         tri!(reply, c.writable_check());
+        tri!(reply, xattr_allowed(req, name));
         let i = tri!(reply, xattr_target(c, ino));
         let name = tri!(reply, CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL));
         tri!(
@@ -1103,6 +1093,7 @@ impl Filesystem for EzFs {
     ) {
         let c = &self.0;
         let p = tri!(reply, c.parent_for_new(parent, name));
+        let _gate = c.zone_gate.read();
         tri!(reply, c.check_key_user(req, p.zone().as_deref()));
         // Create read-write and keep the descriptor: no second open of the new file.
         let encrypted = p.zone().is_some();
@@ -1160,18 +1151,6 @@ impl Filesystem for EzFs {
 
 /// Clears set-user-id, and set-group-id when group-executable, as the kernel does when
 /// an unprivileged user writes or truncates a file (we asked for FUSE_HANDLE_KILLPRIV_V2).
-/// The supplementary groups of process `pid` (the kernel sends only uid and gid).
-fn supplementary_groups(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Groups:"))
-                .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
-        })
-        .unwrap_or_default()
-}
-
 fn kill_suidgid(i: &Inode) -> FsResult<()> {
     let st = sys::stat_at(i.fd()?.as_fd(), OsStr::new("")).map_err(io_err)?;
     let mut kill = libc::S_ISUID;
@@ -1195,6 +1174,17 @@ fn get_xattr(c: &Core, ino: INodeNo, name: &CStr, buf: &mut [u8]) -> FsResult<us
     }
     let i = xattr_capable(i)?;
     sys::getxattr(i.fd()?.as_fd(), name, buf).map_err(io_err)
+}
+
+/// The daemon changes extended attributes as root: names that only a privileged
+/// process may set (`security.*`: CAP_SYS_ADMIN, CAP_SETFCAP for capabilities, as the
+/// kernel's capability checks want on a local filesystem) are refused to everyone else
+/// here, whatever the kernel's security modules let through to the mount.
+fn xattr_allowed(req: &Request, name: &OsStr) -> FsResult<()> {
+    if req.uid() != 0 && name.as_bytes().starts_with(b"security.") {
+        return Err(Errno::EPERM);
+    }
+    Ok(())
 }
 
 fn xattr_target(c: &Core, ino: INodeNo) -> FsResult<Arc<Inode>> {

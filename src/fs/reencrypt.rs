@@ -2,29 +2,37 @@
 //! `listReencryptionStatus`).
 //!
 //! A job walks one zone (nested zones keep their own keys) and brings every file to the
-//! zone key's newest version, one crash-safe step per file (see `fs::rekey`). It
-//! runs in a thread of the mount daemon, so the filesystem keeps serving, renames
-//! included: a file renamed away from the walk is found again by the next walk or by
-//! the renames noted meanwhile, and the job ends only once both find nothing left. The
-//! zone root is held open and walked through its descriptor, so a rename of the root
-//! (or of a directory above it) does not send the job to a stale path. The
-//! status of every job is kept in `BACKING/.ezfs/reencrypt.json`; a job that was
-//! running when the daemon died shows as interrupted, and running it again finishes it
-//! (files already done are recognized by their key version and skipped).
+//! zone key's newest version, one crash-safe step per file (see `fs::rekey`). It runs
+//! in a thread of the mount daemon, so the filesystem keeps serving, renames included:
+//! a file renamed away from the walk is found again by the next walk or by the renames
+//! noted meanwhile, and the job ends only once both find nothing left.
+//!
+//! The job acts as root in directories that users can write, so it never uses a path
+//! outside the zone: the zone root is held open, every directory and file is reached
+//! beneath that descriptor through no symlink and on no other filesystem
+//! (`openat2`), temporary files are made in the directory descriptor the job opened,
+//! and a file's current place is checked to be inside the zone before it is changed.
+//!
+//! A job can be cancelled (`zone reencrypt --cancel`) and is stopped at unmount; either
+//! way it is recorded as resumable, and running it again finishes it in the same mode
+//! (a `--data` job stays one: it is the after-a-compromise procedure). The status of
+//! every job is kept in `BACKING/.ezfs/reencrypt.json`; a job that was running when the
+//! daemon died shows as interrupted.
 
-use super::inode::handle_of_path;
-use super::rekey::{Outcome, Target};
-use super::Core;
+use super::rekey::{JobError, Outcome, Target};
+use super::{sys, Core};
+use crate::backdir::resolve::open_beneath;
+use crate::backdir::walk::{walk, Kind, Visitor};
+use crate::backdir::Caller;
+use crate::format::header::hex;
 use crate::keys::KeyProvider;
-use crate::zone::is_rekey_temp;
-use crate::zone::walk::{zone_files, Nested};
 use crate::zone::Zone;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
-use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,6 +44,8 @@ const MAX_FAILURES: usize = 100;
 const MAX_ROUNDS: u32 = 5;
 /// How often progress is synced to disk and recorded.
 const CHECKPOINT: Duration = Duration::from_secs(1);
+/// How long unmounting waits for running jobs to record where they stopped.
+const STOP_WAIT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -44,8 +54,17 @@ pub enum JobState {
     None,
     Running,
     Completed,
-    /// The daemon stopped while the job ran: run it again to finish.
+    /// The daemon stopped (or was unmounted) while the job ran: run it again to finish.
     Interrupted,
+    /// Stopped by `zone reencrypt --cancel`: run it again to finish.
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether running the job again resumes it.
+    pub fn resumable(self) -> bool {
+        matches!(self, JobState::Interrupted | JobState::Cancelled)
+    }
 }
 
 /// One zone's re-encryption status.
@@ -76,6 +95,19 @@ pub struct JobStatus {
 }
 
 impl JobStatus {
+    /// The state in words, with the mode (`+data` for a `--data` job).
+    pub fn state_name(&self) -> String {
+        let state = match self.state {
+            JobState::None => "none",
+            JobState::Running => "running",
+            JobState::Completed if self.files_failed > 0 => "failures",
+            JobState::Completed => "completed",
+            JobState::Interrupted => "interrupted",
+            JobState::Cancelled => "cancelled",
+        };
+        format!("{state}{}", if self.data { "+data" } else { "" })
+    }
+
     /// Files handled so far (done, current or failed).
     pub fn files_seen(&self) -> u64 {
         self.files_done + self.files_current + self.files_failed
@@ -98,10 +130,16 @@ impl Jobs {
     /// Loads the records; jobs that were running are marked interrupted.
     pub fn load(ezfs_dir: &Path) -> Jobs {
         let path = ezfs_dir.join(STATUS_FILE);
-        let mut map: BTreeMap<String, JobStatus> = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let mut map: BTreeMap<String, JobStatus> = sys::open_at(
+            sys::at_cwd(),
+            ezfs_dir.as_os_str(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )
+        .ok()
+        .and_then(|d| crate::backdir::resolve::read_small(d.as_fd(), OsStr::new(STATUS_FILE), 64 << 20).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
         for j in map.values_mut().filter(|j| j.state == JobState::Running) {
             j.state = JobState::Interrupted;
         }
@@ -129,83 +167,139 @@ impl Jobs {
     }
 }
 
-fn syncfs(dir: &File) {
-    // SAFETY: valid descriptor.
-    unsafe { libc::syncfs(dir.as_raw_fd()) };
+/// A job while it runs: the paths renamed in its zone since it last looked (a walk can
+/// miss an entry that moves while it walks), and its stop flag.
+#[derive(Default)]
+pub struct RunningJob {
+    renamed: Vec<PathBuf>,
+    stop: Arc<AtomicBool>,
 }
 
-/// The zone root of a running job, open: walked through `/proc/self/fd`, it is found
-/// wherever renames take it.
-struct Root {
-    dir: File,
-    /// `/proc/self/fd/N` of `dir`.
-    link: PathBuf,
+/// The running jobs, by zone id, and their threads.
+#[derive(Default)]
+pub struct Running {
+    jobs: parking_lot::Mutex<std::collections::HashMap<[u8; 16], RunningJob>>,
+    threads: parking_lot::Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+fn syncfs(dir: BorrowedFd<'_>) {
+    if let Ok(d) = sys::open_at(dir, OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+        // SAFETY: valid descriptor.
+        unsafe { libc::syncfs(d.as_raw_fd()) };
+    }
+}
+
+/// The zone root of a running job, open: everything the job touches is reached beneath
+/// it, wherever renames take it.
+pub(super) struct Root {
+    pub fd: OwnedFd,
+    /// (st_dev, st_ino) of the root directory.
+    pub key: (u64, u64),
 }
 
 impl Root {
-    fn open(dir: &Path) -> std::io::Result<Root> {
-        let dir = File::open(dir)?;
-        let link = super::sys::fd_link(dir.as_raw_fd());
-        Ok(Root { dir, link })
+    /// The root's path now (from its `/proc` link), if it is still a directory there.
+    pub fn path(&self) -> Option<PathBuf> {
+        let p = sys::path_of(self.fd.as_fd()).ok()?;
+        let st = sys::stat_at(sys::at_cwd(), p.as_os_str()).ok()?;
+        ((st.st_dev, st.st_ino) == self.key).then_some(p)
     }
 
-    /// Path `p` (under [`Root::link`] or absolute) with the root's current path in it:
-    /// for messages.
-    fn shown(&self, p: &Path) -> PathBuf {
-        match (p.strip_prefix(&self.link), super::sys::dir_path(&self.dir)) {
-            (Ok(rel), Some(now)) => now.join(rel),
-            _ => p.to_path_buf(),
+    /// Opens `rel` beneath the root: no `..` out, no symlink, no other filesystem.
+    pub fn open(&self, rel: &Path, flags: i32) -> std::io::Result<OwnedFd> {
+        open_beneath(self.fd.as_fd(), rel, flags, true)
+    }
+}
+
+/// Collects the regular files of a job's zone below one directory (nested zones left
+/// out), removing the leftover temporary files of an interrupted `--data` run.
+struct JobWalk<'a> {
+    core: &'a Core,
+    /// The walk's start, from the zone root.
+    base: PathBuf,
+    /// Hard links are one file.
+    inodes: HashSet<(u64, u64)>,
+    files: Vec<Target>,
+}
+
+impl Visitor for JobWalk<'_> {
+    type Ctx = ();
+    fn enter(&mut self, dir: BorrowedFd<'_>, rel: &Path, parent: Option<&()>) -> Option<()> {
+        if parent.is_none() {
+            return Some(());
+        }
+        let nested = crate::zone::walk::has_marker(dir)
+            || sys::stat_at(dir, OsStr::new(""))
+                .is_ok_and(|st| self.core.is_zone_root((st.st_dev, st.st_ino)));
+        (!nested || rel.as_os_str().is_empty()).then_some(())
+    }
+    fn entry(&mut self, dir: BorrowedFd<'_>, name: &OsStr, rel: &Path, kind: Kind, _: u64, _: &()) {
+        let b = name.as_encoded_bytes();
+        if kind != Kind::File || name == crate::zone::MARKER_FILE || crate::backdir::resolve::is_temp(b) {
+            return;
+        }
+        let Ok(st) = sys::stat_at(dir, name) else { return };
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return;
+        }
+        if crate::zone::is_rekey_temp(b) {
+            let _ = sys::unlink_at(dir, name, 0);
+            return;
+        }
+        let id = (st.st_dev, st.st_ino);
+        if self.inodes.insert(id) {
+            self.files.push(Target {
+                rel: self.base.join(rel),
+                handle: super::inode::handle_at(dir, name),
+                id,
+            });
         }
     }
 }
 
 impl Core {
     /// Starts re-encrypting the zone whose root is `rel`; returns its first status.
-    /// `caller` must be root or own the zone root.
+    /// `caller` must be root or own the zone root. An interrupted or cancelled job of
+    /// the zone is resumed in its own mode: a `--data` job stays one.
     pub fn reencrypt_start(
         self: &Arc<Core>,
         rel: &str,
         data: bool,
-        caller: u32,
+        caller: &Caller,
     ) -> Result<JobStatus, String> {
         if self.read_only {
             return Err("the mount is read-only".into());
         }
-        let dir = self.resolve(rel)?;
-        let shown = format!("/{}", self.relative(&dir));
-        let root = Root::open(&dir).map_err(|e| format!("{shown}: {e}"))?;
-        let meta = root.dir.metadata().map_err(|e| format!("{shown}: {e}"))?;
-        if caller != 0 && std::os::unix::fs::MetadataExt::uid(&meta) != caller {
+        let (fd, rel) = self.resolve_as(caller, rel)?;
+        let shown = format!("/{}", rel.display());
+        let st = sys::stat_at(fd.as_fd(), OsStr::new("")).map_err(|e| format!("{shown}: {e}"))?;
+        if !caller.is_root() && st.st_uid != caller.uid {
             return Err(format!("{shown}: only its owner or root may re-encrypt the zone"));
         }
-        let marker = match self.zone_root_of(&dir) {
-            Some((root, Ok(m))) if root == dir => m,
-            Some((root, Ok(_))) => {
-                return Err(format!(
-                    "{shown} is not a zone root; its zone is /{}",
-                    self.relative(&root)
-                ))
-            }
-            Some((_, Err(e))) => return Err(format!("{shown}: {e}")),
-            None => return Err(format!("{shown} is not an encryption zone")),
+        let key = (st.st_dev, st.st_ino);
+        let zone = match self
+            .is_zone_root(key)
+            .then(|| self.dir_zone(fd.as_fd(), key))
+            .flatten()
+        {
+            Some(z) if z.broken.is_none() => (*z).clone(),
+            Some(z) => return Err(format!("{shown}: {}", z.broken.as_deref().unwrap_or(""))),
+            None => return Err(format!("{shown} is not an encryption zone root")),
+        };
+        let root = Root {
+            fd: sys::open_at(fd.as_fd(), OsStr::new("."), libc::O_PATH | libc::O_DIRECTORY, 0)
+                .map_err(|e| format!("{shown}: {e}"))?,
+            key,
         };
         let _ = self.keys.reload();
-        let version = self
-            .keys
-            .current_version(&marker.key)
-            .map_err(|e| e.to_string())?;
-        let zone = Zone {
-            id: marker.zone_id,
-            key: marker.key.clone(),
-            broken: None,
-        };
-        if super::sys::dir_path(&root.dir).as_deref() != Some(dir.as_path()) {
-            return Err(format!("{shown} was renamed while the job started; run it again"));
-        }
+        let version = self.keys.current_version(&zone.key).map_err(|e| e.to_string())?;
+        let previous = self.jobs.get(&hex(&zone.id));
+        // a --data job stopped half way resumes as one, whatever this run asked
+        let data = data || previous.as_ref().is_some_and(|j| j.state.resumable() && j.data);
         let status = JobStatus {
             zone: shown.clone(),
-            zone_id: marker.id_hex(),
-            key: marker.key,
+            zone_id: hex(&zone.id),
+            key: zone.key.clone(),
             target_version: version,
             data,
             state: JobState::Running,
@@ -218,43 +312,96 @@ impl Core {
             finished: None,
             elapsed_ms: 0,
         };
-        {
-            let mut running = self.reencrypting.lock();
+        let stop = {
+            let mut running = self.running.jobs.lock();
             if running.contains_key(&zone.id) {
                 return Err(format!(
                     "{shown} is already being re-encrypted; see 'ezfs zone reencrypt --status'"
                 ));
             }
-            running.insert(zone.id, Vec::new());
-        }
+            let job = running.entry(zone.id).or_default();
+            job.stop.clone()
+        };
         self.jobs.set(&status);
         let core = self.clone();
         let first = status.clone();
+        let id = zone.id;
         // the walk of a large zone takes seconds: the job does it, the caller polls
         let spawned = std::thread::Builder::new()
             .name("ezfs-reencrypt".into())
-            .spawn(move || core.run_job(root, zone, status));
-        if let Err(e) = spawned {
-            self.reencrypting.lock().remove(&marker.zone_id);
-            return Err(format!("cannot start the job: {e}"));
+            .spawn(move || core.run_job(root, zone, status, stop));
+        match spawned {
+            Ok(t) => self.running.threads.lock().push(t),
+            Err(e) => {
+                self.running.jobs.lock().remove(&id);
+                return Err(format!("cannot start the job: {e}"));
+            }
         }
         Ok(first)
     }
 
+    /// Stops the running job of the zone rooted at `rel`; it is recorded as cancelled
+    /// (resumable). `caller` must be root or own the zone root.
+    pub fn reencrypt_cancel(&self, rel: &str, caller: &Caller) -> Result<JobStatus, String> {
+        let (fd, rel) = self.resolve_as(caller, rel)?;
+        let shown = format!("/{}", rel.display());
+        let st = sys::stat_at(fd.as_fd(), OsStr::new("")).map_err(|e| format!("{shown}: {e}"))?;
+        if !caller.is_root() && st.st_uid != caller.uid {
+            return Err(format!("{shown}: only its owner or root may cancel its job"));
+        }
+        let key = (st.st_dev, st.st_ino);
+        let zone = self
+            .dir_zone(fd.as_fd(), key)
+            .filter(|_| self.is_zone_root(key))
+            .ok_or_else(|| format!("{shown} is not an encryption zone root"))?;
+        let stop = self.running.jobs.lock().get(&zone.id).map(|j| j.stop.clone());
+        let Some(stop) = stop else {
+            return Err(format!("no re-encryption job is running on {shown}"));
+        };
+        stop.store(true, Ordering::Release);
+        let id = hex(&zone.id);
+        // the job records its state within a file's step
+        let deadline = Instant::now() + STOP_WAIT;
+        while self.running.jobs.lock().contains_key(&zone.id) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.jobs
+            .get(&id)
+            .ok_or_else(|| format!("no re-encryption job of {shown} is on record"))
+    }
+
+    /// Stops every running job (the mount is going away) and waits for each to record
+    /// itself as interrupted.
+    pub fn stop_jobs(&self) {
+        self.unmounting.store(true, Ordering::Release);
+        for j in self.running.jobs.lock().values() {
+            j.stop.store(true, Ordering::Release);
+        }
+        let threads = std::mem::take(&mut *self.running.threads.lock());
+        let deadline = Instant::now() + STOP_WAIT;
+        for t in threads {
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+
     /// Tells a running job of `dir`'s zone that `dir/name` was just renamed there.
-    pub(super) fn note_renamed(&self, dir: &super::inode::Inode, name: &std::ffi::OsStr) {
-        let mut moved = self.reencrypting.lock();
-        if moved.is_empty() {
+    pub(super) fn note_renamed(&self, dir: &super::inode::Inode, name: &OsStr) {
+        let mut running = self.running.jobs.lock();
+        if running.is_empty() {
             return;
         }
-        let Some(list) = dir.zone_id().and_then(|z| moved.get_mut(&z)) else {
+        let Some(job) = dir.zone_id().and_then(|z| running.get_mut(&z)) else {
             return;
         };
         // a directory's descriptor always names a connected path
         if let Ok(fd) = dir.fd() {
-            let path = PathBuf::from(super::sys::describe(std::os::fd::AsFd::as_fd(&fd))).join(name);
-            if path.starts_with(&self.backing) {
-                list.push(path);
+            if let Ok(p) = sys::path_of(fd.as_fd()) {
+                job.renamed.push(p.join(name));
             }
         }
     }
@@ -268,13 +415,14 @@ impl Core {
     fn renamed_files(&self, id: [u8; 16], root: &Root) -> (Vec<Target>, bool) {
         let _gate = self.rename_gate.write();
         let paths = self
-            .reencrypting
+            .running
+            .jobs
             .lock()
             .get_mut(&id)
-            .map(std::mem::take)
+            .map(|j| std::mem::take(&mut j.renamed))
             .unwrap_or_default();
         // the root cannot move while the gate is held
-        let Some(now) = super::sys::dir_path(&root.dir) else {
+        let Some(now) = root.path() else {
             // removed, so empty: nothing is left in the zone
             return (Vec::new(), false);
         };
@@ -285,56 +433,51 @@ impl Core {
                 lost = true;
                 continue;
             };
-            let p = root.link.join(rel);
-            match std::fs::symlink_metadata(&p) {
+            let Ok(fd) = root.open(rel, libc::O_PATH | libc::O_NOFOLLOW) else {
+                // deleted, or renamed again: then that later rename is noted too
+                continue;
+            };
+            let Ok(st) = sys::stat_at(fd.as_fd(), OsStr::new("")) else {
+                continue;
+            };
+            match st.st_mode & libc::S_IFMT {
                 // a renamed directory is walked here too: a file leaving it while we
                 // walked it unlocked would be missed
-                Ok(m) if m.is_dir() => out.extend(self.zone_files_under(&p, &root.link)),
-                Ok(m) if m.is_file() => out.push(Target {
-                    handle: handle_of_path(&p),
-                    path: p,
-                    id: (m.dev(), m.ino()),
+                libc::S_IFDIR => out.extend(self.job_files(&fd, rel)),
+                libc::S_IFREG => out.push(Target {
+                    handle: super::inode::handle_at(fd.as_fd(), OsStr::new("")),
+                    rel: rel.to_path_buf(),
+                    id: (st.st_dev, st.st_ino),
                 }),
-                // deleted, or renamed again: then that later rename is noted too
                 _ => {}
             }
         }
         (out, lost)
     }
 
-    /// Regular files of the zone rooted at `dir` (nested zones excluded); leftover
-    /// temporary files of an interrupted `--data` run are removed on the way.
-    fn zone_file_list(&self, dir: &Path) -> Vec<Target> {
-        self.zone_files_under(dir, dir)
+    /// Regular files below directory `dir` (at `base` from the zone root), nested zones
+    /// excluded; leftover temporary files of an interrupted `--data` run are removed.
+    fn job_files(&self, dir: &OwnedFd, base: &Path) -> Vec<Target> {
+        let mut v = JobWalk {
+            core: self,
+            base: base.to_path_buf(),
+            inodes: HashSet::new(),
+            files: Vec::new(),
+        };
+        walk(dir.as_fd(), &mut v);
+        v.files
     }
 
-    /// Like [`Core::zone_file_list`], for the part of the zone at `start`.
-    fn zone_files_under(&self, start: &Path, dir: &Path) -> Vec<Target> {
-        let mut files = Vec::new();
-        // hard links are one file
-        let mut inodes = HashSet::new();
-        zone_files(start, Some(dir), Nested::Skip, &|_| false, &mut |f, _| {
-            let temp = f.file_name().is_some_and(|n| is_rekey_temp(n.as_encoded_bytes()));
-            if temp {
-                let _ = std::fs::remove_file(f);
-            } else if let Some(id) = std::fs::symlink_metadata(f)
-                .ok()
-                .map(|m| (m.dev(), m.ino()))
-                .filter(|id| inodes.insert(*id))
-            {
-                files.push(Target {
-                    path: f.to_path_buf(),
-                    handle: handle_of_path(f),
-                    id,
-                });
-            }
-        });
-        files
+    /// The zone root's path from the mount root, for status and messages.
+    fn shown_root(&self, root: &Root, fallback: &str) -> String {
+        root.path()
+            .map(|p| format!("/{}", self.relative(&p)))
+            .unwrap_or_else(|| fallback.to_owned())
     }
 
-    fn run_job(self: Arc<Core>, root: Root, zone: Zone, mut status: JobStatus) {
+    fn run_job(self: Arc<Core>, root: Root, zone: Zone, mut status: JobStatus, stop: Arc<AtomicBool>) {
         let t0 = Instant::now();
-        let files = self.zone_file_list(&root.link);
+        let files = self.job_files(&root.fd, Path::new(""));
         status.files_total = files.len() as u64;
         self.jobs.set(&status);
         let mut last = Instant::now();
@@ -346,47 +489,63 @@ impl Core {
             status.target_version,
             if status.data { ", with new data keys" } else { "" }
         );
+        let fail = |status: &mut JobStatus, rel: &Path, e: &str| {
+            let shown = format!("{}/{}", status.zone.trim_end_matches('/'), rel.display());
+            log::error!("re-encrypting {shown}: {e}");
+            status.files_failed += 1;
+            if status.failures.len() < MAX_FAILURES {
+                status.failures.push(format!("{shown}: {e}"));
+            }
+        };
         // files handled, by backing inode, so that a second walk counts nothing twice
         let mut seen: HashSet<(u64, u64)> = HashSet::new();
         let mut retry: Vec<Target> = Vec::new();
         let mut pass = files;
         let mut round = 0;
-        loop {
+        let mut end = JobState::Completed;
+        'rounds: loop {
             round += 1;
             let last_round = round >= MAX_ROUNDS;
             for target in pass.drain(..) {
+                if stop.load(Ordering::Acquire) {
+                    end = JobState::Interrupted;
+                    break 'rounds;
+                }
                 let step = self.rekey(
+                    &root,
                     &target,
                     &zone,
                     status.target_version,
                     status.data,
                     last_round,
                     &mut seen,
+                    &stop,
                 );
-                let mut failure = None;
                 match step {
                     Ok(Outcome::Done) => status.files_done += 1,
                     Ok(Outcome::Current | Outcome::Empty) => status.files_current += 1,
                     // deleted, or renamed under our feet: the next walk finds it
                     Ok(Outcome::Gone | Outcome::Seen) => continue,
-                    Err(e) if e.starts_with("busy") && !last_round => {
+                    Err(JobError::Busy) if !last_round => {
                         retry.push(target);
                         continue;
                     }
-                    Err(e) => failure = Some(e),
-                }
-                if let Some(e) = failure {
-                    log::error!("re-encrypting {}: {e}", root.shown(&target.path).display());
-                    status.files_failed += 1;
-                    if status.failures.len() < MAX_FAILURES {
-                        status
-                            .failures
-                            .push(format!("/{}: {e}", self.relative(&root.shown(&target.path))));
+                    Err(JobError::Busy) => fail(&mut status, &target.rel, "busy: open in the mount"),
+                    Err(JobError::Stopped) => {
+                        end = JobState::Interrupted;
+                        break 'rounds;
                     }
+                    Err(JobError::Fatal(e)) => {
+                        fail(&mut status, &target.rel, &e);
+                        log::error!("re-encryption of zone {} stopped: {e}", status.zone);
+                        end = JobState::Interrupted;
+                        break 'rounds;
+                    }
+                    Err(JobError::Failed(e)) => fail(&mut status, &target.rel, &e),
                 }
                 if last.elapsed() >= CHECKPOINT {
-                    syncfs(&root.dir);
-                    status.zone = format!("/{}", self.relative(&root.shown(&root.link)));
+                    syncfs(root.fd.as_fd());
+                    status.zone = self.shown_root(&root, &status.zone);
                     status.elapsed_ms = t0.elapsed().as_millis() as u64;
                     self.jobs.set(&status);
                     last = Instant::now();
@@ -401,7 +560,7 @@ impl Core {
             // A noted path that the root's rename made unusable counts as something
             // left: the next walk, through the root's descriptor, finds that file.
             let mut listed: HashSet<(u64, u64)> = retry.iter().map(|t| t.id).collect();
-            let walked = self.zone_file_list(&root.link);
+            let walked = self.job_files(&root.fd, Path::new(""));
             let (renamed, lost) = self.renamed_files(zone.id, &root);
             let mut again: Vec<Target> = walked
                 .into_iter()
@@ -413,16 +572,16 @@ impl Core {
             }
             if last_round {
                 // renamed faster than walked, round after round: say so, do not hide it
-                let moving = again.iter().chain(&retry).map(|t| root.shown(&t.path));
-                let root_moving = lost.then(|| root.shown(&root.link));
-                for path in moving.chain(root_moving) {
-                    status.files_failed += 1;
-                    if status.failures.len() < MAX_FAILURES {
-                        status.failures.push(format!(
-                            "/{}: kept moving during the job; run it again",
-                            self.relative(&path)
-                        ));
-                    }
+                let moving: Vec<PathBuf> = again.iter().chain(&retry).map(|t| t.rel.clone()).collect();
+                for rel in moving {
+                    fail(&mut status, &rel, "kept moving during the job; run it again");
+                }
+                if lost {
+                    fail(
+                        &mut status,
+                        Path::new(""),
+                        "kept moving during the job; run it again",
+                    );
                 }
                 break;
             }
@@ -433,16 +592,27 @@ impl Core {
             again.append(&mut retry);
             pass = again;
         }
-        syncfs(&root.dir);
-        status.zone = format!("/{}", self.relative(&root.shown(&root.link)));
-        status.state = JobState::Completed;
+        syncfs(root.fd.as_fd());
+        if end == JobState::Interrupted
+            && stop.load(Ordering::Acquire)
+            && !self.unmounting.load(Ordering::Acquire)
+        {
+            end = JobState::Cancelled;
+        }
+        status.zone = self.shown_root(&root, &status.zone);
+        status.state = end;
         status.finished = Some(now());
         status.elapsed_ms = t0.elapsed().as_millis() as u64;
         self.jobs.set(&status);
-        self.reencrypting.lock().remove(&zone.id);
+        self.running.jobs.lock().remove(&zone.id);
         log::info!(
-            "re-encrypted zone {}: {} changed, {} already current, {} failed, in {:.1} s",
+            "re-encryption of zone {} {}: {} changed, {} already current, {} failed, in {:.1} s",
             status.zone,
+            match end {
+                JobState::Completed => "completed",
+                JobState::Cancelled => "cancelled (run it again to finish)",
+                _ => "interrupted (run it again to finish)",
+            },
             status.files_done,
             status.files_current,
             status.files_failed,
@@ -450,14 +620,18 @@ impl Core {
         );
     }
 
-    /// Status of every zone (or of the zone rooted at `rel`), jobs or not.
-    pub fn reencrypt_status(&self, rel: Option<&str>) -> Result<Vec<JobStatus>, String> {
+    /// Status of every zone the caller can reach (or of the zone rooted at `rel`), jobs
+    /// or not.
+    pub fn reencrypt_status(&self, rel: Option<&str>, caller: &Caller) -> Result<Vec<JobStatus>, String> {
         let only = match rel {
             Some(r) => {
-                let dir = self.resolve(r)?;
-                match self.zone_root_of(&dir) {
-                    Some((root, Ok(m))) if root == dir => Some(m.id_hex()),
-                    _ => return Err(format!("/{} is not a zone root", self.relative(&dir))),
+                let (fd, rel) = self.resolve_as(caller, r)?;
+                let key = sys::stat_at(fd.as_fd(), OsStr::new(""))
+                    .map(|st| (st.st_dev, st.st_ino))
+                    .map_err(|e| e.to_string())?;
+                match self.dir_zone(fd.as_fd(), key).filter(|_| self.is_zone_root(key)) {
+                    Some(z) => Some(hex(&z.id)),
+                    None => return Err(format!("/{} is not a zone root", rel.display())),
                 }
             }
             None => None,
@@ -467,7 +641,7 @@ impl Core {
             return Ok(vec![j]);
         }
         let mut out = Vec::new();
-        for z in self.zones_found(false) {
+        for z in self.zones_visible(caller, false) {
             if only.as_ref().is_some_and(|id| id != &z.zone_id) {
                 continue;
             }
@@ -496,5 +670,21 @@ impl Core {
             });
         }
         Ok(out)
+    }
+
+    /// The record of the job of zone `zone_id`, if the caller can reach the zone.
+    pub fn reencrypt_job(&self, zone_id: &str, caller: &Caller) -> Result<JobStatus, String> {
+        let none = || format!("no re-encryption job of zone {zone_id} is on record");
+        let path = self
+            .keys
+            .store()
+            .read()
+            .body()
+            .zones
+            .get(zone_id)
+            .map(|z| z.path.clone())
+            .ok_or_else(none)?;
+        self.resolve_as(caller, &path)?;
+        self.jobs.get(zone_id).ok_or_else(none)
     }
 }

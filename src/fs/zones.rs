@@ -1,13 +1,28 @@
-//! Zone management on a live mount (create, info, list) and the zone check at mount
-//! time. The control socket calls these; paths are relative to the backing root.
+//! Zones on a live mount: which directories are zone roots, and the zone requests of
+//! the control socket (create, info, list).
+//!
+//! The keystore's registry (authenticated by the master key) says which zones exist
+//! and where their roots were last seen. At mount, and after every reload of the
+//! keystore, each registered root is found in the backing dir and remembered by its
+//! inode ([`ZoneRoots`]), so that a root stays a zone whatever happens to its marker;
+//! see [`crate::zone::decide`]. Paths in requests are relative to the mount root and
+//! are resolved as the caller (see [`Caller::run_as`]): beneath the backing root,
+//! through no symlink, with the caller's permissions.
 
-use super::Core;
+use super::{inode::ROOT, Core};
+use crate::backdir::resolve::{self, open_beneath};
+use crate::backdir::walk::{walk, Kind, Visitor};
+use crate::backdir::{sys, Caller};
 use crate::format::header::{hex, read_header, SUITE_NAME};
 use crate::keys::KeyProvider;
-use crate::zone::{Zone, ZoneMarker, MARKER_FILE};
+use crate::zone::usage::scan_zone;
+use crate::zone::walk::has_marker;
+use crate::zone::{self, MarkerRead, Zone, ZoneMarker, MARKER_FILE};
+use parking_lot::RwLock;
 use serde::Serialize;
-use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,11 +35,14 @@ pub struct ZoneSummary {
     pub key: String,
     /// Newest version of the zone key (what new files get).
     pub key_version: u32,
-    /// Regular files in the zone (not counting nested zones).
+    /// Regular files in the zone (not counting nested zones) that the caller can reach.
     pub files: u64,
     /// How many of them use each "key@version".
     #[serde(default)]
     pub files_by_version: BTreeMap<String, u64>,
+    /// Why the zone cannot be used (its files give EIO), if it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken: Option<String>,
 }
 
 /// What `zone info` shows for a path (HDFS's getFileEncryptionInfo).
@@ -46,184 +64,379 @@ pub struct PathInfo {
     pub files_by_version: BTreeMap<String, u64>,
 }
 
-fn walk(dir: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata)) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
-    for e in rd.flatten() {
-        let p = e.path();
-        let Ok(m) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        f(&p, &m);
-        if m.is_dir() {
-            walk(&p, f);
-        }
-    }
+/// The registered zone roots found in the backing dir: (st_dev, st_ino) of each root
+/// directory to its zone id (hex).
+#[derive(Default)]
+pub struct ZoneRoots(RwLock<HashMap<(u64, u64), String>>);
+
+/// (st_dev, st_ino) of a descriptor's file.
+fn dev_ino(fd: BorrowedFd<'_>) -> std::io::Result<(u64, u64)> {
+    let st = sys::stat_at(fd, OsStr::new(""))?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// A path from the mount root as `zone list` shows it: "/dir".
+fn shown(rel: &Path) -> String {
+    format!("/{}", rel.display())
+}
+
+/// Zone id (hex) to the places of its authentic markers: path from the backing root
+/// and (st_dev, st_ino) of the directory.
+type MarkerPlaces = HashMap<String, Vec<(PathBuf, (u64, u64))>>;
+
+/// What [`Core::locate_zones`] found.
+#[derive(Debug, Default)]
+pub struct Located {
+    /// Zones whose marker fails authentication (their files give EIO), each with the
+    /// command that repairs it.
+    pub warnings: Vec<String>,
+    /// Registered zones whose root or marker is not where the registry says: mounting
+    /// would lose track of them (refused, each with the command that repairs it).
+    pub missing: Vec<String>,
 }
 
 impl Core {
-    /// A backing path for `rel`, refusing `..`, reserved names and `.ezfs`.
-    pub fn resolve(&self, rel: &str) -> Result<PathBuf, String> {
-        let rel = Path::new(rel.trim_start_matches('/'));
-        let mut first = true;
-        for c in rel.components() {
-            match c {
-                Component::Normal(n) if n != MARKER_FILE && !(first && n == crate::EZFS_DIR) => {}
-                Component::CurDir => {}
-                _ => return Err(format!("invalid path '{}' in the mount", rel.display())),
-            }
-            first = false;
+    /// The backing root's descriptor.
+    pub(crate) fn root_fd(&self) -> Result<super::inode::InodeFd, String> {
+        self.inodes
+            .get(ROOT)
+            .ok_or("the backing root is gone")?
+            .fd()
+            .map_err(|e| {
+                format!(
+                    "the backing root: {}",
+                    std::io::Error::from_raw_os_error(e.code())
+                )
+            })
+    }
+
+    /// The zone whose root is the directory `dir` (backing inode `key`), if it is one.
+    /// Broken zones are logged.
+    pub(crate) fn dir_zone(&self, dir: BorrowedFd<'_>, key: (u64, u64)) -> Option<Arc<Zone>> {
+        let store = self.keys.store().read();
+        let marker = zone::marker::read_marker(dir, store.master());
+        let registry = &store.body().zones;
+        let roots = self.zone_roots.0.read();
+        let here = roots
+            .get(&key)
+            .and_then(|id| registry.get_key_value(id))
+            .map(|(id, e)| (id.as_str(), e));
+        let z = zone::decide(marker, here, |id| registry.contains_key(id))?;
+        if let Some(why) = &z.broken {
+            log::error!(
+                "{}: broken encryption zone: {why}; its files give EIO",
+                sys::describe(dir)
+            );
         }
-        Ok(self.backing.join(rel))
+        Some(Arc::new(z))
     }
 
-    fn mount_rel(&self, p: &Path) -> String {
-        format!("/{}", self.relative(p))
+    /// Re-reads the keystore (the command line changed it) and finds the zones again.
+    pub fn reload(&self) -> Result<(), String> {
+        self.keys.reload().map_err(|e| e.to_string())?;
+        let located = self.locate_zones()?;
+        for w in located.warnings.iter().chain(&located.missing) {
+            log::error!("{w}");
+        }
+        Ok(())
     }
 
-    fn marker_at(&self, dir: &Path) -> Option<Result<ZoneMarker, String>> {
-        let bytes = std::fs::read(dir.join(MARKER_FILE)).ok()?;
-        Some(ZoneMarker::decode(&bytes, self.keys.store().read().master()).map_err(|e| e.to_string()))
-    }
-
-    /// Gives the cached inode of directory `dir` (if the kernel knows it) the zone `zone`.
-    fn set_cached_zone(&self, dir: &Path, zone: Option<Arc<Zone>>) {
-        if let Ok(m) = std::fs::symlink_metadata(dir) {
-            if let Some(ino) = self.inodes.find_and_ref((m.dev(), m.ino())) {
-                *ino.zone.write() = zone;
-                self.inodes.forget(ino.id, 1);
+    /// Finds every registered zone's root in the backing dir (by its path in the
+    /// registry, else by its marker wherever the root was moved) and remembers it by
+    /// inode. Cached directory inodes of the roots get their zone decided again (a
+    /// repaired zone works at once).
+    pub fn locate_zones(&self) -> Result<Located, String> {
+        let root = self.root_fd()?;
+        let registry = self.keys.store().read().body().zones.clone();
+        let mut found: HashMap<(u64, u64), String> = HashMap::new();
+        let mut pending = Vec::new();
+        {
+            let store = self.keys.store().read();
+            for (id, e) in &registry {
+                let fd = open_beneath(
+                    root.as_fd(),
+                    Path::new(&e.path),
+                    libc::O_PATH | libc::O_DIRECTORY,
+                    false,
+                );
+                let ok = fd.as_ref().is_ok_and(|fd| {
+                    matches!(zone::marker::read_marker(fd.as_fd(), store.master()),
+                        MarkerRead::Valid(m) if &m.id_hex() == id && m.key == e.key)
+                });
+                match fd {
+                    Ok(fd) if ok => {
+                        found.insert(dev_ino(fd.as_fd()).map_err(|e| e.to_string())?, id.clone());
+                    }
+                    other => pending.push((id.clone(), e.clone(), other.ok())),
+                }
             }
+        }
+        let mut out = Located::default();
+        if !pending.is_empty() {
+            let markers = self.markers_by_zone(root.as_fd());
+            for (id, e, at_path) in pending {
+                let elsewhere = markers.get(&id).map(Vec::as_slice).unwrap_or_default();
+                match (at_path, elsewhere) {
+                    // a directory is still at the registered path: the zone is there,
+                    // and broken (a marker moved away is not followed): an authentic
+                    // marker of another zone, or none, is not something to guess about
+                    (Some(fd), _) => {
+                        found.insert(dev_ino(fd.as_fd()).map_err(|e| e.to_string())?, id.clone());
+                        let store = self.keys.store().read();
+                        match zone::marker::read_marker(fd.as_fd(), store.master()) {
+                            MarkerRead::Invalid(why) => out.warnings.push(format!(
+                                "zone /{} (key {}): {why}; its files give EIO until the marker is restored \
+                                 from a backup or written again with 'ezfs zone repair /{}'",
+                                e.path, e.key, e.path
+                            )),
+                            _ => out.missing.push(format!(
+                                "zone /{} (key {}, id {id}) has lost its marker; mounting would leave it \
+                                 broken (new files there must not be stored in plaintext). Restore the \
+                                 marker from a backup, or run 'ezfs zone repair /{}' (both as root, with \
+                                 --backing BACKING)",
+                                e.path, e.key, e.path
+                            )),
+                        }
+                    }
+                    // moved as a whole (marker included) while not mounted
+                    (None, [(rel, key)]) => {
+                        let rel_s = rel.to_string_lossy().into_owned();
+                        log::info!("zone {id} (key {}) moved from /{} to /{rel_s}", e.key, e.path);
+                        self.keys
+                            .store()
+                            .write()
+                            .register_zone(&id, &e.key, &rel_s)
+                            .map_err(|e| e.to_string())?;
+                        found.insert(*key, id.clone());
+                    }
+                    (None, []) => out.missing.push(format!(
+                        "zone {id} (key {}) is gone: no directory at /{} and no marker of it anywhere. If it \
+                         was deleted, run 'ezfs zone forget {id}'; if it was moved without its marker, run \
+                         'ezfs zone repair --id {id} NEWPATH' (both as root, with --backing BACKING)",
+                        e.key, e.path
+                    )),
+                    (None, many) => out.missing.push(format!(
+                        "zone {id} (key {}) left /{} and its marker is now in {} places ({}); remove the \
+                         copies' markers, or run 'ezfs zone repair --id {id} PATH' for the right one",
+                        e.key,
+                        e.path,
+                        many.len(),
+                        many.iter().map(|(p, _)| shown(p)).collect::<Vec<_>>().join(", ")
+                    )),
+                }
+            }
+        }
+        *self.zone_roots.0.write() = found;
+        self.refresh_cached_roots();
+        Ok(out)
+    }
+
+    /// Every authentic marker in the backing dir, by zone id: (path, inode of the root).
+    fn markers_by_zone(&self, root: BorrowedFd<'_>) -> MarkerPlaces {
+        struct Markers<'a> {
+            core: &'a Core,
+            out: MarkerPlaces,
+        }
+        impl Visitor for Markers<'_> {
+            type Ctx = ();
+            fn enter(&mut self, dir: BorrowedFd<'_>, rel: &Path, _: Option<&()>) -> Option<()> {
+                if rel == Path::new(crate::EZFS_DIR) {
+                    return None;
+                }
+                if has_marker(dir) {
+                    let read = zone::marker::read_marker(dir, self.core.keys.store().read().master());
+                    if let (MarkerRead::Valid(m), Ok(key)) = (read, dev_ino(dir)) {
+                        self.out
+                            .entry(m.id_hex())
+                            .or_default()
+                            .push((rel.to_path_buf(), key));
+                    }
+                }
+                Some(())
+            }
+            fn entry(&mut self, _: BorrowedFd<'_>, _: &OsStr, _: &Path, _: Kind, _: u64, _: &()) {}
+        }
+        let mut v = Markers {
+            core: self,
+            out: HashMap::new(),
+        };
+        walk(root, &mut v);
+        v.out
+    }
+
+    /// Decides the zone of every cached zone-root directory again (after the registry
+    /// or a marker changed), and hands a changed zone to every inode that shared the
+    /// old one.
+    fn refresh_cached_roots(&self) {
+        let roots: Vec<(u64, u64)> = self.zone_roots.0.read().keys().copied().collect();
+        for key in roots {
+            let Some(ino) = self.inodes.find_and_ref(key) else {
+                continue;
+            };
+            if let Ok(fd) = ino.fd() {
+                let new = self.dir_zone(fd.as_fd(), key);
+                let old = ino.zone();
+                if let (Some(old), Some(new)) = (old, new) {
+                    if *old != *new {
+                        self.inodes.replace_zone(&old, &new);
+                    }
+                }
+            }
+            self.inodes.forget(ino.id, 1);
         }
     }
 
-    /// Makes the empty directory `rel` a zone under key `key`. `caller` must be root
-    /// or own the directory.
-    pub fn zone_create(&self, rel: &str, key: &str, caller: u32) -> Result<ZoneSummary, String> {
+    /// The directory at `rel` from the mount root, resolved as `caller` would through
+    /// the mount: beneath the backing root, through no symlink, with the caller's
+    /// permissions; reserved names (the marker, `.ezfs`) are refused.
+    pub fn resolve_as(&self, caller: &Caller, rel: &str) -> Result<(OwnedFd, PathBuf), String> {
+        let rel = normalize(rel)?;
+        let root = self.root_fd()?;
+        let fd = caller
+            .run_as(|| open_beneath(root.as_fd(), &rel, libc::O_PATH, false))
+            .map_err(|e| e.to_string())?
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => format!("{}: a symbolic link is in the way", shown(&rel)),
+                Some(libc::EXDEV) => format!("{}: not inside the mount", shown(&rel)),
+                _ => format!("{}: {e}", shown(&rel)),
+            })?;
+        Ok((fd, rel))
+    }
+
+    /// The zone root at or above `rel` (resolved as `caller`): its path and zone.
+    fn zone_root_of(&self, caller: &Caller, rel: &Path) -> Result<Option<(PathBuf, Arc<Zone>)>, String> {
+        for dir in rel.ancestors() {
+            let (fd, _) = self.resolve_as(caller, &dir.to_string_lossy())?;
+            let key = dev_ino(fd.as_fd()).map_err(|e| e.to_string())?;
+            if let Some(z) = self.dir_zone(fd.as_fd(), key) {
+                return Ok(Some((dir.to_path_buf(), z)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Makes the empty directory `rel` a zone under key `key`. `caller` must be root or
+    /// own the directory, and may use the key.
+    pub fn zone_create(&self, rel: &str, key: &str, caller: &Caller) -> Result<ZoneSummary, String> {
         if self.read_only {
             return Err("the mount is read-only".into());
         }
+        let (dir, rel) = self.resolve_as(caller, rel)?;
+        let at = shown(&rel);
+        let st = sys::stat_at(dir.as_fd(), OsStr::new("")).map_err(|e| format!("{at}: {e}"))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(format!("{at} is not a directory"));
+        }
+        if !caller.is_root() && st.st_uid != caller.uid {
+            return Err(format!("{at}: only its owner or root may make it a zone"));
+        }
+        self.check_key_use(caller, key)?;
         let version = self.keys.current_version(key).map_err(|e| e.to_string())?;
-        let dir = self.resolve(rel)?;
-        let shown = self.mount_rel(&dir);
-        let meta = std::fs::symlink_metadata(&dir).map_err(|e| format!("{shown}: {e}"))?;
-        if !meta.is_dir() {
-            return Err(format!("{shown} is not a directory"));
+        let key_ino = (st.st_dev, st.st_ino);
+        if self.zone_roots.0.read().contains_key(&key_ino) || has_marker(dir.as_fd()) {
+            return Err(format!("{at} is already an encryption zone"));
         }
-        if caller != 0 && meta.uid() != caller {
-            return Err(format!("{shown}: only its owner or root may make it a zone"));
-        }
+        let in_root = rel.as_os_str().is_empty();
         let is_empty = || {
-            std::fs::read_dir(&dir)
-                .map(|mut d| d.next().is_none())
+            sys::read_dir(dir.as_fd())
+                .map(|v| {
+                    v.iter()
+                        .all(|(n, _, _)| zone::is_reserved(n.as_encoded_bytes(), in_root))
+                })
                 .unwrap_or(false)
         };
-        if self.marker_at(&dir).is_some() {
-            return Err(format!("{shown} is already an encryption zone"));
-        }
+        let not_empty = || format!("{at} is not empty; a zone can only be created on an empty directory");
+        // creates wait while the directory becomes a zone: none can slip in as plaintext
+        let _gate = self.zone_gate.write();
         if !is_empty() {
-            return Err(format!(
-                "{shown} is not empty; a zone can only be created on an empty directory"
-            ));
+            return Err(not_empty());
         }
         let marker = ZoneMarker::new(key);
-        let zone = Arc::new(Zone {
-            id: marker.zone_id,
-            key: key.into(),
-            broken: None,
-        });
-        let old_zone = self.enclosing_zone(&dir);
-        self.set_cached_zone(&dir, Some(zone.clone()));
-        let bytes = marker.encode(self.keys.store().read().master());
-        let marker_path = dir.join(MARKER_FILE);
-        crate::keys::atomic::write_file(&marker_path, &bytes, 0o644).map_err(|e| format!("{shown}: {e}"))?;
-        self.set_cached_zone(&dir, Some(zone.clone()));
-        // a file created meanwhile would be plaintext in a zone: undo
-        let only_marker = std::fs::read_dir(&dir).map(|d| d.count() == 1).unwrap_or(false);
-        if !only_marker {
-            let _ = std::fs::remove_file(&marker_path);
-            self.set_cached_zone(&dir, old_zone);
-            return Err(format!(
-                "{shown} is not empty; a zone can only be created on an empty directory"
-            ));
-        }
+        let id = marker.id_hex();
+        let zone = Arc::new(Zone::new(marker.zone_id, key));
+        // registered first: from here on the directory is a zone whatever its marker says
         self.keys
             .store()
             .write()
-            .register_zone(&marker.id_hex(), key, &self.relative(&dir))
+            .register_zone(&id, key, &rel.to_string_lossy())
             .map_err(|e| e.to_string())?;
+        self.zone_roots.0.write().insert(key_ino, id.clone());
+        let bytes = marker.encode(self.keys.store().read().master());
+        if let Err(e) = resolve::replace_at(dir.as_fd(), OsStr::new(MARKER_FILE), &bytes, 0o644) {
+            self.zone_roots.0.write().remove(&key_ino);
+            let _ = self.keys.store().write().unregister_zone(&id);
+            return Err(format!("{at}: cannot write the zone marker: {e}"));
+        }
+        self.set_cached_zone(key_ino, zone);
         Ok(ZoneSummary {
-            path: shown,
-            zone_id: marker.id_hex(),
+            path: at,
+            zone_id: id,
             key: key.into(),
             key_version: version,
             files: 0,
             files_by_version: BTreeMap::new(),
+            broken: None,
         })
     }
 
-    /// The zone a directory's contents belonged to before it became a zone root.
-    fn enclosing_zone(&self, dir: &Path) -> Option<Arc<Zone>> {
-        let (_, m) = self.zone_root_of(dir.parent()?)?;
-        Some(Arc::new(match m {
-            Ok(m) => Zone {
-                id: m.zone_id,
-                key: m.key,
-                broken: None,
-            },
-            Err(why) => Zone {
-                id: [0xff; 16],
-                key: String::new(),
-                broken: Some(why),
-            },
-        }))
+    /// Refuses unless `caller` may use key `key` (root and the key's owner always may).
+    fn check_key_use(&self, caller: &Caller, key: &str) -> Result<(), String> {
+        let _ = self.keys.current_version(key).map_err(|e| e.to_string())?;
+        let store = self.keys.store().read();
+        let k = store.key(key).map_err(|e| e.to_string())?;
+        if k.allows(caller.uid, caller.gid, || caller.groups()) {
+            Ok(())
+        } else {
+            Err(format!("uid {} may not use key {key}", caller.uid))
+        }
     }
 
-    /// The closest directory at or above `p` (within the backing dir) with a marker.
-    pub(super) fn zone_root_of(&self, p: &Path) -> Option<(PathBuf, Result<ZoneMarker, String>)> {
-        let mut cur = Some(p);
-        while let Some(d) = cur {
-            if !d.starts_with(&self.backing) {
-                return None;
-            }
-            if let Some(m) = self.marker_at(d) {
-                return Some((d.to_path_buf(), m));
-            }
-            cur = d.parent();
+    /// Gives the cached inode of directory `key` (if the kernel knows it) the zone `zone`.
+    fn set_cached_zone(&self, key: (u64, u64), zone: Arc<Zone>) {
+        if let Some(ino) = self.inodes.find_and_ref(key) {
+            *ino.zone.write() = Some(zone);
+            self.inodes.forget(ino.id, 1);
         }
-        None
     }
 
     /// Encryption details of a file or directory in a zone.
-    pub fn zone_info(&self, rel: &str) -> Result<PathInfo, String> {
-        let p = self.resolve(rel)?;
-        let shown = self.mount_rel(&p);
-        let meta = std::fs::symlink_metadata(&p).map_err(|e| format!("{shown}: {e}"))?;
-        let start = if meta.is_dir() {
-            p.as_path()
+    pub fn zone_info(&self, rel: &str, caller: &Caller) -> Result<PathInfo, String> {
+        let (fd, rel) = self.resolve_as(caller, rel)?;
+        let at = shown(&rel);
+        let st = sys::stat_at(fd.as_fd(), OsStr::new("")).map_err(|e| format!("{at}: {e}"))?;
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        let start = if is_dir {
+            rel.as_path()
         } else {
-            p.parent().unwrap_or(&p)
+            rel.parent().unwrap_or(Path::new(""))
         };
-        let (root, marker) = self
-            .zone_root_of(start)
-            .ok_or_else(|| format!("{shown} is not in an encryption zone"))?;
-        let marker = marker.map_err(|e| format!("zone {}: {e}", self.mount_rel(&root)))?;
+        let (root, zone) = self
+            .zone_root_of(caller, start)?
+            .ok_or_else(|| format!("{at} is not in an encryption zone"))?;
+        if let Some(why) = &zone.broken {
+            return Err(format!("zone {}: {why}", shown(&root)));
+        }
         let mut info = PathInfo {
-            path: shown.clone(),
-            zone: self.mount_rel(&root),
-            zone_id: marker.id_hex(),
-            key: marker.key.clone(),
-            key_version: self.keys.current_version(&marker.key).unwrap_or(0),
+            path: at.clone(),
+            zone: shown(&root),
+            zone_id: hex(&zone.id),
+            key: zone.key.clone(),
+            key_version: self.keys.current_version(&zone.key).unwrap_or(0),
             cipher_suite: SUITE_NAME.into(),
             edek: None,
             file_id: None,
             files_by_version: BTreeMap::new(),
         };
-        if meta.is_dir() && root == p {
-            let u = crate::zone::usage::scan_zone(&self.backing, &root);
+        if is_dir && root == rel {
+            let u = caller
+                .run_as(|| scan_zone(fd.as_fd(), &rel))
+                .map_err(|e| e.to_string())?;
             info.files_by_version = u.zones.into_values().next().unwrap_or_default();
         }
-        if meta.is_file() && meta.len() > 0 {
-            let f = std::fs::File::open(&p).map_err(|e| format!("{shown}: {e}"))?;
-            let h = read_header(&f).map_err(|e| format!("{shown}: {e}"))?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size > 0 {
+            let f = sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_NONBLOCK)
+                .map_err(|e| format!("{at}: {e}"))?;
+            let h = read_header(&f).map_err(|e| format!("{at}: {e}"))?;
             info.key = h.key_name.clone();
             info.key_version = h.key_version;
             info.edek = Some(hex(&h.edek));
@@ -232,127 +445,157 @@ impl Core {
         Ok(info)
     }
 
-    /// Every zone in the backing dir, found by walking it (the markers are the truth);
-    /// stale paths in the keystore's registry are refreshed on the way.
-    pub fn zone_list(&self) -> Vec<ZoneSummary> {
-        self.zones_found(true)
+    /// Every registered zone whose root `caller` can reach, with its files, in path
+    /// order.
+    pub fn zone_list(&self, caller: &Caller) -> Vec<ZoneSummary> {
+        self.zones_visible(caller, true)
     }
 
-    /// Every zone; with `by_version`, each file's header is read to count key versions.
-    pub(super) fn zones_found(&self, by_version: bool) -> Vec<ZoneSummary> {
-        let mut zones: Vec<(PathBuf, ZoneSummary)> = Vec::new();
-        let ezfs = self.backing.join(crate::EZFS_DIR);
-        walk(&self.backing, &mut |p, m| {
-            if p.starts_with(&ezfs) {
-                return;
-            }
-            if m.is_dir() {
-                if let Some(Ok(marker)) = self.marker_at(p) {
-                    zones.push((
-                        p.to_path_buf(),
-                        ZoneSummary {
-                            path: self.mount_rel(p),
-                            zone_id: marker.id_hex(),
-                            key_version: self.keys.current_version(&marker.key).unwrap_or(0),
-                            key: marker.key,
-                            files: 0,
-                            files_by_version: BTreeMap::new(),
-                        },
-                    ));
-                }
-            } else if m.is_file()
-                && p.file_name()
-                    .is_some_and(|n| n != MARKER_FILE && !crate::zone::is_rekey_temp(n.as_encoded_bytes()))
-            {
-                // the closest zone root above the file: the longest matching prefix
-                if let Some(z) = zones
-                    .iter_mut()
-                    .filter(|(root, _)| p.starts_with(root))
-                    .max_by_key(|(r, _)| r.as_os_str().len())
-                {
-                    z.1.files += 1;
-                }
-            }
-        });
-        if by_version {
-            let usage = crate::zone::usage::scan(&self.backing);
-            for (root, z) in &mut zones {
-                z.files_by_version = usage.zones.get(&self.relative(root)).cloned().unwrap_or_default();
-            }
-        }
+    /// Every registered zone whose root `caller` can reach; with `count`, its files are
+    /// counted (those the caller can reach) and their headers read for key versions.
+    pub(super) fn zones_visible(&self, caller: &Caller, count: bool) -> Vec<ZoneSummary> {
         let registry = self.keys.store().read().body().zones.clone();
-        for (root, z) in &zones {
-            let rel = self.relative(root);
-            if registry.get(&z.zone_id).is_some_and(|e| e.path != rel) {
-                let _ = self.keys.store().write().register_zone(&z.zone_id, &z.key, &rel);
+        let mut out: Vec<ZoneSummary> = Vec::new();
+        for (id, e) in registry {
+            let Ok((fd, rel)) = self.resolve_as(caller, &e.path) else {
+                continue;
+            };
+            let key = dev_ino(fd.as_fd()).ok();
+            let zone = key.and_then(|k| self.dir_zone(fd.as_fd(), k));
+            let mut z = ZoneSummary {
+                path: shown(&rel),
+                zone_id: id,
+                key_version: self.keys.current_version(&e.key).unwrap_or(0),
+                key: e.key,
+                files: 0,
+                files_by_version: BTreeMap::new(),
+                broken: match zone {
+                    Some(z) => z.broken.clone(),
+                    None => Some("not found at its registered path".into()),
+                },
+            };
+            if count {
+                if let Ok(u) = caller.run_as(|| scan_zone(fd.as_fd(), &rel)) {
+                    z.files = u.empty + u.unreadable + u.zones.values().flat_map(|m| m.values()).sum::<u64>();
+                    z.files_by_version = u.zones.into_values().next().unwrap_or_default();
+                }
             }
+            out.push(z);
         }
-        zones.into_iter().map(|(_, z)| z).collect()
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        out
     }
 
-    /// At mount: every zone the keystore knows must still have its marker, or new files
-    /// in that directory would be written in plaintext. A zone whose directory is gone
-    /// is forgotten with a warning; one whose directory lost its marker stops the mount.
-    pub fn check_zones(&self) -> Result<(), String> {
-        let registry = self.keys.store().read().body().zones.clone();
-        let missing: BTreeMap<_, _> = registry
+    /// Whether a rename could move a registered zone root (the registry has any).
+    pub(super) fn zones_may_move(&self) -> bool {
+        !self.keys.store().read().body().zones.is_empty()
+    }
+
+    /// The path of `dir/name` from the backing root, as the registry stores paths.
+    pub(super) fn rel_of(&self, dir: &super::inode::Inode, name: &OsStr) -> Option<PathBuf> {
+        let p = sys::path_of(dir.fd().ok()?.as_fd()).ok()?;
+        Some(Path::new(&self.relative(&p)).join(name))
+    }
+
+    /// After a rename of `from` to `to` (or their exchange): the registered zones at or
+    /// below either path get their new paths.
+    pub(super) fn note_moved_zones(&self, from: &Path, to: &Path, exchange: bool) {
+        let moved = |p: &Path| -> Option<PathBuf> {
+            if let Ok(rest) = p.strip_prefix(from) {
+                return Some(to.join(rest));
+            }
+            if exchange {
+                if let Ok(rest) = p.strip_prefix(to) {
+                    return Some(from.join(rest));
+                }
+            }
+            None
+        };
+        let changes: Vec<(String, String, String)> = self
+            .keys
+            .store()
+            .read()
+            .body()
+            .zones
             .iter()
-            .filter(|(id, z)| {
-                let dir = self.backing.join(&z.path);
-                match self.marker_at(&dir) {
-                    Some(Ok(m)) => &m.id_hex() != *id,
-                    // present but not authentic: the zone stays a zone, its files give EIO
-                    Some(Err(e)) => {
-                        log::error!("zone /{} (key {}): {e}; its files will give EIO", z.path, z.key);
-                        false
-                    }
-                    None => true,
-                }
+            .filter_map(|(id, z)| {
+                let new = moved(Path::new(&z.path))?;
+                Some((id.clone(), z.key.clone(), new.to_string_lossy().into_owned()))
             })
             .collect();
-        if missing.is_empty() {
-            return Ok(());
+        if changes.is_empty() {
+            return;
         }
-        let found: BTreeMap<String, PathBuf> = {
-            let mut f = BTreeMap::new();
-            walk(&self.backing, &mut |p, m| {
-                if m.is_dir() {
-                    if let Some(Ok(marker)) = self.marker_at(p) {
-                        f.insert(marker.id_hex(), p.to_path_buf());
-                    }
-                }
-            });
-            f
+        if let Err(e) = self.keys.store().write().move_zones(&changes) {
+            log::warn!("zones moved by a rename, but the keystore was not updated: {e}");
+        }
+    }
+
+    /// A zone root was removed (`rmdir` of the directory at backing inode `key`): the
+    /// registry forgets it.
+    pub(super) fn forget_zone_root(&self, key: (u64, u64)) {
+        let Some(id) = self.zone_roots.0.write().remove(&key) else {
+            return;
         };
-        for (id, z) in missing {
-            if let Some(p) = found.get(id) {
-                let rel = self.relative(p);
-                log::info!("zone {id} (key {}) moved from /{} to /{rel}", z.key, z.path);
-                self.keys
-                    .store()
-                    .write()
-                    .register_zone(id, &z.key, &rel)
-                    .map_err(|e| e.to_string())?;
-            } else if self.backing.join(&z.path).is_dir() {
-                return Err(format!(
-                    "zone /{} (key {}, id {id}) has lost its marker {MARKER_FILE}; refusing to mount so that new \
-                     files there are not stored in plaintext. Restore the marker from a backup, or remove the \
-                     directory if the zone is no longer wanted",
-                    z.path, z.key
-                ));
-            } else {
-                log::warn!(
-                    "zone /{} (key {}, id {id}) no longer exists; forgetting it",
-                    z.path,
-                    z.key
-                );
-                self.keys
-                    .store()
-                    .write()
-                    .unregister_zone(id)
-                    .map_err(|e| e.to_string())?;
+        if let Err(e) = self.keys.store().write().unregister_zone(&id) {
+            log::error!("zone {id} removed, but the keystore could not forget it: {e}");
+        }
+    }
+
+    /// Whether the directory at backing inode `key` is a registered zone root.
+    pub(super) fn is_zone_root(&self, key: (u64, u64)) -> bool {
+        self.zone_roots.0.read().contains_key(&key)
+    }
+
+    /// A backing path relative to the backing root, as the registry stores it.
+    pub fn relative(&self, p: &Path) -> String {
+        p.strip_prefix(&self.backing)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// A request's path from the mount root, checked: no `..`, no reserved name, and not
+/// `.ezfs` at the top.
+pub fn normalize(rel: &str) -> Result<PathBuf, String> {
+    let rel = Path::new(rel.trim_start_matches('/'));
+    let mut out = PathBuf::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(n) if !zone::is_reserved(n.as_encoded_bytes(), out.as_os_str().is_empty()) => {
+                out.push(n)
+            }
+            Component::CurDir => {}
+            _ => {
+                let s = crate::text::shorten(&rel.display().to_string(), 200);
+                return Err(format!("invalid path '{s}' in the mount"));
             }
         }
-        Ok(())
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_paths_are_checked() {
+        assert_eq!(normalize("/a/./b").unwrap(), Path::new("a/b"));
+        assert_eq!(normalize("").unwrap(), Path::new(""));
+        for bad in [
+            "../x",
+            "a/../../b",
+            "a/.ezfs-zone",
+            ".ezfs/keystore.json",
+            "a/.ezfs-tmp.1",
+        ] {
+            assert!(normalize(bad).is_err(), "{bad}");
+        }
+        assert!(normalize("a/.ezfs").is_ok(), ".ezfs is reserved only at the top");
+        let long = "x\n".repeat(3000);
+        let e = normalize(&format!("../{long}")).unwrap_err();
+        assert!(e.len() < 300 && !e.contains('\n'), "{e}");
     }
 }

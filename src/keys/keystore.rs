@@ -26,6 +26,8 @@ pub const KEYSTORE_FORMAT: u32 = 1;
 /// Name of the keystore file inside `.ezfs`.
 pub const KEYSTORE_FILE: &str = "keystore.json";
 const LOCK_FILE: &str = "lock";
+/// Largest keystore file read (thousands of keys and zones fit in far less).
+const MAX_KEYSTORE: u64 = 64 << 20;
 
 /// Argon2id cost parameters, stored with the salt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,7 +248,7 @@ pub fn ezfs_dir(backing: &Path) -> PathBuf {
 
 fn read_store(dir: &Path) -> Result<StoreFile, KeyError> {
     let path = dir.join(KEYSTORE_FILE);
-    let data = match std::fs::read(&path) {
+    let data = match super::atomic::read_file(&path, MAX_KEYSTORE) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(KeyError::NotInitialized(
@@ -625,6 +627,22 @@ impl Keystore {
                     path: path.into(),
                 },
             );
+            Ok(())
+        })
+    }
+
+    /// Records new paths of zones (a rename moved them): (id, key, path) each.
+    pub fn move_zones(&mut self, moved: &[(String, String, String)]) -> Result<(), KeyError> {
+        self.update(|ks| {
+            for (id, key, path) in moved {
+                ks.body.zones.insert(
+                    id.clone(),
+                    ZoneEntry {
+                        key: key.clone(),
+                        path: path.clone(),
+                    },
+                );
+            }
             Ok(())
         })
     }

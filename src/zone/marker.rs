@@ -3,11 +3,15 @@
 //! A file (not an xattr) so that it survives `cp -a`, `tar` and `rsync` of the backing
 //! tree, and moves with a rename of the zone root. Its content names the zone id and
 //! key and is authenticated by the keystore's master key, so an edited marker (another
-//! key name, say) is refused instead of silently used.
+//! key name, say) is refused instead of silently used. It confirms the keystore's
+//! registry, which decides (see [`super::decide`]).
 
+use crate::backdir::resolve::{read_small, SmallFileError};
 use crate::crypto::{Cipher, NONCE_LEN, TAG_LEN};
-use crate::format::header::hex;
+use crate::format::header::{hex, unhex};
 use serde::{Deserialize, Serialize};
+use std::ffi::OsStr;
+use std::os::fd::BorrowedFd;
 
 /// File name of the marker in a zone root (hidden from the mount, reserved there).
 pub const MARKER_FILE: &str = ".ezfs-zone";
@@ -47,15 +51,31 @@ fn mac_input(zone_id: &[u8; 16], key: &str) -> Vec<u8> {
     a
 }
 
-fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != 2 * N {
-        return None;
+/// Largest marker file read (a real one is under 200 bytes).
+const MAX_MARKER: u64 = 4096;
+
+/// What a directory's marker file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MarkerRead {
+    /// No entry named [`MARKER_FILE`].
+    Absent,
+    /// Something is there but it is no authentic marker: why.
+    Invalid(String),
+    Valid(ZoneMarker),
+}
+
+/// Reads and authenticates the marker of the directory `dir`. Whatever a user may have
+/// put under the marker's name (a symlink, a FIFO, a huge file) is refused without
+/// being followed or waited on.
+pub fn read_marker(dir: BorrowedFd<'_>, master: &Cipher) -> MarkerRead {
+    match read_small(dir, OsStr::new(MARKER_FILE), MAX_MARKER) {
+        Err(SmallFileError::Missing) => MarkerRead::Absent,
+        Err(e) => MarkerRead::Invalid(format!("zone marker is unusable: {e}")),
+        Ok(bytes) => match ZoneMarker::decode(&bytes, master) {
+            Ok(m) => MarkerRead::Valid(m),
+            Err(e) => MarkerRead::Invalid(e.to_string()),
+        },
     }
-    let mut out = [0u8; N];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 impl ZoneMarker {

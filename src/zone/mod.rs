@@ -1,22 +1,99 @@
-//! Encryption zones: the marker that makes a directory a zone, and the rules that
-//! keep data from crossing a zone boundary without being re-encrypted.
+//! Encryption zones: which directories are zones (the keystore's authenticated
+//! registry decides; the marker file in a zone root confirms it and lets a copied
+//! backing tree find its zones again), and the rules that keep data from crossing a
+//! zone boundary without being re-encrypted.
 
 pub mod marker;
 pub mod usage;
 pub mod walk;
 
-pub use marker::{MarkerError, ZoneMarker, MARKER_FILE};
+pub use marker::{MarkerError, MarkerRead, ZoneMarker, MARKER_FILE};
 
+use crate::keys::keystore::ZoneEntry;
 use std::fmt;
 
 /// A zone as the filesystem sees it: which key its files use. `broken` holds why the
-/// zone cannot be used (its marker failed authentication): files in it give EIO rather
-/// than being treated as plaintext.
+/// zone cannot be used (marker missing, altered, or not in the registry): files in it
+/// give EIO and nothing can be created in it, rather than anything being treated as
+/// plaintext.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Zone {
     pub id: [u8; 16],
     pub key: String,
     pub broken: Option<String>,
+}
+
+impl Zone {
+    /// A usable zone.
+    pub fn new(id: [u8; 16], key: &str) -> Zone {
+        Zone {
+            id,
+            key: key.to_owned(),
+            broken: None,
+        }
+    }
+
+    /// A zone that cannot be used, and why.
+    pub fn broken(id: [u8; 16], key: &str, why: impl Into<String>) -> Zone {
+        Zone {
+            id,
+            key: key.to_owned(),
+            broken: Some(why.into()),
+        }
+    }
+}
+
+/// Whether a directory is a zone root, and which zone, from its marker and the
+/// registry. `here` is the registered zone whose root this directory is (id in hex and
+/// entry), if any; `registered(id)` says whether the registry knows a zone id.
+///
+/// The registry is the authority: a registered root stays a zone whatever happened to
+/// its marker (missing, altered, another zone's: broken, never plaintext), and a
+/// marker the registry does not place here makes a broken zone too (a copy of another
+/// zone's root, an old marker of a removed zone). Only a directory that is no
+/// registered root and holds no marker is not a zone root.
+pub fn decide(
+    marker: MarkerRead,
+    here: Option<(&str, &ZoneEntry)>,
+    registered: impl Fn(&str) -> bool,
+) -> Option<Zone> {
+    if let Some((id_hex, entry)) = here {
+        let id = crate::format::header::unhex::<16>(id_hex).unwrap_or([0xff; 16]);
+        return Some(match marker {
+            MarkerRead::Valid(m) if m.id_hex() == id_hex && m.key == entry.key => Zone::new(id, &entry.key),
+            MarkerRead::Valid(m) => Zone::broken(
+                id,
+                &entry.key,
+                format!(
+                    "its zone marker names another zone ({}, key {})",
+                    m.id_hex(),
+                    m.key
+                ),
+            ),
+            MarkerRead::Absent => Zone::broken(id, &entry.key, "its zone marker is missing"),
+            MarkerRead::Invalid(why) => Zone::broken(id, &entry.key, why),
+        });
+    }
+    match marker {
+        MarkerRead::Absent => None,
+        MarkerRead::Invalid(why) => Some(Zone::broken(crate::crypto::random_bytes(), "", why)),
+        MarkerRead::Valid(m) if registered(&m.id_hex()) => Some(Zone::broken(
+            m.zone_id,
+            &m.key,
+            format!(
+                "a copy of the marker of zone {}, whose root is elsewhere",
+                m.id_hex()
+            ),
+        )),
+        MarkerRead::Valid(m) => Some(Zone::broken(
+            m.zone_id,
+            &m.key,
+            format!(
+                "zone {} is not in the keystore's registry (removed, or from another keystore)",
+                m.id_hex()
+            ),
+        )),
+    }
 }
 
 impl fmt::Debug for Zone {
@@ -68,6 +145,7 @@ pub fn is_rekey_temp(name: &[u8]) -> bool {
 pub fn is_reserved(name: &[u8], in_root: bool) -> bool {
     name == MARKER_FILE.as_bytes()
         || name.starts_with(REKEY_TEMP_PREFIX.as_bytes())
+        || crate::backdir::resolve::is_temp(name)
         || (in_root && name == crate::EZFS_DIR.as_bytes())
 }
 
@@ -93,5 +171,52 @@ mod tests {
         assert!(!is_reserved(b".ezfs", false));
         assert!(!is_reserved(b"file", true));
         assert!(is_reserved(b".ezfs-rekey.00ff", false));
+        assert!(is_reserved(b".ezfs-tmp.00ff", false));
+    }
+
+    #[test]
+    fn the_registry_decides_membership() {
+        let entry = ZoneEntry {
+            key: "k1".into(),
+            path: "z".into(),
+        };
+        let m = ZoneMarker {
+            zone_id: [7; 16],
+            key: "k1".into(),
+        };
+        let id = m.id_hex();
+        let here = Some((id.as_str(), &entry));
+        let known = |i: &str| i == id;
+        let ok = decide(MarkerRead::Valid(m.clone()), here, known).unwrap();
+        assert_eq!((ok.id, ok.key.as_str(), ok.broken), ([7; 16], "k1", None));
+        // a registered root without its marker, or with a bad or foreign one: broken
+        for marker in [
+            MarkerRead::Absent,
+            MarkerRead::Invalid("edited".into()),
+            MarkerRead::Valid(ZoneMarker {
+                zone_id: [8; 16],
+                key: "k1".into(),
+            }),
+            MarkerRead::Valid(ZoneMarker {
+                zone_id: [7; 16],
+                key: "k2".into(),
+            }),
+        ] {
+            let z = decide(marker, here, known).expect("still a zone");
+            assert!(z.broken.is_some());
+            assert_eq!((z.id, z.key.as_str()), ([7; 16], "k1"), "the registry's zone");
+        }
+        // elsewhere: no marker is no zone; any marker is a broken zone
+        assert!(decide(MarkerRead::Absent, None, known).is_none());
+        for marker in [
+            MarkerRead::Valid(m.clone()),
+            MarkerRead::Valid(ZoneMarker {
+                zone_id: [9; 16],
+                key: "old".into(),
+            }),
+            MarkerRead::Invalid("not a regular file".into()),
+        ] {
+            assert!(decide(marker, None, known).unwrap().broken.is_some());
+        }
     }
 }

@@ -2,11 +2,13 @@
 //! and version are stored in clear), so `key list`, `zone info` and `key prune` can
 //! say what an old version still protects without the passphrase.
 
-use super::walk::{zone_files, Nested};
+use super::walk::{has_marker, zone_files, Nested};
+use crate::backdir::sys;
 use crate::format::header::read_header;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::os::fd::BorrowedFd;
+use std::path::Path;
 
 /// How many files use each version of each key, and a few of their paths.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -38,59 +40,87 @@ impl Usage {
     }
 }
 
-/// Scans every zone file under `root` (a backing dir; `.ezfs` is skipped). Paths in
-/// the result are relative to `root`.
-pub fn scan(root: &Path) -> Usage {
-    scan_from(root, root, None, Nested::Descend)
+/// Scans every zone file under the backing root `root` (`.ezfs` is skipped): zone
+/// roots are the directories holding a marker (whatever its state) and the registered
+/// roots at `registered` (paths from the root), so that no file that may need a key
+/// version is missed. Paths in the result are relative to `root`.
+pub fn scan(root: BorrowedFd<'_>, registered: &[String]) -> Usage {
+    let is_root =
+        |d: BorrowedFd<'_>, rel: &Path| has_marker(d) || registered.iter().any(|r| Path::new(r) == rel);
+    let ezfs = Path::new(crate::EZFS_DIR);
+    scan_from(root, Path::new(""), false, Nested::Descend, &is_root, &|rel| {
+        rel == ezfs
+    })
 }
 
-/// Scans the zone rooted at `zone_root` only (nested zones excluded).
-pub fn scan_zone(root: &Path, zone_root: &Path) -> Usage {
-    scan_from(root, zone_root, Some(zone_root), Nested::Skip)
+/// Scans the zone whose root is `zone_root`, at `rel` from the backing root (nested
+/// zones excluded).
+pub fn scan_zone(zone_root: BorrowedFd<'_>, rel: &Path) -> Usage {
+    scan_from(zone_root, rel, true, Nested::Skip, &|d, _| has_marker(d), &|_| {
+        false
+    })
 }
 
-fn scan_from(root: &Path, start: &Path, zone: Option<&Path>, nested: Nested) -> Usage {
+fn scan_from(
+    start: BorrowedFd<'_>,
+    start_rel: &Path,
+    in_zone: bool,
+    nested: Nested,
+    is_root: &dyn Fn(BorrowedFd<'_>, &Path) -> bool,
+    skip_dir: &dyn Fn(&Path) -> bool,
+) -> Usage {
     let mut u = Usage::default();
-    let ezfs: PathBuf = root.join(crate::EZFS_DIR);
-    let rel = |p: &Path| p.strip_prefix(root).unwrap_or(p).to_string_lossy().into_owned();
-    zone_files(start, zone, nested, &|d| d == ezfs, &mut |file, zone_root| {
-        if file
-            .file_name()
-            .is_some_and(|n| super::is_rekey_temp(n.as_encoded_bytes()))
-        {
-            return;
-        }
-        let Ok(f) = std::fs::File::open(file) else {
-            u.unreadable += 1;
-            return;
-        };
-        if f.metadata().is_ok_and(|m| m.len() == 0) {
-            u.empty += 1;
-            return;
-        }
-        let Ok(h) = read_header(&f) else {
-            u.unreadable += 1;
-            return;
-        };
-        *u.versions
-            .entry(h.key_name.clone())
-            .or_default()
-            .entry(h.key_version)
-            .or_default() += 1;
-        *u.zones
-            .entry(rel(zone_root))
-            .or_default()
-            .entry(format!("{}@{}", h.key_name, h.key_version))
-            .or_default() += 1;
-        let ex = u
-            .examples
-            .entry(h.key_name)
-            .or_default()
-            .entry(h.key_version)
-            .or_default();
-        if ex.len() < EXAMPLES {
-            ex.push(rel(file));
-        }
-    });
+    let rel = |p: &Path| start_rel.join(p).to_string_lossy().into_owned();
+    zone_files(
+        start,
+        in_zone,
+        nested,
+        is_root,
+        skip_dir,
+        &mut |file, zone_root| {
+            let Ok(f) = open_regular(file.dir, file.name) else {
+                u.unreadable += 1;
+                return;
+            };
+            if f.metadata().is_ok_and(|m| m.len() == 0) {
+                u.empty += 1;
+                return;
+            }
+            let Ok(h) = read_header(&f) else {
+                u.unreadable += 1;
+                return;
+            };
+            *u.versions
+                .entry(h.key_name.clone())
+                .or_default()
+                .entry(h.key_version)
+                .or_default() += 1;
+            *u.zones
+                .entry(rel(zone_root))
+                .or_default()
+                .entry(format!("{}@{}", h.key_name, h.key_version))
+                .or_default() += 1;
+            let ex = u
+                .examples
+                .entry(h.key_name)
+                .or_default()
+                .entry(h.key_version)
+                .or_default();
+            if ex.len() < EXAMPLES {
+                ex.push(rel(file.rel));
+            }
+        },
+    );
     u
+}
+
+/// Opens `dir/name` for reading if it is a regular file (never through a link, never
+/// waiting on a FIFO).
+pub fn open_regular(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> std::io::Result<std::fs::File> {
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
+    let f = std::fs::File::from(sys::open_at(dir, name, flags, 0)?);
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    Ok(f)
 }

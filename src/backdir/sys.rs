@@ -1,6 +1,6 @@
-//! Thin, safe wrappers over the `*at` system calls the stacked filesystem makes on
-//! backing files. Every inode is held as an `O_PATH` descriptor, so operations never
-//! depend on a path that a rename could have changed.
+//! Thin, safe wrappers over the `*at` system calls made on backing files. Every inode
+//! is held as an `O_PATH` descriptor, so operations never depend on a path that a
+//! rename could have changed.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
@@ -18,6 +18,18 @@ fn check(r: libc::c_int) -> io::Result<libc::c_int> {
     } else {
         Ok(r)
     }
+}
+
+/// AT_FDCWD as a borrowed descriptor, for opening a path given by the user of a command.
+pub fn at_cwd() -> BorrowedFd<'static> {
+    // SAFETY: AT_FDCWD is a valid "descriptor" for *at calls for the whole program.
+    unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) }
+}
+
+/// `fchmod` of an open (not `O_PATH`) file.
+pub fn chmod_fd(f: &File, mode: u32) -> io::Result<()> {
+    // SAFETY: plain syscall on an open descriptor.
+    check(unsafe { libc::fchmod(f.as_raw_fd(), mode) }).map(drop)
 }
 
 /// `/proc/self/fd/N`: reopens or names an `O_PATH` descriptor's file, and leads
