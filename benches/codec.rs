@@ -13,7 +13,7 @@ const BLOCK: usize = 4096;
 const MIB: usize = 1 << 20;
 
 fn codec() -> BlockCodec {
-    BlockCodec::new(&Key::from_bytes([0x5a; 32]), [7; 16])
+    BlockCodec::new(&Key::from_slice(&[0x5a; 32]).unwrap(), [7; 16])
 }
 
 fn pattern(len: usize) -> Vec<u8> {

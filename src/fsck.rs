@@ -1,18 +1,35 @@
 //! `ezfs fsck`: authenticate every header and every block of every encrypted file,
-//! and check the zone markers against the keystore's registry.
+//! and check the zones against the keystore's registry.
 //!
 //! Works on the backing dir directly (mounted or not) and only reads, except with
 //! quarantine, which moves damaged files into `lost+found` inside their zone: nothing
-//! is ever deleted.
+//! is ever deleted. Root runs it in directories users may write, so it walks on
+//! descriptors (see [`crate::backdir::walk`]): it never follows a symlink, never opens
+//! anything but regular files, and moves files only between directories it opened
+//! itself (`lost+found` included: an existing entry of that name that is not a real
+//! directory is refused).
+//!
+//! Zones are decided as the mount decides them ([`crate::zone::decide`]): a registered
+//! root is a zone whatever its marker says (a bad one is reported), a marker the
+//! registry does not place there is reported too. A file whose header names another
+//! zone or key than the zone it is in is misplaced (the mount gives EIO for it), and
+//! so is an encrypted file outside every zone.
 
-use crate::format::layout::plain_size;
-use crate::format::BlockCodec;
+use crate::backdir::resolve::{ensure_dir, open_beneath};
+use crate::backdir::sys;
+use crate::backdir::walk::{walk, Kind, Visitor};
+use crate::format::header::{hex, read_header, MAGIC};
+use crate::format::layout::{plain_size, HEADER_LEN};
+use crate::format::{Backing, BlockCodec};
 use crate::keys::Keystore;
-use crate::zone::{ZoneMarker, MARKER_FILE};
+use crate::zone::{self, MarkerRead, Zone, MARKER_FILE};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// Where quarantined files go, inside their zone root.
 pub const QUARANTINE_DIR: &str = "lost+found";
@@ -62,13 +79,14 @@ fn ranges(blocks: &[u64]) -> Vec<(u64, u64)> {
 /// What is wrong with a file, and which block ranges.
 type Problem = (String, Vec<(u64, u64)>);
 
-/// Checks one encrypted file; returns the number of blocks and the damage, if any.
-fn check_file(path: &Path, ks: &Keystore) -> (u64, Option<Problem>) {
+/// Opens `dir/name` for reading if it is a regular file.
+fn open_file(dir: BorrowedFd<'_>, name: &OsStr) -> std::io::Result<File> {
+    crate::zone::usage::open_regular(dir, name)
+}
+
+/// Checks one file of `zone`; returns the number of blocks and the damage, if any.
+fn check_file(f: &File, zone: &Zone, ks: &Keystore) -> (u64, Option<Problem>) {
     let fail = |msg: String| (0, Some((msg, Vec::new())));
-    let f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) => return fail(format!("cannot open: {e}")),
-    };
     let len = match f.metadata() {
         Ok(m) => m.len(),
         Err(e) => return fail(format!("cannot stat: {e}")),
@@ -79,10 +97,20 @@ fn check_file(path: &Path, ks: &Keystore) -> (u64, Option<Problem>) {
     let Ok(size) = plain_size(len) else {
         return fail(format!("backing size {len} is too short for a header"));
     };
-    let header = match crate::format::header::read_header(&f) {
+    let header = match read_header(f) {
         Ok(h) => h,
         Err(e) => return fail(e),
     };
+    if header.zone_id != zone.id || header.key_name != zone.key {
+        return fail(format!(
+            "misplaced: its header names zone {} (key {}), not this zone ({}, key {}); the mount \
+             gives EIO for it",
+            hex(&header.zone_id),
+            header.key_name,
+            hex(&zone.id),
+            zone.key
+        ));
+    }
     let key = match ks.material(&header.key_name, header.key_version) {
         Ok(k) => k,
         Err(e) => return fail(format!("{e} (key {}@{})", header.key_name, header.key_version)),
@@ -92,8 +120,22 @@ fn check_file(path: &Path, ks: &Keystore) -> (u64, Option<Problem>) {
     };
     let codec = BlockCodec::new(&dek, header.file_id);
     let blocks = crate::format::layout::block_count(size);
-    match codec.verify(&f, size) {
-        Ok(bad) if bad.is_empty() => (blocks, None),
+    let padding = match BlockCodec::bad_padding(f, size) {
+        Ok(p) => p,
+        Err(e) => return (blocks, Some((format!("read error: {e}"), Vec::new()))),
+    };
+    match codec.verify(f, size) {
+        Ok(bad) if bad.is_empty() && padding.is_empty() => (blocks, None),
+        Ok(bad) if bad.is_empty() => (
+            blocks,
+            Some((
+                format!(
+                    "the padding of metadata block(s) {} is not zero",
+                    padding.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+                ),
+                Vec::new(),
+            )),
+        ),
         Ok(bad) => (
             blocks,
             Some((
@@ -105,23 +147,171 @@ fn check_file(path: &Path, ks: &Keystore) -> (u64, Option<Problem>) {
     }
 }
 
-/// Moves `path` into `zone_root/lost+found/`, under a name that says where it was.
-fn quarantine(backing: &Path, zone_root: &Path, path: &Path) -> std::io::Result<PathBuf> {
-    let dir = zone_root.join(QUARANTINE_DIR);
-    std::fs::create_dir_all(&dir)?;
-    let rel = path
-        .strip_prefix(backing)
-        .unwrap_or(path)
-        .to_string_lossy()
-        .replace('/', "_");
-    let mut target = dir.join(&rel);
-    let mut n = 1;
-    while target.exists() {
-        target = dir.join(format!("{rel}.{n}"));
-        n += 1;
+/// Whether the regular file `f` starts like an encrypted file.
+fn looks_encrypted(f: &File) -> bool {
+    let mut magic = [0u8; 8];
+    f.metadata().is_ok_and(|m| m.len() >= HEADER_LEN)
+        && Backing::read_at(f, &mut magic, 0).is_ok_and(|n| n == magic.len())
+        && &magic == MAGIC
+}
+
+/// Moves `dir/name` (at `rel` from the backing root) into `lost+found` of the zone
+/// root `root`, under a name that says where it was; returns the new path from the
+/// zone root.
+fn quarantine(
+    root: BorrowedFd<'_>,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    rel: &Path,
+) -> std::io::Result<PathBuf> {
+    let lf = ensure_dir(root, OsStr::new(QUARANTINE_DIR), 0o700)?;
+    let base = rel.to_string_lossy().replace('/', "_");
+    for n in 0u32.. {
+        let target: OsString = if n == 0 {
+            base.clone().into()
+        } else {
+            format!("{base}.{n}").into()
+        };
+        match sys::rename_at(dir, name, lf.as_fd(), &target, libc::RENAME_NOREPLACE) {
+            Ok(()) => return Ok(Path::new(QUARANTINE_DIR).join(target)),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+            Err(e) => return Err(e),
+        }
     }
-    std::fs::rename(path, &target)?;
-    Ok(target)
+    unreachable!("some name is free")
+}
+
+/// A directory's zone during the walk: the zone, its root's path and descriptor.
+#[derive(Clone)]
+struct InZone {
+    zone: Rc<Zone>,
+    root_rel: PathBuf,
+    root: Rc<OwnedFd>,
+}
+
+struct Checker<'a> {
+    ks: &'a Keystore,
+    quarantine: bool,
+    progress: &'a mut dyn FnMut(u64),
+    report: Report,
+    /// Zone ids whose registered root was found, with a usable marker or not.
+    seen: BTreeMap<String, String>,
+}
+
+impl Visitor for Checker<'_> {
+    type Ctx = Option<InZone>;
+
+    fn enter(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        rel: &Path,
+        parent: Option<&Option<InZone>>,
+    ) -> Option<Option<InZone>> {
+        if rel == Path::new(crate::EZFS_DIR) {
+            return None;
+        }
+        if let Some(Some(z)) = parent {
+            if rel == z.root_rel.join(QUARANTINE_DIR) {
+                return None;
+            }
+        }
+        let registry = &self.ks.body().zones;
+        let rel_s = rel.to_string_lossy();
+        let here = registry
+            .iter()
+            .find(|(_, z)| z.path == rel_s)
+            .map(|(id, z)| (id.as_str(), z));
+        let marker = zone::marker::read_marker(dir, &self.ks.marker_keys());
+        let invalid = matches!(marker, MarkerRead::Invalid(_));
+        let Some(z) = zone::decide(marker, here, |id| registry.contains_key(id)) else {
+            return Some(parent.cloned().flatten());
+        };
+        if let Some((id, _)) = here {
+            self.seen.insert(id.to_owned(), rel_s.to_string());
+        }
+        match &z.broken {
+            None => self.report.zones += 1,
+            Some(why) => {
+                let fix = if invalid || here.is_some() {
+                    format!("; 'ezfs zone repair /{rel_s}' writes it again")
+                } else {
+                    String::new()
+                };
+                self.report.zone_problems.push(format!("/{rel_s}: {why}{fix}"));
+            }
+        }
+        let root = sys::open_at(dir, OsStr::new("."), libc::O_PATH | libc::O_DIRECTORY, 0).ok()?;
+        Some(Some(InZone {
+            zone: Rc::new(z),
+            root_rel: rel.to_path_buf(),
+            root: Rc::new(root),
+        }))
+    }
+
+    fn entry(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        rel: &Path,
+        kind: Kind,
+        _: u64,
+        ctx: &Option<InZone>,
+    ) {
+        let b = name.as_encoded_bytes();
+        if kind != Kind::File
+            || name == MARKER_FILE
+            || zone::is_rekey_temp(b)
+            || crate::backdir::resolve::is_temp(b)
+        {
+            return;
+        }
+        let Ok(f) = open_file(dir, name) else {
+            return;
+        };
+        let damage = match ctx {
+            None if looks_encrypted(&f) => Some((
+                "an encrypted file outside every zone (the mount gives EIO for it)".to_string(),
+                Vec::new(),
+            )),
+            None => return,
+            // a broken zone: its problem is reported once, for the zone
+            Some(z) if z.zone.broken.is_some() => return,
+            Some(z) => {
+                self.report.files += 1;
+                let (blocks, damage) = check_file(&f, &z.zone, self.ks);
+                self.report.blocks += blocks;
+                damage
+            }
+        };
+        drop(f);
+        if let Some((problem, blocks)) = damage {
+            let quarantined_to = match ctx {
+                Some(z) if self.quarantine => match quarantine(z.root.as_fd(), dir, name, rel) {
+                    Ok(t) => Some(z.root_rel.join(t).to_string_lossy().into_owned()),
+                    Err(e) => {
+                        self.report
+                            .zone_problems
+                            .push(format!("/{}: quarantine failed: {e}", rel.display()));
+                        None
+                    }
+                },
+                _ => None,
+            };
+            self.report.damaged.push(Damage {
+                path: rel.to_string_lossy().into_owned(),
+                problem,
+                blocks,
+                quarantined_to,
+            });
+        }
+        (self.progress)(self.report.files);
+    }
+
+    fn failed(&mut self, rel: &Path, e: &std::io::Error) {
+        self.report
+            .zone_problems
+            .push(format!("/{}: cannot list directory: {e}", rel.display()));
+    }
 }
 
 /// Walks the backing dir. `progress(done_files)` is called after each file.
@@ -131,99 +321,47 @@ pub fn check(
     quarantine_damaged: bool,
     progress: &mut dyn FnMut(u64),
 ) -> Report {
-    let mut report = Report::default();
-    let rel = |p: &Path| {
-        p.strip_prefix(backing)
-            .unwrap_or(p)
-            .to_string_lossy()
-            .into_owned()
+    let mut c = Checker {
+        ks,
+        quarantine: quarantine_damaged,
+        progress,
+        report: Report::default(),
+        seen: BTreeMap::new(),
     };
-    let mut seen_zones: BTreeMap<String, String> = BTreeMap::new();
-    // depth-first, carrying the closest zone root (None outside zones)
-    let mut stack: Vec<(PathBuf, Option<PathBuf>)> = vec![(backing.to_path_buf(), None)];
-    while let Some((dir, zone)) = stack.pop() {
-        let mut zone = zone;
-        if let Ok(bytes) = std::fs::read(dir.join(MARKER_FILE)) {
-            match ZoneMarker::decode(&bytes, ks.master()) {
-                Ok(m) => {
-                    report.zones += 1;
-                    seen_zones.insert(m.id_hex(), rel(&dir));
-                    zone = Some(dir.clone());
+    match sys::open_at(
+        sys::at_cwd(),
+        backing.as_os_str(),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    ) {
+        Ok(root) => {
+            walk(root.as_fd(), &mut c);
+            // a registered zone whose path leads nowhere (or through a symlink)
+            for (id, z) in &ks.body().zones {
+                if c.seen.contains_key(id) {
+                    continue;
                 }
-                Err(e) => {
-                    report.zone_problems.push(format!("/{}: {e}", rel(&dir)));
-                    zone = Some(dir.clone());
-                }
+                let at = open_beneath(
+                    root.as_fd(),
+                    Path::new(&z.path),
+                    libc::O_PATH | libc::O_DIRECTORY,
+                    false,
+                );
+                let why = if at.is_ok() {
+                    "is not walked (under .ezfs or lost+found?)"
+                } else {
+                    "has no directory at its registered path"
+                };
+                c.report.zone_problems.push(format!(
+                    "zone {id} (key {}, last seen at /{}) {why}; if it was moved, 'ezfs zone repair --id {id} \
+                     PATH' puts it back; if it was deleted, 'ezfs zone forget {id}'",
+                    z.key, z.path
+                ));
             }
         }
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            report
-                .zone_problems
-                .push(format!("/{}: cannot list directory", rel(&dir)));
-            continue;
-        };
-        let mut entries: Vec<_> = entries.flatten().collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let p = e.path();
-            let Ok(t) = e.file_type() else { continue };
-            if dir == backing && e.file_name() == crate::EZFS_DIR {
-                continue;
-            }
-            if t.is_dir() {
-                let in_quarantine = zone.as_ref().is_some_and(|z| p == z.join(QUARANTINE_DIR));
-                if !in_quarantine {
-                    stack.push((p, zone.clone()));
-                }
-            } else if t.is_file()
-                && e.file_name() != MARKER_FILE
-                && !crate::zone::is_rekey_temp(e.file_name().as_encoded_bytes())
-            {
-                let Some(zone_root) = &zone else { continue };
-                report.files += 1;
-                let (blocks, damage) = check_file(&p, ks);
-                report.blocks += blocks;
-                if let Some((problem, blocks)) = damage {
-                    let quarantined_to = if quarantine_damaged {
-                        match quarantine(backing, zone_root, &p) {
-                            Ok(t) => Some(rel(&t)),
-                            Err(e) => {
-                                report
-                                    .zone_problems
-                                    .push(format!("/{}: quarantine failed: {e}", rel(&p)));
-                                None
-                            }
-                        }
-                    } else {
-                        None
-                    };
-                    report.damaged.push(Damage {
-                        path: rel(&p),
-                        problem,
-                        blocks,
-                        quarantined_to,
-                    });
-                }
-                progress(report.files);
-            }
-        }
+        Err(e) => c.report.zone_problems.push(format!("{}: {e}", backing.display())),
     }
-    for (id, z) in &ks.body().zones {
-        if !seen_zones.contains_key(id) {
-            report.zone_problems.push(format!(
-                "zone {id} (key {}, last seen at /{}) has no marker in the backing dir",
-                z.key, z.path
-            ));
-        }
-    }
-    for (id, path) in &seen_zones {
-        if !ks.body().zones.contains_key(id) {
-            report
-                .zone_problems
-                .push(format!("/{path}: zone {id} is not in the keystore's registry"));
-        }
-    }
-    report
+    c.report
 }
 
 #[cfg(test)]

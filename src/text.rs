@@ -20,6 +20,15 @@ pub fn shorten(s: &str, max: usize) -> String {
     out
 }
 
+/// An I/O error in words, without Rust's " (os error N)" suffix.
+pub fn io_words(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) if s.ends_with(')') => s[..i].to_owned(),
+        _ => s,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,5 +40,7 @@ mod tests {
         let long = "é".repeat(5000);
         let s = shorten(&long, 100);
         assert!(s.len() <= 100 + '…'.len_utf8() && s.ends_with('…'), "{s}");
+        let e = std::io::Error::from_raw_os_error(libc::ENOENT);
+        assert_eq!(io_words(&e), "No such file or directory");
     }
 }

@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     file.extend_from_slice(body);
     let backing_len = file.len() as u64;
     let backing = MemBacking(file.into());
-    let codec = BlockCodec::new(&Key::from_bytes([7u8; 32]), [9u8; 16]);
+    let codec = BlockCodec::new(&Key::from_slice(&[7u8; 32]).unwrap(), [9u8; 16]);
     let size = plain_size(backing_len).expect("at least a header");
     let mut out = vec![0xAAu8; len];
     match codec.read(&backing, size, off % (size + 1 + 8192), &mut out) {

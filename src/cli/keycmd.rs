@@ -216,17 +216,45 @@ fn provider_setting(setting: &str) -> Result<String, Failure> {
 
 pub fn init(backing: &Path, pass: &PassArgs, key_provider: Option<&str>) -> CliResult {
     let provider = key_provider.map(provider_setting).transpose()?;
-    if !backing.exists() {
-        std::fs::create_dir_all(backing)
+    // the passphrase first: nothing is created unless init can succeed
+    let pw = obtain(pass, "passphrase", true)?;
+    let created = !backing.exists();
+    if created {
+        if let Some(parent) = backing.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Failure::op(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(backing)
             .map_err(|e| Failure::op(format!("cannot create {}: {e}", backing.display())))?;
     }
-    let pw = obtain(pass, "passphrase", true)?;
-    let mut ks = Keystore::init(backing, &pw, KdfParams::default())?;
-    if let Some(p) = &provider {
-        ks.set_provider(p)?;
+    let made = Keystore::init(backing, &pw, KdfParams::default()).and_then(|mut ks| match &provider {
+        Some(p) => ks.set_provider(p),
+        None => Ok(()),
+    });
+    if let Err(e) = made {
+        // leave nothing behind that this command made
+        let undo = if created {
+            std::fs::remove_dir_all(backing)
+        } else {
+            std::fs::remove_dir_all(crate::keys::keystore::ezfs_dir(backing))
+        };
+        if let Err(u) = undo.or_else(|u| {
+            if u.kind() == std::io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(u)
+            }
+        }) {
+            eprintln!(
+                "ezfs: warning: could not remove what init made in {}: {u}",
+                backing.display()
+            );
+        }
+        return Err(e.into());
     }
     println!(
-        "initialized {} (keystore in {}/.ezfs{})",
+        "initialized {} (mode 0700; keystore in {}/.ezfs{})",
         backing.display(),
         backing.display(),
         provider.map_or(String::new(), |p| format!("; zone keys in {p}"))
@@ -519,13 +547,95 @@ fn external(ks: &Keystore) -> Result<Option<ExecProvider>, Failure> {
         .transpose()?)
 }
 
-pub fn passwd(backing: &Path, pass: &PassArgs, new_file: Option<&Path>) -> CliResult {
-    let mut ks = unlock(backing, pass)?;
-    let new = match new_file {
-        Some(f) => passphrase::from_file(f).map_err(Failure::op)?,
-        None => passphrase::obtain(None, "new passphrase", true).map_err(Failure::op)?,
+pub fn passwd(backing: &Path, pass: &PassArgs, new_file: Option<&Path>, rotate: bool) -> CliResult {
+    read_body(backing)?;
+    if rotate {
+        // the daemon holds the master key and checks the keystore with it
+        if let control::Probe::Daemon(m) = control::probe(backing) {
+            return Err(Failure::op(format!(
+                "{} is mounted at {}; unmount it before rotating the master key",
+                backing.display(),
+                m.mountpoint.display()
+            )));
+        }
+    }
+    let old = obtain(pass, "passphrase", false)?;
+    let mut ks = Keystore::unlock(backing, &old)?;
+    let new = match (new_file, rotate) {
+        (None, true) => None,
+        _ => Some(passphrase::obtain_new(new_file).map_err(Failure::op)?),
     };
-    ks.change_passphrase(&new)?;
-    println!("passphrase changed for {}", backing.display());
+    if !rotate {
+        let new = new.expect("asked for");
+        if *new == *old {
+            return Err(Failure::op(
+                "the new passphrase is the same as the current one; nothing changed",
+            ));
+        }
+        ks.change_passphrase(&new)?;
+        println!("passphrase changed for {}", backing.display());
+        return Ok(());
+    }
+    if !ks.rotating() {
+        ks.rotate_master(new.as_deref().map_or(&old[..], |n| &n[..]))?;
+    }
+    let (done, skipped) = reauthenticate_markers(backing, &ks)?;
+    for s in &skipped {
+        eprintln!("ezfs: warning: {s}");
+    }
+    ks.finish_rotation()?;
+    println!(
+        "master key rotated for {}: {} key version(s) sealed again, {done} zone marker(s) authenticated again{}",
+        backing.display(),
+        ks.body().keys.values().filter(|k| !k.external).map(|k| k.versions.len()).sum::<usize>(),
+        if new.is_some() { "; passphrase changed" } else { "" }
+    );
     Ok(())
+}
+
+/// Writes every registered zone's marker again with the current master key's MAC;
+/// returns how many, and the zones left alone (no authentic marker where the registry
+/// says: see 'ezfs zone repair').
+fn reauthenticate_markers(backing: &Path, ks: &Keystore) -> Result<(usize, Vec<String>), Failure> {
+    use crate::backdir::{resolve, sys};
+    use crate::zone::{MarkerRead, MARKER_FILE};
+    use std::os::fd::AsFd;
+    let root = sys::open_at(
+        sys::at_cwd(),
+        backing.as_os_str(),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+    .map_err(|e| Failure::op(format!("{}: {e}", backing.display())))?;
+    let (mut done, mut skipped) = (0, Vec::new());
+    for (id, z) in &ks.body().zones {
+        let dir = resolve::open_beneath(
+            root.as_fd(),
+            Path::new(&z.path),
+            libc::O_PATH | libc::O_DIRECTORY,
+            false,
+        );
+        let marker = dir
+            .as_ref()
+            .ok()
+            .map(|d| crate::zone::marker::read_marker(d.as_fd(), &ks.marker_keys()));
+        match (dir, marker) {
+            (Ok(d), Some(MarkerRead::Valid(m))) if &m.id_hex() == id => {
+                resolve::replace_at(
+                    d.as_fd(),
+                    std::ffi::OsStr::new(MARKER_FILE),
+                    &m.encode(ks.master()),
+                    0o644,
+                )
+                .map_err(|e| Failure::op(format!("/{}: cannot write the zone marker: {e}", z.path)))?;
+                done += 1;
+            }
+            _ => skipped.push(format!(
+                "zone /{} ({id}) has no authentic marker where the registry says; 'ezfs zone repair /{}' \
+                 writes one under the new master key",
+                z.path, z.path
+            )),
+        }
+    }
+    Ok((done, skipped))
 }

@@ -14,6 +14,11 @@ mod zonefix;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+/// Test-only: a directory where the mount daemon may leave a core dump (it then stays
+/// dumpable, with no core size limit, and runs there), so that a test can check that
+/// no key material is in it.
+pub const TEST_CORE_DIR: &str = "EZFS_TEST_CORE_DIR";
+
 /// A failed command: the message for stderr and the exit code.
 #[derive(Debug)]
 pub struct Failure {
@@ -112,14 +117,22 @@ enum Cmd {
         #[arg(long)]
         quarantine: bool,
     },
-    /// Change the passphrase of BACKING's keystore (no data is rewritten).
+    /// Change the passphrase of BACKING's keystore (no data is rewritten), or with
+    /// --rotate-master give the keystore a new master key.
     Passwd {
         backing: PathBuf,
+        /// The current passphrase (--passphrase-file, $EZFS_PASSPHRASE_FILE or a prompt).
         #[command(flatten)]
         pass: PassArgs,
-        /// Read the new passphrase from this file; default: a prompt (asked twice).
+        /// Read the new passphrase from this file; default: a prompt (asked twice). Never
+        /// taken from --passphrase-file or $EZFS_PASSPHRASE_FILE.
         #[arg(long, value_name = "FILE")]
         new_passphrase_file: Option<PathBuf>,
+        /// Generate a new master key: every key version is sealed again and every zone
+        /// marker authenticated again under it (not while mounted). Keeps the passphrase
+        /// unless --new-passphrase-file is given.
+        #[arg(long)]
+        rotate_master: bool,
     },
 }
 
@@ -134,6 +147,11 @@ pub fn run() -> i32 {
         }
     };
     logger::init();
+    // every ezfs process may hold keys: none is dumped or traced by other users
+    // (a test that checks what a core dump holds asks for one with EZFS_TEST_CORE_DIR)
+    if std::env::var_os(TEST_CORE_DIR).is_none() {
+        crate::crypto::secret::no_core_dumps();
+    }
     let res = match cli.cmd {
         Cmd::Init {
             backing,
@@ -154,7 +172,8 @@ pub fn run() -> i32 {
             backing,
             pass,
             new_passphrase_file,
-        } => keycmd::passwd(&backing, &pass, new_passphrase_file.as_deref()),
+            rotate_master,
+        } => keycmd::passwd(&backing, &pass, new_passphrase_file.as_deref(), rotate_master),
     };
     match res {
         Ok(()) => 0,

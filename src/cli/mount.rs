@@ -235,10 +235,24 @@ fn daemonize(backing: &Path, mnt: &Path, child: impl FnOnce(OwnedFd) -> CliResul
     }
 }
 
-/// Daemon side of the fork: new session, standard input and output to /dev/null,
-/// log to stderr unless it is a terminal (then to BACKING/.ezfs/ezfs.log).
+/// Daemon side of the fork: new session, working directory `/` (it must keep no
+/// filesystem busy), standard input and output to /dev/null, log to stderr unless it
+/// is a terminal (then to BACKING/.ezfs/ezfs.log).
 fn detach(backing: &Path) {
     use std::os::fd::AsRawFd;
+    let dir = match std::env::var_os(super::TEST_CORE_DIR) {
+        Some(d) => {
+            let unlimited = libc::rlimit {
+                rlim_cur: libc::RLIM_INFINITY,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            // SAFETY: valid pointer to a rlimit.
+            unsafe { libc::setrlimit(libc::RLIMIT_CORE, &unlimited) };
+            PathBuf::from(d)
+        }
+        None => PathBuf::from("/"),
+    };
+    let _ = std::env::set_current_dir(dir);
     // SAFETY: plain syscalls on our own descriptors.
     unsafe {
         libc::setsid();

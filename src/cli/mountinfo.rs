@@ -3,11 +3,22 @@
 
 use std::path::{Path, PathBuf};
 
-/// Whether a mount is an ezfs mount: a FUSE mount whose source (ezfs sets it to the
-/// backing dir) holds `.ezfs` (whose content only root can read, so not looked into). (The kernel shows the type as plain `fuse`
-/// when mounted directly, so the type alone cannot tell.)
-fn is_ezfs(fstype: &str, source: &str) -> bool {
-    (fstype == "fuse" || fstype == "fuse.ezfs") && Path::new(source).join(crate::EZFS_DIR).is_dir()
+/// Whether a mount is an ezfs mount this process may trust: type `fuse.ezfs` (or plain
+/// `fuse` with a source holding `.ezfs`, as older builds mounted), mounted by root or
+/// by this user (`user_id=` in its options). Anyone can make a FUSE mount that looks
+/// like ezfs (`fsname=`, `subtype=ezfs`), but not one with another user's id: a key
+/// command run by root never acts on a user's look-alike mount. (The control socket's
+/// peer is checked too, see `control`.)
+fn is_ezfs(fstype: &str, source: &str, options: &str) -> bool {
+    let ezfs =
+        fstype == "fuse.ezfs" || (fstype == "fuse" && Path::new(source).join(crate::EZFS_DIR).is_dir());
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let owner = options
+        .split(',')
+        .find_map(|o| o.strip_prefix("user_id="))
+        .and_then(|u| u.parse::<u32>().ok());
+    ezfs && owner.is_some_and(|u| u == 0 || u == me)
 }
 
 /// One ezfs mount.
@@ -45,8 +56,11 @@ pub fn device_of(mountpoint: &Path) -> Option<String> {
     })
 }
 
-/// Parses mountinfo text into (mountpoint, fstype, source) triples.
-pub fn parse(text: &str) -> Vec<(PathBuf, String, String)> {
+/// One line of mountinfo: mount point, type, source, superblock options.
+pub type MountLine = (PathBuf, String, String, String);
+
+/// Parses mountinfo text.
+pub fn parse(text: &str) -> Vec<MountLine> {
     text.lines()
         .filter_map(|l| {
             let (pre, post) = l.split_once(" - ")?;
@@ -54,16 +68,18 @@ pub fn parse(text: &str) -> Vec<(PathBuf, String, String)> {
             let mut post = post.split(' ');
             let fstype = post.next()?;
             let source = post.next()?;
+            let options = post.next().unwrap_or("");
             Some((
                 PathBuf::from(unescape(mountpoint)),
                 fstype.to_owned(),
                 unescape(source),
+                options.to_owned(),
             ))
         })
         .collect()
 }
 
-fn all() -> Vec<(PathBuf, String, String)> {
+fn all() -> Vec<MountLine> {
     parse(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
 }
 
@@ -71,8 +87,8 @@ fn all() -> Vec<(PathBuf, String, String)> {
 pub fn ezfs_mounts() -> Vec<EzMount> {
     all()
         .into_iter()
-        .filter(|(_, t, s)| is_ezfs(t, s))
-        .map(|(mountpoint, _, src)| EzMount {
+        .filter(|(_, t, s, o)| is_ezfs(t, s, o))
+        .map(|(mountpoint, _, src, _)| EzMount {
             mountpoint,
             backing: PathBuf::from(src),
         })
@@ -83,9 +99,9 @@ pub fn ezfs_mounts() -> Vec<EzMount> {
 pub fn mount_of(path: &Path) -> Option<EzMount> {
     let closest = all()
         .into_iter()
-        .filter(|(mp, _, _)| path.starts_with(mp))
-        .max_by_key(|(mp, _, _)| mp.as_os_str().len())?;
-    is_ezfs(&closest.1, &closest.2).then(|| EzMount {
+        .filter(|(mp, _, _, _)| path.starts_with(mp))
+        .max_by_key(|(mp, _, _, _)| mp.as_os_str().len())?;
+    is_ezfs(&closest.1, &closest.2, &closest.3).then(|| EzMount {
         mountpoint: closest.0,
         backing: PathBuf::from(closest.2),
     })
@@ -93,7 +109,7 @@ pub fn mount_of(path: &Path) -> Option<EzMount> {
 
 /// Whether `path` (canonical) is itself a mount point.
 pub fn is_mountpoint(path: &Path) -> bool {
-    all().iter().any(|(mp, _, _)| mp == path)
+    all().iter().any(|(mp, _, _, _)| mp == path)
 }
 
 #[cfg(test)]
@@ -111,9 +127,22 @@ mod tests {
             (
                 PathBuf::from("/mnt/my dir"),
                 "fuse.ezfs".into(),
-                "/srv/back ing".into()
+                "/srv/back ing".into(),
+                "rw,user_id=0".into()
             )
         );
         assert_eq!(v[1].1, "proc");
+    }
+
+    #[test]
+    fn only_mounts_of_root_or_oneself_are_trusted() {
+        assert!(is_ezfs("fuse.ezfs", "/nonexistent", "rw,user_id=0,group_id=0"));
+        assert!(!is_ezfs(
+            "fuse.ezfs",
+            "/nonexistent",
+            "rw,user_id=4242,group_id=0"
+        ));
+        assert!(!is_ezfs("fuse.ezfs", "/nonexistent", "rw"));
+        assert!(!is_ezfs("fuse.sshfs", "/nonexistent", "rw,user_id=0"));
     }
 }

@@ -41,7 +41,7 @@ pub fn repair(zone: &str, id: Option<&str>, at: &BackingArg, pass: &PassArgs) ->
     .map_err(|e| Failure::op(format!("{}: {e}", backing.display())))?;
     let dir = open_beneath(root.as_fd(), &rel, libc::O_PATH | libc::O_DIRECTORY, false)
         .map_err(|e| Failure::op(format!("{shown}: {e}")))?;
-    match crate::zone::marker::read_marker(dir.as_fd(), ks.master()) {
+    match crate::zone::marker::read_marker(dir.as_fd(), &ks.marker_keys()) {
         MarkerRead::Valid(m) if m.id_hex() != id => {
             return Err(Failure::op(format!(
                 "{shown} is the root of another zone ({}); not changed",
@@ -94,7 +94,7 @@ pub fn forget(id: &str, at: &BackingArg, pass: &PassArgs) -> CliResult {
         libc::O_PATH | libc::O_DIRECTORY,
         false,
     ) {
-        if matches!(crate::zone::marker::read_marker(dir.as_fd(), ks.master()), MarkerRead::Valid(m) if m.id_hex() == id)
+        if matches!(crate::zone::marker::read_marker(dir.as_fd(), &ks.marker_keys()), MarkerRead::Valid(m) if m.id_hex() == id)
         {
             return Err(Failure::op(format!(
                 "zone {id} is still at /{}; remove it with rmdir through the mount (it must be empty)",

@@ -8,13 +8,15 @@
 
 use super::{AuthError, NONCE_LEN, TAG_LEN};
 
-/// RustCrypto's AES-256-GCM. Zeroizes its key schedule on drop (crate feature).
-pub struct RustCryptoGcm(aes_gcm::Aes256Gcm);
+use super::secret::Secret;
+
+/// RustCrypto's AES-256-GCM, its key schedule in secret memory (zeroized on drop).
+pub struct RustCryptoGcm(Secret<aes_gcm::Aes256Gcm>);
 
 impl RustCryptoGcm {
     pub fn new(key: &[u8; 32]) -> Self {
         use aes_gcm::KeyInit;
-        RustCryptoGcm(aes_gcm::Aes256Gcm::new(key.into()))
+        RustCryptoGcm(Secret::new(aes_gcm::Aes256Gcm::new(key.into())))
     }
 
     pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
@@ -50,19 +52,17 @@ pub use self::ring_gcm::RingGcm;
 
 #[cfg(feature = "ring")]
 mod ring_gcm {
-    use super::{AuthError, NONCE_LEN, TAG_LEN};
+    use super::{AuthError, Secret, NONCE_LEN, TAG_LEN};
     use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
-    use std::mem::ManuallyDrop;
-    use zeroize::Zeroize;
 
-    /// ring's AES-256-GCM. ring does not wipe its keys, so the expanded key (plain
-    /// arrays, no heap) is overwritten with zeros here when dropped.
-    pub struct RingGcm(Box<ManuallyDrop<LessSafeKey>>);
+    /// ring's AES-256-GCM. ring does not wipe its keys; the expanded key (plain
+    /// arrays, no heap) lives in secret memory, which is zeroed when it is dropped.
+    pub struct RingGcm(Secret<LessSafeKey>);
 
     impl RingGcm {
         pub fn new(key: &[u8; 32]) -> Self {
             let k = UnboundKey::new(&AES_256_GCM, key).expect("32-byte key");
-            RingGcm(Box::new(ManuallyDrop::new(LessSafeKey::new(k))))
+            RingGcm(Secret::new(LessSafeKey::new(k)))
         }
 
         pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
@@ -91,20 +91,6 @@ mod ring_gcm {
                 )
                 .map(drop)
                 .map_err(|_| AuthError)
-        }
-    }
-
-    impl Drop for RingGcm {
-        fn drop(&mut self) {
-            // SAFETY: the key lives in its own heap allocation and is never used (nor
-            // dropped: ManuallyDrop, and it owns no resources) after being zeroed.
-            let bytes = unsafe {
-                std::slice::from_raw_parts_mut(
-                    (&mut *self.0 as *mut ManuallyDrop<LessSafeKey>).cast::<u8>(),
-                    std::mem::size_of::<LessSafeKey>(),
-                )
-            };
-            bytes.zeroize();
         }
     }
 }

@@ -4,10 +4,11 @@
 //! keys only as opaque [`Key`] values that zeroize themselves on drop and never print.
 
 pub mod backend;
+mod rng;
+pub mod secret;
 
-use rand::RngCore;
+use secret::{scrub_stack, Secret};
 use std::fmt;
-use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// Length of a nonce (96 bits, as GCM wants).
 pub const NONCE_LEN: usize = 12;
@@ -16,23 +17,30 @@ pub const TAG_LEN: usize = 16;
 /// Length of every key ezfs uses (AES-256).
 pub const KEY_LEN: usize = 32;
 
-/// A 256-bit secret key. Zeroized on drop; `Debug` prints nothing of the key.
-#[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
-pub struct Key([u8; KEY_LEN]);
+/// A 256-bit secret key, in secret memory (out of core dumps, zeroed when dropped);
+/// `Debug` prints nothing of the key.
+pub struct Key(Secret<[u8; KEY_LEN]>);
 
 impl Key {
-    /// A fresh key from the operating system's CSPRNG.
+    /// A fresh key from the operating system's CSPRNG, generated in place.
     pub fn random() -> Key {
-        let mut k = [0u8; KEY_LEN];
-        getrandom::fill(&mut k).expect("the OS random generator failed");
-        let key = Key(k);
-        k.zeroize();
-        key
+        let mut k = Key::zeroed();
+        getrandom::fill(&mut *k.0).expect("the OS random generator failed");
+        k
     }
 
-    /// Takes ownership of raw bytes (the caller's copy should be zeroized by the caller).
-    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Key {
-        Key(bytes)
+    fn zeroed() -> Key {
+        Key(Secret::new([0u8; KEY_LEN]))
+    }
+
+    /// A key with a copy of `bytes` (a slice of exactly [`KEY_LEN`] bytes, which the
+    /// caller zeroizes); `None` for another length.
+    pub fn from_slice(bytes: &[u8]) -> Option<Key> {
+        (bytes.len() == KEY_LEN).then(|| {
+            let mut k = Key::zeroed();
+            k.0.copy_from_slice(bytes);
+            k
+        })
     }
 
     /// The raw bytes, for wrapping and for building a cipher. Never log these.
@@ -40,11 +48,30 @@ impl Key {
         &self.0
     }
 
-    /// A ready cipher for this key (the AES key schedule is computed once).
+    /// A ready cipher for this key (the AES key schedule is computed once, in secret
+    /// memory; the stack it was built on is overwritten).
     pub fn cipher(&self) -> Cipher {
-        Cipher(backend::Gcm::new(&self.0))
+        let c = Cipher(backend::Gcm::new(&self.0));
+        scrub_stack();
+        c
     }
 }
+
+impl Clone for Key {
+    fn clone(&self) -> Key {
+        let mut k = Key::zeroed();
+        k.0.copy_from_slice(&*self.0);
+        k
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        *self.0 == *other.0
+    }
+}
+
+impl Eq for Key {}
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -90,7 +117,8 @@ impl Cipher {
         self.0.open(nonce, tag, aad, buf)
     }
 
-    /// Wraps (encrypts) a key: returns nonce || ciphertext || tag.
+    /// Wraps (encrypts) a key: returns nonce || ciphertext || tag. The key is copied
+    /// to the output and encrypted there, in place.
     pub fn wrap_key(&self, aad: &[u8], key: &Key) -> [u8; WRAPPED_KEY_LEN] {
         let mut out = [0u8; WRAPPED_KEY_LEN];
         out[NONCE_LEN..NONCE_LEN + KEY_LEN].copy_from_slice(key.expose());
@@ -100,16 +128,16 @@ impl Cipher {
         out
     }
 
-    /// Unwraps a key made by [`Cipher::wrap_key`] with the same associated data.
+    /// Unwraps a key made by [`Cipher::wrap_key`] with the same associated data. The
+    /// key is decrypted in place in secret memory.
     pub fn unwrap_key(&self, aad: &[u8], wrapped: &[u8; WRAPPED_KEY_LEN]) -> Result<Key, AuthError> {
         let nonce: [u8; NONCE_LEN] = wrapped[..NONCE_LEN].try_into().expect("length");
         let tag: [u8; TAG_LEN] = wrapped[NONCE_LEN + KEY_LEN..].try_into().expect("length");
-        let mut k = [0u8; KEY_LEN];
-        k.copy_from_slice(&wrapped[NONCE_LEN..NONCE_LEN + KEY_LEN]);
-        let res = self.open(&nonce, &tag, aad, &mut k);
-        let key = res.map(|()| Key::from_bytes(k));
-        k.zeroize();
-        key
+        let mut k = Key::zeroed();
+        k.0.copy_from_slice(&wrapped[NONCE_LEN..NONCE_LEN + KEY_LEN]);
+        // a failed open leaves garbage in the slot, zeroed when `k` drops
+        self.open(&nonce, &tag, aad, &mut *k.0)?;
+        Ok(k)
     }
 
     /// A MAC over `data` (GMAC under a random nonce): returns nonce || tag.
@@ -133,17 +161,18 @@ impl Cipher {
 pub const WRAPPED_KEY_LEN: usize = NONCE_LEN + KEY_LEN + TAG_LEN;
 
 /// A fresh 96-bit nonce from the thread-local CSPRNG (ChaCha seeded and periodically
-/// reseeded from the OS), so the hot path makes no syscall per nonce.
+/// reseeded from the OS, and again after a fork), so the hot path makes no syscall per
+/// nonce.
 pub fn random_nonce() -> [u8; NONCE_LEN] {
     let mut n = [0u8; NONCE_LEN];
-    rand::rng().fill_bytes(&mut n);
+    rng::fill(&mut n);
     n
 }
 
 /// Random bytes for identifiers (file ids, zone ids, salts).
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
-    rand::rng().fill_bytes(&mut b);
+    rng::fill(&mut b);
     b
 }
 
@@ -189,7 +218,7 @@ mod tests {
 
     #[test]
     fn debug_never_prints_key_bytes() {
-        let k = Key::from_bytes([0xAB; 32]);
+        let k = Key::from_slice(&[0xAB; 32]).unwrap();
         let s = format!("{k:?} {:?}", k.cipher());
         assert!(!s.to_lowercase().contains("ab"), "{s}");
     }

@@ -430,6 +430,21 @@ impl BlockCodec {
         Ok(())
     }
 
+    /// The groups of a file of `size` bytes whose metadata block has non-zero bytes
+    /// after its entries (nothing the format writes: damage).
+    pub fn bad_padding(b: &dyn Backing, size: u64) -> io::Result<Vec<u64>> {
+        let mut bad = Vec::new();
+        let pad = BS - GROUP_BLOCKS as usize * ENTRY;
+        let mut buf = vec![0u8; pad];
+        for group in 0..block_count(size).div_ceil(GROUP_BLOCKS) {
+            read_or_zero(b, &mut buf, meta_offset(group) + (BS - pad) as u64)?;
+            if !is_zero(&buf) {
+                bad.push(group);
+            }
+        }
+        Ok(bad)
+    }
+
     /// Authenticates every block of a file of `size` bytes; returns the damaged blocks.
     pub fn verify(&self, b: &dyn Backing, size: u64) -> io::Result<Vec<u64>> {
         let mut bad = Vec::new();

@@ -244,7 +244,13 @@ impl EncFile {
 
     fn codec_error(&self, e: CodecError) -> Errno {
         match e {
-            CodecError::Io(e) => errno(&e),
+            CodecError::Io(e) => {
+                if e.raw_os_error().is_none() {
+                    // not the disk's: the format's own damage (see the codec)
+                    log::error!("{}: {e}; reads of it get EIO", sys::describe(self.file.as_fd()));
+                }
+                errno(&e)
+            }
             CodecError::Corrupt { block } => {
                 log::error!(
                     "{}: block {block} failed authentication; reads of it get EIO",

@@ -11,6 +11,7 @@ pub mod inode;
 mod readaround;
 pub mod reencrypt;
 mod rekey;
+mod root_mode;
 mod writebehind;
 pub mod zones;
 
@@ -83,6 +84,9 @@ pub struct Core {
     zone_gate: RwLock<()>,
     /// The registered zone roots, by inode.
     zone_roots: zones::ZoneRoots,
+    /// The permission bits the mount's root shows (see [`root_mode`]): the backing
+    /// root itself stays private.
+    root_mode: std::sync::atomic::AtomicU32,
     /// Serialize reading a header at open with rewriting it (striped by inode number).
     header_locks: [RwLock<()>; 64],
     /// Tells the kernel to drop cached names (set once the session exists).
@@ -170,6 +174,7 @@ impl Core {
         // SAFETY: geteuid/getegid cannot fail.
         let me = unsafe { (libc::geteuid(), libc::getegid()) };
         let jobs = reencrypt::Jobs::load(&crate::keys::keystore::ezfs_dir(&backing));
+        let root_mode = root_mode::load(&backing);
         let core = Core {
             inodes: InodeTable::new(root_fd, (st.st_dev, st.st_ino), None),
             handles: RwLock::new(HashMap::new()),
@@ -185,6 +190,7 @@ impl Core {
             rename_gate: RwLock::new(()),
             zone_gate: RwLock::new(()),
             zone_roots: Default::default(),
+            root_mode: root_mode.into(),
             header_locks: std::array::from_fn(|_| RwLock::new(())),
             notifier: std::sync::OnceLock::new(),
         };
@@ -223,7 +229,11 @@ impl Core {
             ctime: time(st.st_ctime, st.st_ctime_nsec),
             crtime: UNIX_EPOCH,
             kind,
-            perm: (st.st_mode & 0o7777) as u16,
+            perm: if ino.id == ROOT {
+                self.root_mode.load(Ordering::Relaxed) as u16
+            } else {
+                (st.st_mode & 0o7777) as u16
+            },
             nlink: st.st_nlink as u32,
             uid: st.st_uid,
             gid: st.st_gid,
@@ -286,6 +296,13 @@ impl Core {
         self.chown_new(req, parent, &ino)?;
         let attr = self.getattr_of(&ino)?;
         Ok((ino, attr))
+    }
+
+    /// `chmod` of the mount's root: recorded for the mount, the backing root untouched.
+    fn set_root_mode(&self, mode: u32) -> FsResult<()> {
+        root_mode::store(&self.backing, mode).map_err(io_err)?;
+        self.root_mode.store(mode, Ordering::Relaxed);
+        Ok(())
     }
 
     fn writable_check(&self) -> FsResult<()> {
@@ -607,10 +624,14 @@ impl Filesystem for EzFs {
             tri!(reply, c.writable_check());
         }
         if let Some(mode) = mode {
-            tri!(
-                reply,
-                sys::chmod(tri!(reply, i.fd()).as_fd(), mode & 0o7777).map_err(io_err)
-            );
+            if i.id == ROOT {
+                tri!(reply, c.set_root_mode(mode & 0o7777));
+            } else {
+                tri!(
+                    reply,
+                    sys::chmod(tri!(reply, i.fd()).as_fd(), mode & 0o7777).map_err(io_err)
+                );
+            }
         }
         if uid.is_some() || gid.is_some() {
             tri!(

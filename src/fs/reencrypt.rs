@@ -171,7 +171,8 @@ impl Jobs {
 /// miss an entry that moves while it walks), and its stop flag.
 #[derive(Default)]
 pub struct RunningJob {
-    renamed: Vec<PathBuf>,
+    /// A set: a name renamed over and over is noted (and later walked) once.
+    renamed: std::collections::BTreeSet<PathBuf>,
     stop: Arc<AtomicBool>,
 }
 
@@ -401,7 +402,7 @@ impl Core {
         // a directory's descriptor always names a connected path
         if let Ok(fd) = dir.fd() {
             if let Ok(p) = sys::path_of(fd.as_fd()) {
-                job.renamed.push(p.join(name));
+                job.renamed.insert(p.join(name));
             }
         }
     }

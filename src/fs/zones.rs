@@ -114,7 +114,7 @@ impl Core {
     /// Broken zones are logged.
     pub(crate) fn dir_zone(&self, dir: BorrowedFd<'_>, key: (u64, u64)) -> Option<Arc<Zone>> {
         let store = self.keys.store().read();
-        let marker = zone::marker::read_marker(dir, store.master());
+        let marker = zone::marker::read_marker(dir, &store.marker_keys());
         let registry = &store.body().zones;
         let roots = self.zone_roots.0.read();
         let here = roots
@@ -160,7 +160,7 @@ impl Core {
                     false,
                 );
                 let ok = fd.as_ref().is_ok_and(|fd| {
-                    matches!(zone::marker::read_marker(fd.as_fd(), store.master()),
+                    matches!(zone::marker::read_marker(fd.as_fd(), &store.marker_keys()),
                         MarkerRead::Valid(m) if &m.id_hex() == id && m.key == e.key)
                 });
                 match fd {
@@ -183,7 +183,7 @@ impl Core {
                     (Some(fd), _) => {
                         found.insert(dev_ino(fd.as_fd()).map_err(|e| e.to_string())?, id.clone());
                         let store = self.keys.store().read();
-                        match zone::marker::read_marker(fd.as_fd(), store.master()) {
+                        match zone::marker::read_marker(fd.as_fd(), &store.marker_keys()) {
                             MarkerRead::Invalid(why) => out.warnings.push(format!(
                                 "zone /{} (key {}): {why}; its files give EIO until the marker is restored \
                                  from a backup or written again with 'ezfs zone repair /{}'",
@@ -244,7 +244,7 @@ impl Core {
                     return None;
                 }
                 if has_marker(dir) {
-                    let read = zone::marker::read_marker(dir, self.core.keys.store().read().master());
+                    let read = zone::marker::read_marker(dir, &self.core.keys.store().read().marker_keys());
                     if let (MarkerRead::Valid(m), Ok(key)) = (read, dev_ino(dir)) {
                         self.out
                             .entry(m.id_hex())
@@ -292,15 +292,64 @@ impl Core {
     pub fn resolve_as(&self, caller: &Caller, rel: &str) -> Result<(OwnedFd, PathBuf), String> {
         let rel = normalize(rel)?;
         let root = self.root_fd()?;
+        let fail = |e: std::io::Error| match e.raw_os_error() {
+            Some(libc::ELOOP) => format!("{}: a symbolic link is in the way", shown(&rel)),
+            Some(libc::EXDEV) => format!("{}: not inside the mount", shown(&rel)),
+            _ => format!("{}: {}", shown(&rel), crate::text::io_words(&e)),
+        };
+        // the backing root is private (0700): the mount's root shows its own mode, and
+        // that is what the caller is checked against for it
+        let mut parts = rel.components();
+        let Some(first) = parts.next() else {
+            let fd = sys::open_at(root.as_fd(), OsStr::new("."), libc::O_PATH, 0).map_err(fail)?;
+            return Ok((fd, rel));
+        };
+        if !self.root_searchable_by(caller) {
+            return Err(fail(std::io::Error::from_raw_os_error(libc::EACCES)));
+        }
+        let top = sys::open_at(
+            root.as_fd(),
+            first.as_os_str(),
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+        )
+        .map_err(fail)?;
+        let rest = parts.as_path().to_path_buf();
+        if rest.as_os_str().is_empty() {
+            if sys::stat_at(top.as_fd(), OsStr::new(""))
+                .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK)
+            {
+                return Err(fail(std::io::Error::from_raw_os_error(libc::ELOOP)));
+            }
+            return Ok((top, rel));
+        }
         let fd = caller
-            .run_as(|| open_beneath(root.as_fd(), &rel, libc::O_PATH, false))
+            .run_as(|| open_beneath(top.as_fd(), &rest, libc::O_PATH, false))
             .map_err(|e| e.to_string())?
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::ELOOP) => format!("{}: a symbolic link is in the way", shown(&rel)),
-                Some(libc::EXDEV) => format!("{}: not inside the mount", shown(&rel)),
-                _ => format!("{}: {e}", shown(&rel)),
-            })?;
+            .map_err(fail)?;
         Ok((fd, rel))
+    }
+
+    /// Whether `caller` may look names up in the mount's root, by the mode it shows.
+    fn root_searchable_by(&self, caller: &Caller) -> bool {
+        if caller.is_root() {
+            return true;
+        }
+        let Ok(st) = self
+            .root_fd()
+            .and_then(|fd| sys::stat_at(fd.as_fd(), OsStr::new("")).map_err(|e| e.to_string()))
+        else {
+            return false;
+        };
+        let mode = self.root_mode.load(std::sync::atomic::Ordering::Relaxed);
+        let bits = if caller.uid == st.st_uid {
+            mode >> 6
+        } else if caller.gid == st.st_gid || caller.groups().contains(&st.st_gid) {
+            mode >> 3
+        } else {
+            mode
+        };
+        bits & 1 != 0
     }
 
     /// The zone root at or above `rel` (resolved as `caller`): its path and zone.

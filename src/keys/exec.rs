@@ -1,13 +1,15 @@
 //! An external key provider: a program that holds zone keys (an operator's KMS) and
 //! speaks a line protocol with ezfs over its standard input and output.
 //!
-//! One JSON object per line each way; the program answers each request in order:
+//! One JSON object per line each way; the program answers each request in order, and
+//! every answer echoes its request's `id` (a number), so that an extra or a missing
+//! answer line can never be taken for the answer to a later request:
 //! ```text
-//! -> {"op":"create","key":"k1"}                           <- {"ok":true,"version":1}
-//! -> {"op":"roll","key":"k1"}                             <- {"ok":true,"version":2}
-//! -> {"op":"wrap","key":"k1","version":2,"aad":HEX,"dek":HEX}     <- {"ok":true,"edek":HEX}
-//! -> {"op":"unwrap","key":"k1","version":2,"aad":HEX,"edek":HEX}  <- {"ok":true,"dek":HEX}
-//!                                       on failure: <- {"ok":false,"error":"one sentence"}
+//! -> {"id":1,"op":"create","key":"k1"}                      <- {"id":1,"ok":true,"version":1}
+//! -> {"id":2,"op":"roll","key":"k1"}                        <- {"id":2,"ok":true,"version":2}
+//! -> {"id":3,"op":"wrap","key":"k1","version":2,"aad":HEX,"dek":HEX}    <- {"id":3,"ok":true,"edek":HEX}
+//! -> {"id":4,"op":"unwrap","key":"k1","version":2,"aad":HEX,"edek":HEX} <- {"id":4,"ok":true,"dek":HEX}
+//!                                  on failure: <- {"id":N,"ok":false,"error":"one sentence"}
 //! ```
 //! DEKs are 32 bytes; EDEKs must be exactly 60 bytes (the header's field), e.g.
 //! nonce(12) || AES-256-GCM(DEK) || tag(16); `aad` must be bound into the EDEK, so
@@ -55,10 +57,14 @@ pub struct ExecProvider {
     argv: Vec<String>,
     timeout: Duration,
     running: Mutex<Option<Running>>,
+    /// The id of the last request sent.
+    last_id: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Deserialize)]
 struct Answer {
+    #[serde(default)]
+    id: Option<u64>,
     ok: bool,
     #[serde(default)]
     error: Option<String>,
@@ -114,6 +120,7 @@ impl ExecProvider {
             argv,
             timeout,
             running: Mutex::new(None),
+            last_id: Default::default(),
         })
     }
 
@@ -136,24 +143,38 @@ impl ExecProvider {
     }
 
     fn call(&self, req: &serde_json::Value) -> Result<Answer, KeyError> {
-        self.call_line(Zeroizing::new(req.to_string()))
+        self.call_line(|id| {
+            let mut req = req.clone();
+            req["id"] = id.into();
+            Zeroizing::new(req.to_string())
+        })
     }
 
-    /// Sends one request line and waits (up to the timeout) for its answer line.
-    fn call_line(&self, req: Zeroizing<String>) -> Result<Answer, KeyError> {
+    /// Sends one request line (`req(id)`) and waits (up to the timeout) for its answer
+    /// line, which must carry the same id.
+    fn call_line(&self, req: impl FnOnce(u64) -> Zeroizing<String>) -> Result<Answer, KeyError> {
         let mut slot = self.running.lock();
         if slot.is_none() {
             *slot = Some(self.start()?);
         }
+        let id = self.last_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let r = slot.as_mut().expect("started");
-        let result = Self::exchange(r, &req, self.timeout);
+        let result = Self::exchange(r, &req(id), self.timeout).and_then(|line| {
+            let answer: Answer =
+                serde_json::from_slice(&line).map_err(|e| failed(format!("unreadable answer: {e}")))?;
+            match answer.id {
+                Some(got) if got == id => Ok(answer),
+                got => Err(failed(format!(
+                    "an answer to another request (id {}, expected {id}); restarting it",
+                    got.map_or("none".into(), |g| g.to_string())
+                ))),
+            }
+        });
         if result.is_err() {
             // a provider that hung, died or spoke nonsense is restarted on next use
             *slot = None;
         }
-        let line = result?;
-        let answer: Answer =
-            serde_json::from_slice(&line).map_err(|e| failed(format!("unreadable answer: {e}")))?;
+        let answer = result?;
         if !answer.ok {
             return Err(failed(answer.error.as_deref().unwrap_or("request refused")));
         }
@@ -235,13 +256,14 @@ impl ExecProvider {
     ) -> Result<[u8; WRAPPED_KEY_LEN], KeyError> {
         let dek_hex = Zeroizing::new(hex(dek.expose()));
         // built by hand so that no copy of the DEK outlives the zeroized line
-        let req = Zeroizing::new(format!(
-            r#"{{"op":"wrap","key":{},"version":{version},"aad":"{}","dek":"{}"}}"#,
-            serde_json::to_string(name).expect("serializes"),
-            hex(aad),
-            dek_hex.as_str()
-        ));
-        let a = self.call_line(req)?;
+        let a = self.call_line(|id| {
+            Zeroizing::new(format!(
+                r#"{{"id":{id},"op":"wrap","key":{},"version":{version},"aad":"{}","dek":"{}"}}"#,
+                serde_json::to_string(name).expect("serializes"),
+                hex(aad),
+                dek_hex.as_str()
+            ))
+        })?;
         let edek = a
             .edek
             .as_deref()
@@ -274,7 +296,7 @@ impl ExecProvider {
             .as_deref()
             .and_then(unhex::<KEY_LEN>)
             .ok_or_else(|| failed(format!("unwrap answer needs 'dek': {KEY_LEN} bytes in hex")))?;
-        Ok(Key::from_bytes(*dek))
+        Ok(Key::from_slice(&dek[..]).expect("32 bytes"))
     }
 }
 
@@ -291,6 +313,9 @@ mod tests {
         format!("exec:{}", p.display())
     }
 
+    /// The shell snippet that sets $id to the request's id.
+    const ID: &str = r#"id=$(printf '%s' "$line" | sed 's/.*"id":\([0-9]*\).*/\1/')"#;
+
     #[test]
     fn answers_are_checked() {
         let d = tempfile::tempdir().unwrap();
@@ -299,11 +324,12 @@ mod tests {
             d.path(),
             &format!(
                 r#"while read -r line; do
+  {ID}
   case "$line" in
-    *'"create"'*) echo '{{"ok":true,"version":1}}' ;;
-    *'"roll"'*) echo '{{"ok":true}}' ;;
-    *'"wrap"'*) echo '{{"ok":true,"edek":"{edek}"}}' ;;
-    *) echo '{{"ok":false,"error":"no such thing"}}' ;;
+    *'"create"'*) echo '{{"id":'$id',"ok":true,"version":1}}' ;;
+    *'"roll"'*) echo '{{"id":'$id',"ok":true}}' ;;
+    *'"wrap"'*) echo '{{"id":'$id',"ok":true,"edek":"{edek}"}}' ;;
+    *) echo '{{"id":'$id',"ok":false,"error":"no such thing"}}' ;;
   esac
 done"#
             ),
@@ -321,6 +347,31 @@ done"#
             .unwrap_err()
             .to_string();
         assert!(e.contains("no such thing"), "{e}");
+    }
+
+    /// A provider that answers one request twice: the extra line is never taken for
+    /// the answer to the next request (which would shift every answer by one).
+    #[test]
+    fn an_extra_answer_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = ExecProvider::from_setting(&script(
+            d.path(),
+            &format!(
+                r#"while read -r line; do
+  {ID}
+  case "$line" in
+    *'"create"'*) echo '{{"id":'$id',"ok":true,"version":1}}'; echo '{{"id":'$id',"ok":true,"version":1}}' ;;
+    *) echo '{{"id":'$id',"ok":true,"version":7}}' ;;
+  esac
+done"#
+            ),
+        ))
+        .unwrap();
+        assert_eq!(p.create("k").unwrap(), 1);
+        let e = p.roll("k").unwrap_err().to_string();
+        assert!(e.contains("another request"), "{e}");
+        // restarted: the next request is answered by a fresh program
+        assert_eq!(p.roll("k").unwrap(), 7);
     }
 
     #[test]

@@ -161,6 +161,10 @@ struct StoreFile {
     format: u32,
     kdf: Kdf,
     master: String,
+    /// While `passwd --rotate-master` runs: the master key before, sealed like
+    /// `master`, still accepted on zone markers until every marker is rewritten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous_master: Option<String>,
     body: Body,
     mac: String,
 }
@@ -173,6 +177,8 @@ pub struct Keystore {
     sealed_master: String,
     master_key: Key,
     master: Cipher,
+    /// During a master-key rotation: the previous master, sealed and as a cipher.
+    previous: Option<(String, Cipher)>,
     body: Body,
     material: HashMap<(String, u32), Key>,
 }
@@ -211,6 +217,13 @@ fn master_aad(kdf: &Kdf) -> Vec<u8> {
     a
 }
 
+/// Associated data of the previous master key while a rotation runs.
+fn previous_aad(kdf: &Kdf) -> Vec<u8> {
+    let mut a = b"ezfs-previous-master\0".to_vec();
+    a.extend_from_slice(&master_aad(kdf));
+    a
+}
+
 fn material_aad(name: &str, version: u32) -> Vec<u8> {
     let mut a = b"ezfs-key\0".to_vec();
     a.extend_from_slice(name.as_bytes());
@@ -234,7 +247,7 @@ fn derive_kek(passphrase: &[u8], kdf: &Kdf) -> Result<Key, KeyError> {
     argon
         .hash_password_into(passphrase, &salt, &mut *out)
         .map_err(|e| KeyError::Other(format!("Argon2id failed: {e}")))?;
-    Ok(Key::from_bytes(*out))
+    Ok(Key::from_slice(&out[..]).expect("32 bytes"))
 }
 
 fn to_wrapped(s: &str) -> Option<[u8; WRAPPED_KEY_LEN]> {
@@ -305,6 +318,10 @@ impl Keystore {
                 backing.display()
             )));
         }
+        // only root (or the owner) may enter the backing dir: users reach their files
+        // through the mount, which the daemon serves with root's rights
+        std::fs::set_permissions(backing, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(KeyError::io(format!("cannot make {} private", backing.display())))?;
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&dir)
@@ -324,10 +341,14 @@ impl Keystore {
             sealed_master,
             master: master.cipher(),
             master_key: master,
+            previous: None,
             body: Body::default(),
             material: HashMap::new(),
         };
-        ks.save()?;
+        if let Err(e) = ks.save() {
+            let _ = std::fs::remove_dir_all(&ks.dir);
+            return Err(e);
+        }
         Ok(ks)
     }
 
@@ -340,17 +361,29 @@ impl Keystore {
             path: path.clone(),
             why: "bad master key field".into(),
         })?;
-        let kek = derive_kek(passphrase, &store.kdf)?;
+        let kek = derive_kek(passphrase, &store.kdf)?.cipher();
         let master = kek
-            .cipher()
             .unwrap_key(&master_aad(&store.kdf), &wrapped)
             .map_err(|_| KeyError::WrongPassphrase)?;
+        let previous = match &store.previous_master {
+            Some(sealed) => {
+                let key = to_wrapped(sealed)
+                    .and_then(|w| kek.unwrap_key(&previous_aad(&store.kdf), &w).ok())
+                    .ok_or_else(|| KeyError::Corrupt {
+                        path: path.clone(),
+                        why: "the previous master key does not authenticate".into(),
+                    })?;
+                Some((sealed.clone(), key.cipher()))
+            }
+            None => None,
+        };
         let mut ks = Keystore {
             dir,
             kdf: store.kdf.clone(),
             sealed_master: store.master.clone(),
             master: master.cipher(),
             master_key: master,
+            previous,
             body: Body::default(),
             material: HashMap::new(),
         };
@@ -382,6 +415,9 @@ impl Keystore {
                 material.insert((name.clone(), v.version), key);
             }
         }
+        if store.previous_master.is_none() {
+            self.previous = None;
+        }
         self.kdf = store.kdf;
         self.sealed_master = store.master;
         self.body = store.body;
@@ -401,6 +437,7 @@ impl Keystore {
             format: KEYSTORE_FORMAT,
             kdf: self.kdf.clone(),
             master: self.sealed_master.clone(),
+            previous_master: self.previous.as_ref().map(|(sealed, _)| sealed.clone()),
             body: self.body.clone(),
             mac: hex(&self.master.mac(&body_aad(&self.body))),
         };
@@ -433,6 +470,13 @@ impl Keystore {
     /// The backing dir's `.ezfs` directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The master key itself: only for tests that look for it where it must not be
+    /// (a core dump, say).
+    #[doc(hidden)]
+    pub fn master_key(&self) -> &Key {
+        &self.master_key
     }
 
     /// The cipher that authenticates zone markers (the master key; callers separate
@@ -655,6 +699,68 @@ impl Keystore {
         })
     }
 
+    /// The keys zone markers may be authenticated with: the master key, and during a
+    /// master-key rotation the one before it.
+    pub fn marker_keys(&self) -> Vec<&Cipher> {
+        std::iter::once(&self.master)
+            .chain(self.previous.as_ref().map(|(_, c)| c))
+            .collect()
+    }
+
+    /// Whether a master-key rotation was started and not finished.
+    pub fn rotating(&self) -> bool {
+        self.previous.is_some()
+    }
+
+    /// Starts a master-key rotation: a new random master key seals every key version
+    /// and the body, and is sealed under `passphrase` (a new salt); the master before
+    /// stays, sealed, only to authenticate zone markers until they are rewritten
+    /// ([`Keystore::finish_rotation`]). Afterwards an old copy of the keystore opens
+    /// nothing made later.
+    pub fn rotate_master(&mut self, passphrase: &[u8]) -> Result<(), KeyError> {
+        let lock_path = self.dir.join(LOCK_FILE);
+        let _lock = FileLock::acquire(&lock_path)
+            .map_err(KeyError::io(format!("cannot lock {}", lock_path.display())))?;
+        self.reload()?;
+        if self.previous.is_some() {
+            return Err(KeyError::Other(
+                "a master-key rotation is already under way".into(),
+            ));
+        }
+        let kdf = Kdf {
+            algorithm: "argon2id".into(),
+            params: self.kdf.params,
+            salt: hex(&random_bytes::<16>()),
+        };
+        let kek = derive_kek(passphrase, &kdf)?.cipher();
+        let new = Key::random();
+        let cipher = new.cipher();
+        for (name, entry) in self.body.keys.iter_mut().filter(|(_, e)| !e.external) {
+            for v in &mut entry.versions {
+                let key = self
+                    .material
+                    .get(&(name.clone(), v.version))
+                    .ok_or_else(|| KeyError::NoSuchVersion(name.clone(), v.version))?;
+                v.sealed = hex(&cipher.wrap_key(&material_aad(name, v.version), key));
+            }
+        }
+        let old = std::mem::replace(&mut self.master_key, new);
+        let old_cipher = std::mem::replace(&mut self.master, cipher);
+        self.previous = Some((hex(&kek.wrap_key(&previous_aad(&kdf), &old)), old_cipher));
+        self.sealed_master = hex(&kek.wrap_key(&master_aad(&kdf), &self.master_key));
+        self.kdf = kdf;
+        self.save()?;
+        self.reload()
+    }
+
+    /// Ends a master-key rotation (every marker now carries the new master's MAC).
+    pub fn finish_rotation(&mut self) -> Result<(), KeyError> {
+        self.update(|ks| {
+            ks.previous = None;
+            Ok(())
+        })
+    }
+
     /// Re-seals the master key under a new passphrase; nothing else changes.
     pub fn change_passphrase(&mut self, new_passphrase: &[u8]) -> Result<(), KeyError> {
         let kdf = Kdf {
@@ -662,10 +768,16 @@ impl Keystore {
             params: self.kdf.params,
             salt: hex(&random_bytes::<16>()),
         };
-        let kek = derive_kek(new_passphrase, &kdf)?;
+        let kek = derive_kek(new_passphrase, &kdf)?.cipher();
         self.update(|ks| {
             // reload() proved the file still authenticates under this master key
-            ks.sealed_master = hex(&kek.cipher().wrap_key(&master_aad(&kdf), &ks.master_key));
+            if ks.previous.is_some() {
+                // the previous master is sealed under the old passphrase's key
+                return Err(KeyError::Other(
+                    "finish the master-key rotation first ('ezfs passwd --rotate-master')".into(),
+                ));
+            }
+            ks.sealed_master = hex(&kek.wrap_key(&master_aad(&kdf), &ks.master_key));
             ks.kdf = kdf;
             Ok(())
         })

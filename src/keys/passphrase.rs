@@ -42,6 +42,11 @@ pub fn obtain(file: Option<&Path>, what: &str, confirm: bool) -> Result<Passphra
             "no {what}: give --passphrase-file FILE or set {ENV_FILE} (no terminal to prompt on)"
         ));
     }
+    prompt(what, confirm)
+}
+
+/// Asks for a passphrase on the terminal (twice with `confirm`).
+fn prompt(what: &str, confirm: bool) -> Result<Passphrase, String> {
     let first = Zeroizing::new(
         rpassword::prompt_password(format!("{}: ", capitalize(what)))
             .map_err(|e| format!("cannot read {what}: {e}"))?,
@@ -59,6 +64,18 @@ pub fn obtain(file: Option<&Path>, what: &str, confirm: bool) -> Result<Passphra
         }
     }
     Ok(Zeroizing::new(first.as_bytes().to_vec()))
+}
+
+/// Gets a new passphrase: from `file` or a prompt (asked twice), never from the
+/// environment's passphrase file, which names the current one.
+pub fn obtain_new(file: Option<&Path>) -> Result<Passphrase, String> {
+    if let Some(f) = file {
+        return from_file(f);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err("no new passphrase: give --new-passphrase-file FILE (no terminal to prompt on)".into());
+    }
+    prompt("new passphrase", true)
 }
 
 fn capitalize(s: &str) -> String {

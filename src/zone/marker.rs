@@ -67,14 +67,22 @@ pub enum MarkerRead {
 /// Reads and authenticates the marker of the directory `dir`. Whatever a user may have
 /// put under the marker's name (a symlink, a FIFO, a huge file) is refused without
 /// being followed or waited on.
-pub fn read_marker(dir: BorrowedFd<'_>, master: &Cipher) -> MarkerRead {
+/// `keys` are the master keys a marker may carry a MAC of (two while the master key
+/// is being rotated).
+pub fn read_marker(dir: BorrowedFd<'_>, keys: &[&Cipher]) -> MarkerRead {
     match read_small(dir, OsStr::new(MARKER_FILE), MAX_MARKER) {
         Err(SmallFileError::Missing) => MarkerRead::Absent,
         Err(e) => MarkerRead::Invalid(format!("zone marker is unusable: {e}")),
-        Ok(bytes) => match ZoneMarker::decode(&bytes, master) {
-            Ok(m) => MarkerRead::Valid(m),
-            Err(e) => MarkerRead::Invalid(e.to_string()),
-        },
+        Ok(bytes) => {
+            let mut last = MarkerError::AuthFailed;
+            for k in keys {
+                match ZoneMarker::decode(&bytes, k) {
+                    Ok(m) => return MarkerRead::Valid(m),
+                    Err(e) => last = e,
+                }
+            }
+            MarkerRead::Invalid(last.to_string())
+        }
     }
 }
 

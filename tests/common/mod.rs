@@ -510,6 +510,15 @@ impl Fixture {
         self.try_mount_at(&self.mnt, extra, pass)
     }
 
+    /// Mounts with `extra` arguments and environment variables `env` for the daemon.
+    pub fn try_mount_env(
+        &self,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Mount, (Option<i32>, String)> {
+        self.mount_impl(&self.mnt, extra, &self.pass, env)
+    }
+
     /// Mounts the backing dir at `mnt` (any directory) with `extra` arguments and the
     /// passphrase file `pass`.
     pub fn try_mount_at(
@@ -517,6 +526,16 @@ impl Fixture {
         mnt: &Path,
         extra: &[&str],
         pass: &Path,
+    ) -> Result<Mount, (Option<i32>, String)> {
+        self.mount_impl(mnt, extra, pass, &[])
+    }
+
+    fn mount_impl(
+        &self,
+        mnt: &Path,
+        extra: &[&str],
+        pass: &Path,
+        env: &[(&str, &str)],
     ) -> Result<Mount, (Option<i32>, String)> {
         let n = self.mounts.fetch_add(1, Ordering::Relaxed);
         let log = self.root.join(format!("mount{n}.log"));
@@ -532,7 +551,8 @@ impl Fixture {
         cmd.stdout(Stdio::null())
             .stderr(logf)
             .stdin(Stdio::null())
-            .env_remove("EZFS_PASSPHRASE_FILE");
+            .env_remove("EZFS_PASSPHRASE_FILE")
+            .envs(env.iter().copied());
         let mut child = cmd.spawn().expect("spawn ezfs mount");
         let status = wait_deadline(&mut child, CMD_TIMEOUT);
         let guard = Mount {

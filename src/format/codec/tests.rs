@@ -450,7 +450,7 @@ const DATA_BLOCKS: [u64; 8] = [0, 1, 2, 126, 127, 128, 129, 131];
 
 /// A codec and a pristine file of [`TAMPER_SIZE`] bytes; `plain` is its plaintext.
 fn tamper_file(file_id: [u8; 16], seed: u64) -> (BlockCodec, MemBacking, Vec<u8>) {
-    let c = BlockCodec::new(&Key::from_bytes(TAMPER_KEY), file_id);
+    let c = BlockCodec::new(&Key::from_slice(&TAMPER_KEY).unwrap(), file_id);
     let b = empty_backing();
     let mut plain = vec![0u8; TAMPER_SIZE as usize];
     let mut size = 0;
@@ -471,7 +471,7 @@ fn pristine() -> (BlockCodec, MemBacking, &'static [u8]) {
         let (_, b, plain) = tamper_file(TAMPER_ID, 9);
         (b.0.into_inner(), plain)
     });
-    let c = BlockCodec::new(&Key::from_bytes(TAMPER_KEY), TAMPER_ID);
+    let c = BlockCodec::new(&Key::from_slice(&TAMPER_KEY).unwrap(), TAMPER_ID);
     (c, MemBacking(parking_lot::RwLock::new(backing.clone())), plain)
 }
 
@@ -941,7 +941,7 @@ const KAT2_TAG: &str = "163db73a22d17220bfa5eee7336f3237";
 fn aes_gcm_reference_vector() {
     // The GCM specification's test case 14 (AES-256, zero key and IV, one zero block):
     // anchors the cipher itself, independently of anything ezfs chooses.
-    let c = Key::from_bytes([0; 32]).cipher();
+    let c = Key::from_slice(&[0; 32]).unwrap().cipher();
     let mut buf = [0u8; 16];
     let tag = c.seal_with_nonce(&[0; 12], &[], &mut buf);
     assert_eq!(hex(&buf), "cea7403d4d606b6e074ec5d3baf39d18");
@@ -954,7 +954,7 @@ fn hex(b: &[u8]) -> String {
 
 #[test]
 fn known_answer_vectors() {
-    let cipher = Key::from_bytes(KAT_KEY).cipher();
+    let cipher = Key::from_slice(&KAT_KEY).unwrap().cipher();
     let mut buf = kat_block();
     let tag = cipher.seal_with_nonce(&KAT_NONCE, &documented_aad(&KAT_FILE_ID, 1), &mut buf);
     assert_eq!(hex(&buf[..32]), KAT1_CT_PREFIX);
@@ -969,7 +969,7 @@ fn known_answer_vectors() {
 /// The codec opens the known-answer blocks: its associated data is the documented one.
 #[test]
 fn codec_opens_known_answer_blocks() {
-    let c = BlockCodec::new(&Key::from_bytes(KAT_KEY), KAT_FILE_ID);
+    let c = BlockCodec::new(&Key::from_slice(&KAT_KEY).unwrap(), KAT_FILE_ID);
     let mut entry = KAT_NONCE.to_vec();
     entry.extend_from_slice(&unhex(KAT2_TAG));
     let mut buf = unhex(KAT2_CT);
@@ -981,7 +981,7 @@ fn codec_opens_known_answer_blocks() {
         c.open_block(KAT2_BLOCK.swap_bytes(), &entry, &mut buf),
         KAT2_BLOCK.swap_bytes(),
     );
-    let other = BlockCodec::new(&Key::from_bytes(KAT_KEY), [0; 16]);
+    let other = BlockCodec::new(&Key::from_slice(&KAT_KEY).unwrap(), [0; 16]);
     let mut buf = unhex(KAT2_CT);
     assert_corrupt(other.open_block(KAT2_BLOCK, &entry, &mut buf), KAT2_BLOCK);
 }
@@ -991,7 +991,7 @@ fn codec_opens_known_answer_blocks() {
 /// pins the layout together with the cipher and associated data.
 #[test]
 fn codec_reads_hand_made_known_answer_file() {
-    let cipher = Key::from_bytes(KAT_KEY).cipher();
+    let cipher = Key::from_slice(&KAT_KEY).unwrap().cipher();
     let mut ct = kat_block();
     let tag = cipher.seal_with_nonce(&KAT_NONCE, &documented_aad(&KAT_FILE_ID, 1), &mut ct);
     assert_eq!(hex(&tag), KAT1_TAG);
@@ -1007,7 +1007,7 @@ fn codec_reads_hand_made_known_answer_file() {
         (3 * BLOCK, HEADER_LEN + ENTRY_LEN)
     );
 
-    let c = BlockCodec::new(&Key::from_bytes(KAT_KEY), KAT_FILE_ID);
+    let c = BlockCodec::new(&Key::from_slice(&KAT_KEY).unwrap(), KAT_FILE_ID);
     let all = read_all(&c, &b, size).unwrap();
     assert!(all[..BLOCK as usize].iter().all(|&x| x == 0));
     assert_eq!(&all[BLOCK as usize..], &kat_block()[..]);
@@ -1018,7 +1018,7 @@ fn codec_reads_hand_made_known_answer_file() {
 /// entry read at `entry_offset` and the documented associated data.
 #[test]
 fn codec_writes_documented_format() {
-    let key = Key::from_bytes(KAT_KEY);
+    let key = Key::from_slice(&KAT_KEY).unwrap();
     let c = BlockCodec::new(&key, KAT_FILE_ID);
     let b = empty_backing();
     let block = 130; // second group, so the entry sits in metadata block 1
