@@ -89,8 +89,8 @@ fi
 if $INITIALIZED; then
     say "$BACKING is already initialized; skipping ezfs init"
 else
-    say "ezfs init $BACKING"
-    "$EZFS" init "$BACKING"
+    say "ezfs init $BACKING (its recovery key goes to $EZFS_HOME/recovery-key, mode 0600)"
+    "$EZFS" init "$BACKING" --recovery-key-file "$EZFS_HOME/recovery-key"
 fi
 
 KEYS=$("$EZFS" key list --backing "$BACKING" --json)
@@ -101,6 +101,11 @@ else
     "$EZFS" key create "$KEY" --backing "$BACKING"
 fi
 
+# a mount whose daemon died ("Transport endpoint is not connected") is cleared first
+if mounted "$MNT" && ! stat "$MNT" >/dev/null 2>&1; then
+    say "$MNT is a dead mount (its daemon is gone); clearing it with ezfs umount"
+    "$EZFS" umount "$MNT" || fusermount3 -u -z "$MNT"
+fi
 mkdir -p "$MNT"
 if mounted "$MNT"; then
     say "$MNT is already mounted; leaving it as it is"
@@ -134,6 +139,8 @@ ezfs is mounted.
       files written here are encrypted on disk with key '$KEY'
   mount:               $MNT  (outside $ZONE_NAME/, files are stored as they are)
   backing dir:         $BACKING  (what is on disk; keystore in .ezfs/)
+  recovery key:        $EZFS_HOME/recovery-key  (opens the keystore if the passphrase
+                       is lost: keep a copy somewhere else, then delete this one)
   daemon log:          $EZFS_HOME/ezfs.log
 
 Try it:

@@ -74,12 +74,40 @@ pub enum Request {
     },
     /// The keystore's public part as the daemon authenticated it.
     KeyList,
+    /// What `ezfs status` shows of this mount.
+    Status,
+    /// The files of the zone rooted at `path` and their key versions.
+    ZoneFiles {
+        path: String,
+        version: Option<u32>,
+    },
 }
 
 /// The daemon's answer: `Ok(data)` or one error sentence.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Response {
     pub result: Result<serde_json::Value, String>,
+}
+
+/// What `Status` answers: the mount, its zones and jobs (those the caller can reach),
+/// and its counters since mount.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub mountpoint: PathBuf,
+    pub backing: PathBuf,
+    /// Unix seconds.
+    pub started: u64,
+    pub uptime_s: u64,
+    pub read_only: bool,
+    /// Open file and directory handles.
+    pub open_handles: usize,
+    pub zones: Vec<crate::fs::zones::ZoneSummary>,
+    /// The keys of those zones.
+    pub keys_in_use: Vec<String>,
+    /// Running, interrupted and cancelled re-encryption jobs.
+    pub jobs: Vec<crate::fs::reencrypt::JobStatus>,
+    pub counters: crate::fs::stats::Counters,
 }
 
 /// What `Ping` answers.
@@ -225,6 +253,34 @@ impl Server {
                 self.keystore_admin(caller)?;
                 c.reload().map(|_| serde_json::Value::Null)
             }
+            Request::Status => {
+                let zones = c.zones_visible(caller, false);
+                let mut keys: Vec<String> = zones.iter().map(|z| z.key.clone()).collect();
+                keys.sort();
+                keys.dedup();
+                let jobs = c
+                    .reencrypt_status(None, caller)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|j| j.state == crate::fs::reencrypt::JobState::Running || j.state.resumable())
+                    .collect();
+                let since = |t: std::time::SystemTime| {
+                    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+                };
+                Ok(json(&DaemonStatus {
+                    pid: std::process::id(),
+                    mountpoint: self.mountpoint.clone(),
+                    backing: c.backing.clone(),
+                    started: since(c.started),
+                    uptime_s: c.started.elapsed().map_or(0, |d| d.as_secs()),
+                    read_only: c.read_only,
+                    open_handles: c.open_handles(),
+                    zones,
+                    keys_in_use: keys,
+                    jobs,
+                    counters: crate::fs::stats::snapshot(),
+                }))
+            }
             Request::KeyList => {
                 self.keystore_admin(caller)?;
                 Ok(json(c.keys.store().read().body()))
@@ -232,6 +288,9 @@ impl Server {
             Request::ZoneCreate { path, key } => c.zone_create(&path, &key, caller).map(|z| json(&z)),
             Request::ZoneInfo { path } => c.zone_info(&path, caller).map(|z| json(&z)),
             Request::ZoneList => Ok(json(&c.zone_list(caller))),
+            Request::ZoneFiles { path, version } => {
+                c.zone_file_list(&path, version, caller).map(|f| json(&f))
+            }
             Request::ReencryptStart { path, data } => {
                 c.reencrypt_start(&path, data, caller).map(|j| json(&j))
             }

@@ -361,7 +361,7 @@ fn kill_9_at_random_points_loses_nothing_fsynced() {
             "the writer failed with {err} before or other than by the kill"
         );
         assert!(
-            wait_until(Duration::from_secs(10), || !process_alive(pid)),
+            wait_until(Duration::from_secs(60), || !process_alive(pid)),
             "daemon survived kill -9"
         );
         // detach the dead mount (the guard would too; this keeps the order explicit)

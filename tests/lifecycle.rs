@@ -304,7 +304,7 @@ fn spawn_bg(f: &Fixture, args: &[&str]) -> Bg {
 impl Bg {
     fn wait(self) -> Output {
         let desc = self.desc.clone();
-        self.wait_for(Duration::from_secs(60))
+        self.wait_for(Duration::from_secs(300))
             .unwrap_or_else(|_| panic!("{desc} did not finish within 60 s"))
     }
 
@@ -1022,7 +1022,7 @@ fn reencrypt_survives_kill_9_at_random_points() {
         // SAFETY: kill(2) of the daemon this test started.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill daemon {pid}");
         assert!(
-            wait_until(Duration::from_secs(10), || !process_alive(pid)),
+            wait_until(Duration::from_secs(60), || !process_alive(pid)),
             "{what}: daemon {pid} survived SIGKILL"
         );
         let cli = bg.wait();
@@ -1215,7 +1215,7 @@ fn renames_during(f: &Fixture, zone: &'static str, nfiles: usize, data: bool, ve
         version,
     );
     // the loop is running before the job starts and until it has finished
-    assert!(wait_until(Duration::from_secs(30), || count
+    assert!(wait_until(Duration::from_secs(120), || count
         .load(Ordering::Relaxed)
         >= 20));
     let c0 = count.load(Ordering::Relaxed);
@@ -1223,7 +1223,7 @@ fn renames_during(f: &Fixture, zone: &'static str, nfiles: usize, data: bool, ve
     let conn = fuse_conn(&f.mnt);
     let pid = daemon_pid(&f.mnt).expect("daemon pid");
     // a hang detector, not a performance limit: the job takes seconds
-    let o = match spawn_bg(f, &reencrypt_args(&dir, data)).wait_for(Duration::from_secs(45)) {
+    let o = match spawn_bg(f, &reencrypt_args(&dir, data)).wait_for(Duration::from_secs(180)) {
         Ok(o) => o,
         Err(bg) => {
             let daemon = thread_states(pid);

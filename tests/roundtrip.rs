@@ -602,7 +602,7 @@ fn full_backing_dir_reports_enospc_by_close() {
         fs::remove_file(f.m(rel)).unwrap();
         // the space comes back once the daemon has the file released (asynchronously)
         assert!(
-            wait_until(Duration::from_secs(10), || free_bytes(&f.backing) > 4 << 20),
+            wait_until(Duration::from_secs(60), || free_bytes(&f.backing) > 4 << 20),
             "{rel}: backing space not freed after unlink"
         );
         let data = Rng::new(7).bytes(100_000);

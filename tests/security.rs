@@ -698,7 +698,7 @@ time.sleep(15)
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     assert!(
-        waited < Duration::from_secs(5),
+        waited < Duration::from_secs(8),
         "zone list waited {waited:?} behind an idle client"
     );
     // a huge path is not echoed back whole
@@ -910,7 +910,7 @@ fn reencrypt_data_skips_holes_of_a_huge_sparse_file() {
         &f.run(&["zone", "reencrypt", "--data", z.to_str().unwrap()]),
         "reencrypt --data",
     );
-    assert!(t0.elapsed() < Duration::from_secs(60), "took {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(120), "took {:?}", t0.elapsed());
     assert_eq!(f.zone_info("z/big")["key_version"], 2);
     let fh = fs::File::open(&big).unwrap();
     let mut b = [0u8; 5];
@@ -961,7 +961,7 @@ fn a_data_job_can_be_cancelled_and_resumes_as_a_data_job() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    assert!(wait_until(Duration::from_secs(30), || job_status(&f, &z)
+    assert!(wait_until(Duration::from_secs(120), || job_status(&f, &z)
         ["state"]
         == "running"));
     let o = f.run(&["zone", "reencrypt", "--cancel", z.to_str().unwrap()]);
@@ -1003,13 +1003,13 @@ fn unmount_ends_a_running_job_as_interrupted() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    assert!(wait_until(Duration::from_secs(30), || job_status(&f, &z)
+    assert!(wait_until(Duration::from_secs(120), || job_status(&f, &z)
         ["state"]
         == "running"));
     let o = f.run(&["umount", f.mnt.to_str().unwrap()]);
     ok(&o, "umount during a job");
     assert!(
-        wait_until(Duration::from_secs(30), || !process_alive(pid)),
+        wait_until(Duration::from_secs(120), || !process_alive(pid)),
         "the daemon outlived its mount"
     );
     let _ = job.wait();

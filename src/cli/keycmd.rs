@@ -85,6 +85,9 @@ pub enum KeyCmd {
         at: BackingArg,
         #[command(flatten)]
         pass: PassArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -214,44 +217,95 @@ fn provider_setting(setting: &str) -> Result<String, Failure> {
         .join(" "))
 }
 
-pub fn init(backing: &Path, pass: &PassArgs, key_provider: Option<&str>) -> CliResult {
+/// `recovery`: `None` for no recovery key; `Some(None)` to print it once;
+/// `Some(Some(file))` to write it to a new file.
+pub fn init(
+    backing: &Path,
+    pass: &PassArgs,
+    key_provider: Option<&str>,
+    recovery: Option<Option<&Path>>,
+) -> CliResult {
     let provider = key_provider.map(provider_setting).transpose()?;
     // the passphrase first: nothing is created unless init can succeed
     let pw = obtain(pass, "passphrase", true)?;
-    let created = !backing.exists();
-    if created {
+    // the recovery key file next (exclusively): an existing file is never
+    // overwritten, and init fails before anything else is made
+    let rk_file = match recovery.flatten() {
+        Some(f) => Some(
+            open_new_secret_file(f)
+                .map_err(|e| Failure::op(format!("cannot create {}: {e}", f.display())))?,
+        ),
+        None => None,
+    };
+    let drop_rk_file = || {
+        if let Some(f) = recovery.flatten() {
+            let _ = std::fs::remove_file(f);
+        }
+    };
+    // the outermost directory this command creates, removed whole if init fails
+    let created = backing
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .last();
+    if created.is_some() {
         if let Some(parent) = backing.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Failure::op(format!("cannot create {}: {e}", parent.display())))?;
-        }
-        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-            .create(backing)
-            .map_err(|e| Failure::op(format!("cannot create {}: {e}", backing.display())))?;
-    }
-    let made = Keystore::init(backing, &pw, KdfParams::default()).and_then(|mut ks| match &provider {
-        Some(p) => ks.set_provider(p),
-        None => Ok(()),
-    });
-    if let Err(e) = made {
-        // leave nothing behind that this command made
-        let undo = if created {
-            std::fs::remove_dir_all(backing)
-        } else {
-            std::fs::remove_dir_all(crate::keys::keystore::ezfs_dir(backing))
-        };
-        if let Err(u) = undo.or_else(|u| {
-            if u.kind() == std::io::ErrorKind::NotFound {
-                Ok(())
-            } else {
-                Err(u)
+            if let Err(e) = std::fs::create_dir_all(parent) {
+                drop_rk_file();
+                return Err(undo_init(
+                    backing,
+                    created,
+                    Failure::op(format!("cannot create {}: {e}", parent.display())),
+                ));
             }
-        }) {
-            eprintln!(
-                "ezfs: warning: could not remove what init made in {}: {u}",
-                backing.display()
-            );
         }
-        return Err(e.into());
+        if let Err(e) =
+            std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(backing)
+        {
+            drop_rk_file();
+            return Err(undo_init(
+                backing,
+                created,
+                Failure::op(format!("cannot create {}: {e}", backing.display())),
+            ));
+        }
+    }
+    let made = Keystore::init(backing, &pw, KdfParams::default()).and_then(|mut ks| {
+        if let Some(p) = &provider {
+            ks.set_provider(p)?;
+        }
+        recovery.map(|_| ks.new_recovery_key()).transpose()
+    });
+    let rk = match made {
+        Ok(rk) => rk,
+        Err(e) => {
+            drop_rk_file();
+            return Err(undo_init(backing, created, e.into()));
+        }
+    };
+    if let Some(rk) = &rk {
+        let text = crate::keys::recovery::format_key(rk);
+        match (rk_file, recovery.flatten()) {
+            (Some(mut f), Some(path)) => {
+                let written = std::io::Write::write_all(&mut f, format!("{}\n", text.as_str()).as_bytes())
+                    .and_then(|_| f.sync_all());
+                if let Err(e) = written {
+                    let _ = std::fs::remove_file(path);
+                    return Err(undo_init(
+                        backing,
+                        created,
+                        Failure::op(format!("cannot write {}: {e}", path.display())),
+                    ));
+                }
+                println!(
+                    "recovery key written to {} (keep it apart from the backing dir)",
+                    path.display()
+                );
+            }
+            _ => {
+                println!("recovery key (shown once; it opens the keystore if the passphrase is lost):");
+                println!("  {}", text.as_str());
+            }
+        }
     }
     println!(
         "initialized {} (mode 0700; keystore in {}/.ezfs{})",
@@ -260,6 +314,40 @@ pub fn init(backing: &Path, pass: &PassArgs, key_provider: Option<&str>) -> CliR
         provider.map_or(String::new(), |p| format!("; zone keys in {p}"))
     );
     Ok(())
+}
+
+/// Leaves nothing behind that a failed init made (`created`: the outermost directory
+/// it created); returns `why`.
+fn undo_init(backing: &Path, created: Option<&Path>, why: Failure) -> Failure {
+    let undo = match created {
+        Some(dir) => std::fs::remove_dir_all(dir),
+        None => std::fs::remove_dir_all(crate::keys::keystore::ezfs_dir(backing)),
+    };
+    if let Err(u) = undo.or_else(|u| {
+        if u.kind() == std::io::ErrorKind::NotFound {
+            Ok(())
+        } else {
+            Err(u)
+        }
+    }) {
+        eprintln!(
+            "ezfs: warning: could not remove what init made in {}: {u}",
+            backing.display()
+        );
+    }
+    why
+}
+
+/// Creates `path` for a secret (mode 0600): never an existing file, never through a
+/// link.
+pub(super) fn open_new_secret_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
 }
 
 fn real_uid() -> u32 {
@@ -432,7 +520,11 @@ pub fn run(cmd: KeyCmd) -> CliResult {
                     eprintln!(
                         "ezfs: {name}@{v} is still used by {n} file(s): /{}{}",
                         ex.join(", /"),
-                        if n > ex.len() as u64 { ", …" } else { "" }
+                        if n > ex.len() as u64 {
+                            format!(", … ('ezfs zone files ZONE --version {v}' lists them all)")
+                        } else {
+                            String::new()
+                        }
                     );
                 }
                 return Err(Failure::op(format!(
@@ -443,12 +535,23 @@ pub fn run(cmd: KeyCmd) -> CliResult {
         }
         KeyCmd::Grant { name, who, at, pass } => change_acl(&name, &who, &at, &pass, true)?,
         KeyCmd::Revoke { name, who, at, pass } => change_acl(&name, &who, &at, &pass, false)?,
-        KeyCmd::Acl { name, at, pass } => {
+        KeyCmd::Acl { name, at, pass, json } => {
             let body = authentic_body(&at.resolve()?, &pass)?;
             let k = body
                 .keys
                 .get(&name)
                 .ok_or_else(|| crate::keys::KeyError::NoSuchKey(name.clone()))?;
+            if json {
+                let who = |id: u32, n: Option<String>| serde_json::json!({"id": id, "name": n});
+                let v = serde_json::json!({
+                    "key": name,
+                    "owner": who(k.owner, users::login_of(k.owner)),
+                    "users": k.acl.users.iter().map(|u| who(*u, users::login_of(*u))).collect::<Vec<_>>(),
+                    "groups": k.acl.groups.iter().map(|g| who(*g, users::group_of(*g))).collect::<Vec<_>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
+                return Ok(());
+            }
             println!("key {name}:");
             println!("  owner:  {}", users::user_name(k.owner));
             println!("  root:   always");
@@ -590,6 +693,34 @@ pub fn passwd(backing: &Path, pass: &PassArgs, new_file: Option<&Path>, rotate: 
         ks.body().keys.values().filter(|k| !k.external).map(|k| k.versions.len()).sum::<usize>(),
         if new.is_some() { "; passphrase changed" } else { "" }
     );
+    Ok(())
+}
+
+/// `passwd --recovery-key-file`: opens the keystore with the recovery key (the
+/// passphrase was lost) and sets a new passphrase.
+pub fn passwd_recovered(backing: &Path, rk_file: &Path, new_file: Option<&Path>) -> CliResult {
+    read_body(backing)?;
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(rk_file).map_err(|e| {
+        Failure::op(format!(
+            "cannot read the recovery key file {}: {e}",
+            rk_file.display()
+        ))
+    })?);
+    let rk = crate::keys::recovery::parse_key(&text).ok_or_else(|| {
+        Failure::op(format!(
+            "{} holds no recovery key (64 hex digits)",
+            rk_file.display()
+        ))
+    })?;
+    let mut ks = Keystore::unlock_with_recovery(backing, &rk)?;
+    if ks.rotating() {
+        return Err(Failure::op(
+            "a master-key rotation is under way; finish it with the passphrase first",
+        ));
+    }
+    let new = passphrase::obtain_new(new_file).map_err(Failure::op)?;
+    ks.change_passphrase(&new)?;
+    println!("passphrase set for {} with the recovery key", backing.display());
     Ok(())
 }
 

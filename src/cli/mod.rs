@@ -3,10 +3,13 @@
 //! 2 for a usage error.
 
 mod fsckcmd;
+mod helper;
 mod keycmd;
+mod keystorecmd;
 mod logger;
 mod mount;
 pub mod mountinfo;
+mod statuscmd;
 mod users;
 mod zonecmd;
 mod zonefix;
@@ -51,6 +54,12 @@ impl From<crate::keys::KeyError> for Failure {
 
 impl From<crate::control::ClientError> for Failure {
     fn from(e: crate::control::ClientError) -> Failure {
+        // "not mounted" because the mount's daemon died: say that, and the way out
+        if let crate::control::ClientError::NotMounted(b) = &e {
+            if let Some(m) = mountinfo::dead_mounts().into_iter().find(|m| &m.backing == b) {
+                return Failure::op(mountinfo::dead_message(&m));
+            }
+        }
         Failure::op(e)
     }
 }
@@ -94,11 +103,26 @@ enum Cmd {
         /// ezfs's JSON line protocol, see ezfs(1)); default: the local keystore.
         #[arg(long, value_name = "exec:PROGRAM")]
         key_provider: Option<String>,
+        /// Write the recovery key (which opens the keystore when the passphrase is lost)
+        /// to this new file (mode 0600) instead of printing it once.
+        #[arg(long, value_name = "FILE", conflicts_with = "no_recovery_key")]
+        recovery_key_file: Option<PathBuf>,
+        /// Make no recovery key: a lost passphrase then loses every zone.
+        #[arg(long)]
+        no_recovery_key: bool,
     },
     /// Mount BACKING at MOUNTPOINT (runs in the background unless --foreground).
     Mount(mount::MountArgs),
     /// Unmount an ezfs mount cleanly (fusermount3 -u works too).
     Umount { mountpoint: PathBuf },
+    /// Show every ezfs mount (or the one at MOUNTPOINT): backing dir, daemon and
+    /// whether it is alive, zones, jobs and counters since mount.
+    Status {
+        mountpoint: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage zone keys.
     #[command(subcommand)]
     Key(keycmd::KeyCmd),
@@ -131,9 +155,31 @@ enum Cmd {
         /// Generate a new master key: every key version is sealed again and every zone
         /// marker authenticated again under it (not while mounted). Keeps the passphrase
         /// unless --new-passphrase-file is given.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "recovery_key_file")]
         rotate_master: bool,
+        /// Open the keystore with the recovery key in this file instead of the current
+        /// passphrase (which was lost), and set a new passphrase.
+        #[arg(long, value_name = "FILE")]
+        recovery_key_file: Option<PathBuf>,
     },
+    /// Back up or check the sealed keystore.
+    #[command(subcommand)]
+    Keystore(keystorecmd::KeystoreCmd),
+    /// Print the shell completion script for bash, zsh or fish on standard output.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Runs as `mount.fuse.ezfs` (the `mount(8)` helper, see the `helper` module);
+/// returns the exit code.
+pub fn mount_helper(args: Vec<std::ffi::OsString>) -> i32 {
+    logger::init();
+    if std::env::var_os(TEST_CORE_DIR).is_none() {
+        crate::crypto::secret::no_core_dumps();
+    }
+    helper::run(args)
 }
 
 /// Parses the arguments, runs the command, returns the exit code.
@@ -147,6 +193,13 @@ pub fn run() -> i32 {
         }
     };
     logger::init();
+    // a listing piped into `head` ends quietly when the pipe closes, like any Unix
+    // tool (Rust ignores SIGPIPE, and a print to a closed pipe would panic); the mount
+    // daemon keeps ignoring it, so that a control client going away cannot kill it
+    if !matches!(cli.cmd, Cmd::Mount(_)) {
+        // SAFETY: restores the default disposition of one signal; no handler involved.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     // every ezfs process may hold keys: none is dumped or traced by other users
     // (a test that checks what a core dump holds asks for one with EZFS_TEST_CORE_DIR)
     if std::env::var_os(TEST_CORE_DIR).is_none() {
@@ -157,9 +210,17 @@ pub fn run() -> i32 {
             backing,
             pass,
             key_provider,
-        } => keycmd::init(&backing, &pass, key_provider.as_deref()),
+            recovery_key_file,
+            no_recovery_key,
+        } => keycmd::init(
+            &backing,
+            &pass,
+            key_provider.as_deref(),
+            (!no_recovery_key).then_some(recovery_key_file.as_deref()),
+        ),
         Cmd::Mount(args) => mount::mount(args),
         Cmd::Umount { mountpoint } => mount::umount(&mountpoint),
+        Cmd::Status { mountpoint, json } => statuscmd::run(mountpoint.as_deref(), json),
         Cmd::Key(k) => keycmd::run(k),
         Cmd::Zone(z) => zonecmd::run(z),
         Cmd::Fsck {
@@ -173,13 +234,24 @@ pub fn run() -> i32 {
             pass,
             new_passphrase_file,
             rotate_master,
-        } => keycmd::passwd(&backing, &pass, new_passphrase_file.as_deref(), rotate_master),
+            recovery_key_file,
+        } => match recovery_key_file {
+            Some(rk) => keycmd::passwd_recovered(&backing, &rk, new_passphrase_file.as_deref()),
+            None => keycmd::passwd(&backing, &pass, new_passphrase_file.as_deref(), rotate_master),
+        },
+        Cmd::Keystore(k) => keystorecmd::run(k),
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "ezfs", &mut std::io::stdout());
+            Ok(())
+        }
     };
     match res {
         Ok(()) => 0,
         Err(f) => {
             if !f.msg.is_empty() {
-                eprintln!("ezfs: {}", f.msg);
+                // the errno's words once, without Rust's " (os error N)" after them
+                eprintln!("ezfs: {}", crate::text::strip_os_error(&f.msg));
             }
             f.code
         }

@@ -21,23 +21,24 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args, Debug)]
 pub struct MountArgs {
     /// The backing directory (made with `ezfs init`).
-    backing: PathBuf,
+    pub(super) backing: PathBuf,
     /// An empty directory to mount on.
-    mountpoint: PathBuf,
+    pub(super) mountpoint: PathBuf,
     /// Mount read-only.
     #[arg(long)]
-    read_only: bool,
-    /// Let other users use the mount (their access still follows file modes).
+    pub(super) read_only: bool,
+    /// Let other users use the mount (their access still follows file modes); the
+    /// same as -o allow_other.
     #[arg(long)]
-    allow_other: bool,
+    pub(super) allow_other: bool,
     /// FUSE mount options, comma-separated (e.g. -o noatime,nonempty).
     #[arg(short = 'o', value_name = "OPT")]
-    options: Vec<String>,
+    pub(super) options: Vec<String>,
     /// Stay in the foreground (log to stderr) instead of daemonizing.
     #[arg(short = 'f', long)]
-    foreground: bool,
+    pub(super) foreground: bool,
     #[command(flatten)]
-    pass: PassArgs,
+    pub(super) pass: PassArgs,
 }
 
 impl MountArgs {
@@ -52,7 +53,29 @@ const FUSE_THREADS: usize = 4;
 
 fn canonical(p: &Path, what: &str) -> Result<PathBuf, Failure> {
     p.canonicalize()
-        .map_err(|e| Failure::op(format!("{what} {}: {e}", p.display())))
+        .map_err(|e| Failure::op(format!("{what} {}: {}", p.display(), crate::text::io_words(&e))))
+}
+
+/// A dead ezfs mount (its daemon gone) at `mnt`: one of this same backing dir is
+/// cleared (detached) so that the mount can go ahead; another is reported with the
+/// command that clears it.
+fn clear_dead_mount(mnt: &Path, backing: &Path) -> CliResult {
+    let Ok(abs) = std::path::absolute(mnt) else {
+        return Ok(());
+    };
+    let Some(dead) = mountinfo::dead_mounts().into_iter().find(|m| m.mountpoint == abs) else {
+        return Ok(());
+    };
+    if dead.backing != backing {
+        return Err(Failure::op(mountinfo::dead_message(&dead)));
+    }
+    log::warn!(
+        "the previous mount of {} at {} was dead (its daemon is gone); cleared it",
+        backing.display(),
+        abs.display()
+    );
+    lazy_unmount(&abs);
+    Ok(())
 }
 
 fn mount_config(a: &MountArgs, backing: &Path) -> Config {
@@ -94,8 +117,11 @@ fn mount_config(a: &MountArgs, backing: &Path) -> Config {
     }
     let mut c = Config::default();
     c.mount_options = opts;
-    c.acl = if a.allow_other {
+    // -o allow_other is --allow-other; -o allow_root lets root in too
+    c.acl = if a.allow_other || a.fuse_options().any(|o| o == "allow_other") {
         SessionACL::All
+    } else if a.fuse_options().any(|o| o == "allow_root") {
+        SessionACL::RootAndOwner
     } else {
         SessionACL::Owner
     };
@@ -106,6 +132,7 @@ fn mount_config(a: &MountArgs, backing: &Path) -> Config {
 
 pub fn mount(a: MountArgs) -> CliResult {
     let backing = canonical(&a.backing, "backing directory")?;
+    clear_dead_mount(&a.mountpoint, &backing)?;
     let mnt = canonical(&a.mountpoint, "mountpoint")?;
     if !mnt.is_dir() {
         return Err(Failure::op(format!(
@@ -210,12 +237,11 @@ fn daemonize(backing: &Path, mnt: &Path, child: impl FnOnce(OwnedFd) -> CliResul
         0 => {
             drop(rd);
             detach(backing);
+            // a failure before the mount was usable went to the parent through the
+            // pipe; one after it is logged by serve()
             let code = match child(wr) {
                 Ok(()) => 0,
-                Err(f) => {
-                    log::error!("{}", f.msg);
-                    f.code
-                }
+                Err(f) => f.code,
             };
             std::process::exit(code);
         }
@@ -236,8 +262,10 @@ fn daemonize(backing: &Path, mnt: &Path, child: impl FnOnce(OwnedFd) -> CliResul
 }
 
 /// Daemon side of the fork: new session, working directory `/` (it must keep no
-/// filesystem busy), standard input and output to /dev/null, log to stderr unless it
-/// is a terminal (then to BACKING/.ezfs/ezfs.log).
+/// filesystem busy), standard input and output to /dev/null, and the log on standard
+/// error only if that is a file (`ezfs mount ... 2>log`) or /dev/null: a terminal, a
+/// pipe or a socket belongs to the caller, who must not wait on the daemon (`ezfs
+/// mount ... | cat`, a captured subprocess), so the log goes to BACKING/.ezfs/ezfs.log.
 fn detach(backing: &Path) {
     use std::os::fd::AsRawFd;
     let dir = match std::env::var_os(super::TEST_CORE_DIR) {
@@ -264,16 +292,21 @@ fn detach(backing: &Path) {
             libc::dup2(null.as_raw_fd(), 0);
             libc::dup2(null.as_raw_fd(), 1);
         }
-        if libc::isatty(2) == 1 {
-            use std::os::unix::fs::OpenOptionsExt;
-            let log = backing.join(crate::EZFS_DIR).join("ezfs.log");
-            if let Ok(f) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(log)
-            {
-                libc::dup2(f.as_raw_fd(), 2);
+        let mut st: libc::stat = std::mem::zeroed();
+        let keep = libc::fstat(2, &mut st) == 0 && matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG)
+            || (st.st_mode & libc::S_IFMT == libc::S_IFCHR && libc::isatty(2) == 0);
+        if !keep {
+            let log = crate::keys::keystore::ezfs_dir(backing).join("ezfs.log");
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_NOFOLLOW;
+            match crate::backdir::sys::open_at(crate::backdir::sys::at_cwd(), log.as_os_str(), flags, 0o600) {
+                Ok(f) => {
+                    libc::dup2(f.as_raw_fd(), 2);
+                }
+                Err(_) => {
+                    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+                        libc::dup2(null.as_raw_fd(), 2);
+                    }
+                }
             }
         }
     }
@@ -287,6 +320,7 @@ fn report(notify: &mut Option<OwnedFd>, msg: &str) {
 
 /// Mounts and serves until unmounted.
 fn serve(core: Arc<Core>, mnt: &Path, config: &Config, mut notify: Option<OwnedFd>) -> CliResult {
+    let daemonized = notify.is_some();
     // bound by the daemon itself (after the fork): clients check that the socket's
     // owner is the process recorded in .ezfs
     let server = match Server::bind(core.clone(), mnt.to_path_buf()) {
@@ -335,7 +369,13 @@ fn serve(core: Arc<Core>, mnt: &Path, config: &Config, mut notify: Option<OwnedF
     core.stop_jobs();
     control::forget_daemon(&core.backing);
     log::info!("unmounted {}", mnt.display());
-    res.map_err(|e| Failure::op(format!("session ended with an error: {e}")))
+    res.map_err(|e| {
+        let msg = format!("session ended with an error: {e}");
+        if daemonized {
+            log::error!("{msg}");
+        }
+        Failure::op(msg)
+    })
 }
 
 /// The daemon holds a descriptor per inode the kernel has cached (closing idle ones

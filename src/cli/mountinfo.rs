@@ -107,6 +107,43 @@ pub fn mount_of(path: &Path) -> Option<EzMount> {
     })
 }
 
+/// Whether the mount at `mountpoint` is dead: its daemon is gone, and every access
+/// gives ENOTCONN ("Transport endpoint is not connected").
+pub fn is_dead(mountpoint: &Path) -> bool {
+    std::fs::metadata(mountpoint).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+}
+
+/// Every ezfs mount whose daemon is gone.
+pub fn dead_mounts() -> Vec<EzMount> {
+    all()
+        .into_iter()
+        .filter(|(mp, t, _, _)| (t == "fuse.ezfs" || t == "fuse") && is_dead(mp))
+        .map(|(mountpoint, _, src, _)| EzMount {
+            mountpoint,
+            backing: PathBuf::from(src),
+        })
+        .collect()
+}
+
+/// The dead ezfs mount at or above `path` (absolute, not canonicalized: a path in a
+/// dead mount cannot be), if there is one.
+pub fn dead_mount_of(path: &Path) -> Option<EzMount> {
+    dead_mounts()
+        .into_iter()
+        .filter(|m| path.starts_with(&m.mountpoint))
+        .max_by_key(|m| m.mountpoint.as_os_str().len())
+}
+
+/// The sentence that says a mount is dead and how to clear it.
+pub fn dead_message(m: &EzMount) -> String {
+    format!(
+        "the ezfs mount at {} (of {}) is dead: its daemon is gone; 'ezfs umount {}' clears it",
+        m.mountpoint.display(),
+        m.backing.display(),
+        m.mountpoint.display()
+    )
+}
+
 /// Whether `path` (canonical) is itself a mount point.
 pub fn is_mountpoint(path: &Path) -> bool {
     all().iter().any(|(mp, _, _, _)| mp == path)

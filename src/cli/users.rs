@@ -26,26 +26,36 @@ pub fn gid_of(group: &str) -> Option<u32> {
     (!gr.is_null()).then(|| unsafe { (*gr).gr_gid })
 }
 
-/// "name (uid)" or just the number when the user is unknown.
-pub fn user_name(uid: u32) -> String {
+/// The login name of `uid`, if it has one.
+pub fn login_of(uid: u32) -> Option<String> {
     // SAFETY: getpwuid returns null or a valid record.
     let pw = unsafe { libc::getpwuid(uid) };
-    if pw.is_null() {
-        return uid.to_string();
-    }
     // SAFETY: pw_name of a valid record is a C string.
-    let name = unsafe { CStr::from_ptr((*pw).pw_name) }.to_string_lossy();
-    format!("{name} ({uid})")
+    (!pw.is_null()).then(|| {
+        unsafe { CStr::from_ptr((*pw).pw_name) }
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
+/// The name of group `gid`, if it has one.
+pub fn group_of(gid: u32) -> Option<String> {
+    // SAFETY: getgrgid returns null or a valid record.
+    let gr = unsafe { libc::getgrgid(gid) };
+    // SAFETY: gr_name of a valid record is a C string.
+    (!gr.is_null()).then(|| {
+        unsafe { CStr::from_ptr((*gr).gr_name) }
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
+/// "name (uid)" or just the number when the user is unknown.
+pub fn user_name(uid: u32) -> String {
+    login_of(uid).map_or_else(|| uid.to_string(), |n| format!("{n} ({uid})"))
 }
 
 /// "name (gid)" or just the number when the group is unknown.
 pub fn group_name(gid: u32) -> String {
-    // SAFETY: getgrgid returns null or a valid record.
-    let gr = unsafe { libc::getgrgid(gid) };
-    if gr.is_null() {
-        return gid.to_string();
-    }
-    // SAFETY: gr_name of a valid record is a C string.
-    let name = unsafe { CStr::from_ptr((*gr).gr_name) }.to_string_lossy();
-    format!("{name} ({gid})")
+    group_of(gid).map_or_else(|| gid.to_string(), |n| format!("{n} ({gid})"))
 }

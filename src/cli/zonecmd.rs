@@ -51,6 +51,16 @@ pub enum ZoneCmd {
         #[arg(long)]
         json: bool,
     },
+    /// List the files of zone DIR with the key version each uses (those on --version N).
+    Files {
+        dir: PathBuf,
+        /// Only the files whose data key is wrapped with this version.
+        #[arg(long, value_name = "N")]
+        version: Option<u32>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the marker of a registered zone again (it was lost or damaged), or with
     /// --id put a zone back at ZONE after it was moved without its marker. ZONE is the
     /// zone root's path from the mount root (as 'zone list' and fsck show it).
@@ -79,9 +89,15 @@ pub enum ZoneCmd {
 
 /// The mount holding `path` and `path` relative to its root.
 fn locate(path: &Path) -> Result<(mountinfo::EzMount, String), Failure> {
-    let canon = path
-        .canonicalize()
-        .map_err(|e| Failure::op(format!("{}: {e}", path.display())))?;
+    let canon = path.canonicalize().map_err(|e| {
+        let dead = std::path::absolute(path)
+            .ok()
+            .and_then(|p| mountinfo::dead_mount_of(&p));
+        match dead {
+            Some(m) => Failure::op(mountinfo::dead_message(&m)),
+            None => Failure::op(format!("{}: {}", path.display(), crate::text::io_words(&e))),
+        }
+    })?;
     let m = mountinfo::mount_of(&canon)
         .ok_or_else(|| Failure::op(format!("{} is not inside an ezfs mount", path.display())))?;
     let rel = canon
@@ -103,6 +119,24 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
     match cmd {
         ZoneCmd::Repair { zone, id, at, pass } => super::zonefix::repair(&zone, id.as_deref(), &at, &pass)?,
         ZoneCmd::Forget { id, at, pass } => super::zonefix::forget(&id, &at, &pass)?,
+        ZoneCmd::Files { dir, version, json } => {
+            let (m, rel) = locate(&dir)?;
+            let v = control::call(&m.backing, &Request::ZoneFiles { path: rel, version })?;
+            let mut files: Vec<crate::fs::zones::FileUse> = serde_json::from_value(v).map_err(Failure::op)?;
+            for f in &mut files {
+                f.path = shown(&m, &f.path);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&files).expect("serializes"));
+            } else {
+                for f in &files {
+                    match f.key_version {
+                        0 => println!("(empty)  {}", f.path),
+                        v => println!("{}@{v}  {}", f.key, f.path),
+                    }
+                }
+            }
+        }
         ZoneCmd::Reencrypt {
             dir: Some(dir),
             cancel: true,
@@ -149,25 +183,35 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
             } else if zones.is_empty() {
                 println!("no encryption zones");
             } else {
-                println!("{:<40} {:<20} {:>8}  BY VERSION", "ZONE", "KEY", "FILES");
-                for z in zones {
-                    let per: Vec<String> = z
-                        .files_by_version
-                        .iter()
-                        .map(|(kv, n)| format!("{kv}:{n}"))
-                        .collect();
-                    println!(
-                        "{:<40} {:<20} {:>8}  {}",
-                        z.path,
-                        format!("{}@{}", z.key, z.key_version),
-                        z.files,
-                        if per.is_empty() {
-                            "-".to_string()
-                        } else {
-                            per.join(" ")
-                        }
-                    );
-                }
+                let rows: Vec<Vec<String>> = zones
+                    .iter()
+                    .map(|z| {
+                        let per: Vec<String> = z
+                            .files_by_version
+                            .iter()
+                            .map(|(kv, n)| format!("{kv}:{n}"))
+                            .collect();
+                        let by = match &z.broken {
+                            Some(why) => format!("BROKEN: {why}"),
+                            None if per.is_empty() => "-".to_string(),
+                            None => per.join(" "),
+                        };
+                        vec![
+                            z.path.clone(),
+                            format!("{}@{}", z.key, z.key_version),
+                            z.files.to_string(),
+                            by,
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    crate::text::table(
+                        &["ZONE", "KEY", "FILES", "BY VERSION"],
+                        &rows,
+                        &[false, false, true, false]
+                    )
+                );
             }
         }
         ZoneCmd::Info { path, json } => {
@@ -212,7 +256,14 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
                 }
                 None => {
                     let cwd = std::env::current_dir().map_err(Failure::op)?;
-                    let (m, _) = locate(&cwd)?;
+                    // with no DIR, the mount comes from the current directory, as for
+                    // the key commands: outside one it is a usage error
+                    let (m, _) = locate(&cwd).map_err(|f| {
+                        Failure::usage(format!(
+                            "{}; give DIR, or run it inside an ezfs mount",
+                            f.msg.trim_end_matches('.')
+                        ))
+                    })?;
                     (m, None)
                 }
             };
@@ -340,22 +391,28 @@ fn print_status_table(jobs: &[JobStatus]) {
         println!("no encryption zones");
         return;
     }
-    println!(
-        "{:<32} {:<12} {:<16} {:>8} {:>8} {:>8} {:>7}",
-        "ZONE", "STATE", "KEY", "TOTAL", "DONE", "CURRENT", "FAILED"
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.zone.clone(),
+                j.state_name(),
+                format!("{}@{}", j.key, j.target_version),
+                j.files_total.to_string(),
+                j.files_done.to_string(),
+                j.files_current.to_string(),
+                j.files_failed.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        crate::text::table(
+            &["ZONE", "STATE", "KEY", "TOTAL", "DONE", "CURRENT", "FAILED"],
+            &rows,
+            &[false, false, false, true, true, true, true]
+        )
     );
-    for j in jobs {
-        println!(
-            "{:<32} {:<12} {:<16} {:>8} {:>8} {:>8} {:>7}",
-            j.zone,
-            j.state_name(),
-            format!("{}@{}", j.key, j.target_version),
-            j.files_total,
-            j.files_done,
-            j.files_current,
-            j.files_failed
-        );
-    }
     for j in jobs.iter().filter(|j| j.state.resumable()) {
         println!(
             "{}: run 'ezfs zone reencrypt{} {}' to finish the {} job",

@@ -197,6 +197,7 @@ impl EncFile {
     ) -> Result<EncFile, Errno> {
         let fail = |file: &File, what: String| {
             log::error!("{}: {what}", sys::describe(file.as_fd()));
+            super::stats::eio();
             Errno::EIO
         };
         if let Some(why) = &zone.broken {
@@ -252,6 +253,7 @@ impl EncFile {
                 errno(&e)
             }
             CodecError::Corrupt { block } => {
+                super::stats::auth_failure();
                 log::error!(
                     "{}: block {block} failed authentication; reads of it get EIO",
                     sys::describe(self.file.as_fd())

@@ -12,6 +12,7 @@ mod readaround;
 pub mod reencrypt;
 mod rekey;
 mod root_mode;
+pub mod stats;
 mod writebehind;
 pub mod zones;
 
@@ -91,6 +92,8 @@ pub struct Core {
     header_locks: [RwLock<()>; 64],
     /// Tells the kernel to drop cached names (set once the session exists).
     pub notifier: std::sync::OnceLock<fuser::Notifier>,
+    /// When the mount started (for `ezfs status`).
+    pub started: SystemTime,
 }
 
 thread_local! {
@@ -193,8 +196,14 @@ impl Core {
             root_mode: root_mode.into(),
             header_locks: std::array::from_fn(|_| RwLock::new(())),
             notifier: std::sync::OnceLock::new(),
+            started: SystemTime::now(),
         };
         Ok(core)
+    }
+
+    /// Open file and directory handles.
+    pub fn open_handles(&self) -> usize {
+        self.handles.read().len()
     }
 
     fn inode(&self, id: INodeNo) -> FsResult<Arc<Inode>> {
@@ -851,8 +860,16 @@ impl Filesystem for EzFs {
                 Handle::Dir(_) => Err(Errno::EISDIR),
             };
             match n {
-                Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(e),
+                Ok(n) => {
+                    stats::read(n);
+                    reply.data(&buf[..n])
+                }
+                Err(e) => {
+                    if e == Errno::EIO {
+                        stats::eio();
+                    }
+                    reply.error(e)
+                }
             }
         });
     }
@@ -884,6 +901,7 @@ impl Filesystem for EzFs {
             }
             Handle::Dir(_) => return reply.error(Errno::EISDIR),
         }
+        stats::written(data.len());
         reply.written(data.len() as u32);
     }
 

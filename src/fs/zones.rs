@@ -64,6 +64,16 @@ pub struct PathInfo {
     pub files_by_version: BTreeMap<String, u64>,
 }
 
+/// One file of a zone and the key version its EDEK is wrapped with (`zone files`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct FileUse {
+    /// Path from the mount root.
+    pub path: String,
+    pub key: String,
+    /// 0 for an empty file without a header (it gets the newest version when written).
+    pub key_version: u32,
+}
+
 /// The registered zone roots found in the backing dir: (st_dev, st_ino) of each root
 /// directory to its zone id (hex).
 #[derive(Default)]
@@ -494,6 +504,55 @@ impl Core {
         Ok(info)
     }
 
+    /// The files of the zone rooted at `rel` (nested zones excluded) that `caller` can
+    /// reach, with the key version each uses; with `version`, only those on it.
+    pub fn zone_file_list(
+        &self,
+        rel: &str,
+        version: Option<u32>,
+        caller: &Caller,
+    ) -> Result<Vec<FileUse>, String> {
+        let (fd, rel) = self.resolve_as(caller, rel)?;
+        let key = dev_ino(fd.as_fd()).map_err(|e| e.to_string())?;
+        match self.dir_zone(fd.as_fd(), key).filter(|_| self.is_zone_root(key)) {
+            Some(z) if z.broken.is_none() => {}
+            Some(z) => return Err(format!("{}: {}", shown(&rel), z.broken.as_deref().unwrap_or(""))),
+            None => return Err(format!("{} is not an encryption zone root", shown(&rel))),
+        }
+        let list = caller
+            .run_as(|| {
+                let mut out = Vec::new();
+                crate::zone::walk::zone_files(
+                    fd.as_fd(),
+                    true,
+                    crate::zone::walk::Nested::Skip,
+                    &|d, _| has_marker(d),
+                    &|_| false,
+                    &mut |f, _| {
+                        let Ok(file) = crate::zone::usage::open_regular(f.dir, f.name) else {
+                            return;
+                        };
+                        let empty = file.metadata().is_ok_and(|m| m.len() == 0);
+                        let (key, v) = match read_header(&file) {
+                            Ok(h) => (h.key_name, h.key_version),
+                            Err(_) if empty => (String::new(), 0),
+                            Err(_) => return,
+                        };
+                        if version.is_none_or(|want| want == v) {
+                            out.push(FileUse {
+                                path: shown(&rel.join(f.rel)),
+                                key,
+                                key_version: v,
+                            });
+                        }
+                    },
+                );
+                out
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(list)
+    }
+
     /// Every registered zone whose root `caller` can reach, with its files, in path
     /// order.
     pub fn zone_list(&self, caller: &Caller) -> Vec<ZoneSummary> {
@@ -502,7 +561,7 @@ impl Core {
 
     /// Every registered zone whose root `caller` can reach; with `count`, its files are
     /// counted (those the caller can reach) and their headers read for key versions.
-    pub(super) fn zones_visible(&self, caller: &Caller, count: bool) -> Vec<ZoneSummary> {
+    pub fn zones_visible(&self, caller: &Caller, count: bool) -> Vec<ZoneSummary> {
         let registry = self.keys.store().read().body().zones.clone();
         let mut out: Vec<ZoneSummary> = Vec::new();
         for (id, e) in registry {

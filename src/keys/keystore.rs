@@ -165,6 +165,9 @@ struct StoreFile {
     /// `master`, still accepted on zone markers until every marker is rewritten.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     previous_master: Option<String>,
+    /// The recovery key's way to the master key (see `recovery`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    recovery: Option<super::recovery::Slot>,
     body: Body,
     mac: String,
 }
@@ -179,6 +182,10 @@ pub struct Keystore {
     master: Cipher,
     /// During a master-key rotation: the previous master, sealed and as a cipher.
     previous: Option<(String, Cipher)>,
+    /// The file says a rotation is under way (`previous` may be unknown: unlocked with
+    /// the recovery key).
+    rotation_pending: bool,
+    recovery: Option<super::recovery::Slot>,
     body: Body,
     material: HashMap<(String, u32), Key>,
 }
@@ -259,22 +266,36 @@ pub fn ezfs_dir(backing: &Path) -> PathBuf {
     backing.join(crate::EZFS_DIR)
 }
 
+/// How a keystore is unlocked.
+enum Credential<'a> {
+    Passphrase(&'a [u8]),
+    Recovery(&'a Key),
+}
+
 fn read_store(dir: &Path) -> Result<StoreFile, KeyError> {
     let path = dir.join(KEYSTORE_FILE);
     let data = match super::atomic::read_file(&path, MAX_KEYSTORE) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(KeyError::NotInitialized(
-                dir.parent().unwrap_or(dir).to_path_buf(),
-            ))
+            let backing = dir.parent().unwrap_or(dir).to_path_buf();
+            return Err(if dir.is_dir() {
+                KeyError::KeystoreMissing(backing)
+            } else {
+                KeyError::NotInitialized(backing)
+            });
         }
         Err(e) => return Err(KeyError::io(format!("cannot read {}", path.display()))(e)),
     };
+    parse_store(&path, &data)
+}
+
+/// Parses keystore file bytes (read from `path`, named in errors).
+fn parse_store(path: &Path, data: &[u8]) -> Result<StoreFile, KeyError> {
     let corrupt = |why: String| KeyError::Corrupt {
-        path: path.clone(),
+        path: path.to_path_buf(),
         why,
     };
-    let store: StoreFile = serde_json::from_slice(&data).map_err(|e| corrupt(e.to_string()))?;
+    let store: StoreFile = serde_json::from_slice(data).map_err(|e| corrupt(e.to_string()))?;
     if store.format != KEYSTORE_FORMAT {
         return Err(KeyError::UnsupportedFormat(store.format));
     }
@@ -304,11 +325,14 @@ impl Keystore {
             )));
         }
         let dir = ezfs_dir(backing);
-        if dir.exists() {
+        if dir.join(KEYSTORE_FILE).exists() {
             return Err(KeyError::Other(format!(
                 "{} is already initialized (.ezfs exists)",
                 backing.display()
             )));
+        }
+        if dir.exists() {
+            return Err(KeyError::KeystoreMissing(backing.to_path_buf()));
         }
         let mut entries =
             std::fs::read_dir(backing).map_err(KeyError::io(format!("cannot list {}", backing.display())))?;
@@ -342,6 +366,8 @@ impl Keystore {
             master: master.cipher(),
             master_key: master,
             previous: None,
+            rotation_pending: false,
+            recovery: None,
             body: Body::default(),
             material: HashMap::new(),
         };
@@ -356,26 +382,61 @@ impl Keystore {
     pub fn unlock(backing: &Path, passphrase: &[u8]) -> Result<Keystore, KeyError> {
         let dir = ezfs_dir(backing);
         let store = read_store(&dir)?;
+        Self::open(dir, store, Credential::Passphrase(passphrase))
+    }
+
+    /// Unlocks the keystore of `backing` with its recovery key (the passphrase was
+    /// lost): then set a new one with [`Keystore::change_passphrase`].
+    pub fn unlock_with_recovery(backing: &Path, recovery: &Key) -> Result<Keystore, KeyError> {
+        let dir = ezfs_dir(backing);
+        let store = read_store(&dir)?;
+        Self::open(dir, store, Credential::Recovery(recovery))
+    }
+
+    /// Checks a copy of a keystore (a backup) with `passphrase`: the master key
+    /// unseals, the body authenticates, every key version unseals. Returns its body.
+    pub fn verify_copy(file: &Path, passphrase: &[u8]) -> Result<Body, KeyError> {
+        let data = super::atomic::read_file(file, MAX_KEYSTORE)
+            .map_err(KeyError::io(format!("cannot read {}", file.display())))?;
+        let store = parse_store(file, &data)?;
+        let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Ok(Self::open(dir, store, Credential::Passphrase(passphrase))?.body)
+    }
+
+    fn open(dir: PathBuf, store: StoreFile, credential: Credential<'_>) -> Result<Keystore, KeyError> {
         let path = dir.join(KEYSTORE_FILE);
         let wrapped = to_wrapped(&store.master).ok_or_else(|| KeyError::Corrupt {
             path: path.clone(),
             why: "bad master key field".into(),
         })?;
-        let kek = derive_kek(passphrase, &store.kdf)?.cipher();
-        let master = kek
-            .unwrap_key(&master_aad(&store.kdf), &wrapped)
-            .map_err(|_| KeyError::WrongPassphrase)?;
-        let previous = match &store.previous_master {
-            Some(sealed) => {
-                let key = to_wrapped(sealed)
-                    .and_then(|w| kek.unwrap_key(&previous_aad(&store.kdf), &w).ok())
-                    .ok_or_else(|| KeyError::Corrupt {
-                        path: path.clone(),
-                        why: "the previous master key does not authenticate".into(),
-                    })?;
-                Some((sealed.clone(), key.cipher()))
+        let (master, previous) = match credential {
+            Credential::Passphrase(passphrase) => {
+                let kek = derive_kek(passphrase, &store.kdf)?.cipher();
+                let master = kek
+                    .unwrap_key(&master_aad(&store.kdf), &wrapped)
+                    .map_err(|_| KeyError::WrongPassphrase)?;
+                let previous = match &store.previous_master {
+                    Some(sealed) => {
+                        let key = to_wrapped(sealed)
+                            .and_then(|w| kek.unwrap_key(&previous_aad(&store.kdf), &w).ok())
+                            .ok_or_else(|| KeyError::Corrupt {
+                                path: path.clone(),
+                                why: "the previous master key does not authenticate".into(),
+                            })?;
+                        Some((sealed.clone(), key.cipher()))
+                    }
+                    None => None,
+                };
+                (master, previous)
             }
-            None => None,
+            Credential::Recovery(rk) => {
+                let slot = store.recovery.as_ref().ok_or_else(|| {
+                    KeyError::Other("this keystore has no recovery key (made with --no-recovery-key?)".into())
+                })?;
+                let master = super::recovery::master_from(slot, rk)
+                    .ok_or_else(|| KeyError::Other("wrong recovery key".into()))?;
+                (master, None)
+            }
         };
         let mut ks = Keystore {
             dir,
@@ -384,6 +445,8 @@ impl Keystore {
             master: master.cipher(),
             master_key: master,
             previous,
+            rotation_pending: store.previous_master.is_some(),
+            recovery: store.recovery.clone(),
             body: Body::default(),
             material: HashMap::new(),
         };
@@ -418,6 +481,8 @@ impl Keystore {
         if store.previous_master.is_none() {
             self.previous = None;
         }
+        self.rotation_pending = store.previous_master.is_some();
+        self.recovery = store.recovery;
         self.kdf = store.kdf;
         self.sealed_master = store.master;
         self.body = store.body;
@@ -438,6 +503,7 @@ impl Keystore {
             kdf: self.kdf.clone(),
             master: self.sealed_master.clone(),
             previous_master: self.previous.as_ref().map(|(sealed, _)| sealed.clone()),
+            recovery: self.recovery.clone(),
             body: self.body.clone(),
             mac: hex(&self.master.mac(&body_aad(&self.body))),
         };
@@ -709,7 +775,22 @@ impl Keystore {
 
     /// Whether a master-key rotation was started and not finished.
     pub fn rotating(&self) -> bool {
-        self.previous.is_some()
+        self.rotation_pending
+    }
+
+    /// Whether the keystore has a recovery key.
+    pub fn has_recovery(&self) -> bool {
+        self.recovery.is_some()
+    }
+
+    /// Adds (or replaces) the recovery key; returns it, to be shown once.
+    pub fn new_recovery_key(&mut self) -> Result<Key, KeyError> {
+        let (slot, rk) = super::recovery::new_slot(&self.master_key);
+        self.update(|ks| {
+            ks.recovery = Some(slot);
+            Ok(())
+        })?;
+        Ok(rk)
     }
 
     /// Starts a master-key rotation: a new random master key seals every key version
@@ -722,7 +803,7 @@ impl Keystore {
         let _lock = FileLock::acquire(&lock_path)
             .map_err(KeyError::io(format!("cannot lock {}", lock_path.display())))?;
         self.reload()?;
-        if self.previous.is_some() {
+        if self.rotation_pending {
             return Err(KeyError::Other(
                 "a master-key rotation is already under way".into(),
             ));
@@ -743,6 +824,13 @@ impl Keystore {
                     .ok_or_else(|| KeyError::NoSuchVersion(name.clone(), v.version))?;
                 v.sealed = hex(&cipher.wrap_key(&material_aad(name, v.version), key));
             }
+        }
+        if let Some(slot) = &self.recovery {
+            // the same recovery key opens the new master key
+            self.recovery = Some(
+                super::recovery::rewrap(slot, &self.master, &new)
+                    .ok_or_else(|| KeyError::Other("the recovery slot does not authenticate".into()))?,
+            );
         }
         let old = std::mem::replace(&mut self.master_key, new);
         let old_cipher = std::mem::replace(&mut self.master, cipher);
@@ -771,7 +859,7 @@ impl Keystore {
         let kek = derive_kek(new_passphrase, &kdf)?.cipher();
         self.update(|ks| {
             // reload() proved the file still authenticates under this master key
-            if ks.previous.is_some() {
+            if ks.rotation_pending {
                 // the previous master is sealed under the old passphrase's key
                 return Err(KeyError::Other(
                     "finish the master-key rotation first ('ezfs passwd --rotate-master')".into(),

@@ -6,6 +6,7 @@ pub mod exec;
 pub mod keystore;
 pub mod passphrase;
 pub mod provider;
+pub mod recovery;
 
 pub use keystore::{KdfParams, Keystore};
 pub use provider::{KeyProvider, LocalProvider};
@@ -26,12 +27,18 @@ pub enum KeyError {
     KeyExists(String),
     #[error("key '{name}' is still used by {} zone(s) ({}); remove those zones first", zones.len(), zones.join(", "))]
     KeyInUse { name: String, zones: Vec<String> },
-    #[error("invalid key name '{0}': use 1 to 64 characters from A-Z a-z 0-9 . _ -")]
+    #[error("invalid key name '{}': use 1 to 64 characters from A-Z a-z 0-9 . _ -", crate::text::shorten(.0, 80))]
     BadName(String),
     #[error("keystore {path} is corrupt: {why}")]
     Corrupt { path: PathBuf, why: String },
     #[error("{0} is not an ezfs backing directory (no .ezfs); run 'ezfs init' first")]
     NotInitialized(PathBuf),
+    #[error(
+        "{0}/.ezfs exists but its keystore.json is missing: restore it from a backup ('ezfs keystore \
+         backup' makes one; see ezfs(1), BACKUP AND RECOVERY), or remove {0}/.ezfs to start over (files \
+         in zones then cannot be read)"
+    )]
+    KeystoreMissing(PathBuf),
     #[error("unsupported keystore format version {0}")]
     UnsupportedFormat(u32),
     #[error("cannot unwrap the data key with {0}@{1}: header authentication failed")]

@@ -24,7 +24,7 @@ pub const EZFS: &str = env!("CARGO_BIN_EXE_ezfs");
 /// Passphrase written by `Fixture::new`.
 pub const PASSPHRASE: &str = "correct horse battery staple";
 /// Deadline for one command (a hung daemon must not hang the suite).
-const CMD_TIMEOUT: Duration = Duration::from_secs(60);
+const CMD_TIMEOUT: Duration = Duration::from_secs(300);
 
 // ---------------------------------------------------------------------------
 // On-disk layout of an encrypted file (src/format/layout.rs, restated here so the
@@ -304,7 +304,7 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// a daemon that does not exit after the mount is gone is killed (by its pid).
 pub fn force_unmount(mnt: &Path, scratch: &Path) {
     let pid = daemon_pid(mnt);
-    let limit = Duration::from_secs(10);
+    let limit = Duration::from_secs(60);
     if is_mounted(mnt) {
         let _ = try_run_cmd(Command::new(EZFS).arg("umount").arg(mnt), scratch, limit);
     }
@@ -325,7 +325,7 @@ pub fn force_unmount(mnt: &Path, scratch: &Path) {
         );
     }
     if let Some(pid) = pid {
-        if !wait_until(Duration::from_secs(10), || !process_alive(pid)) {
+        if !wait_until(Duration::from_secs(60), || !process_alive(pid)) {
             eprintln!("harness: daemon {pid} did not exit after unmount; killing it");
             // SAFETY: plain kill(2) of a process this test started.
             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -687,7 +687,7 @@ impl Mount {
         assert!(!is_mounted(&self.mnt), "still mounted after ezfs umount");
         if let Some(pid) = pid {
             assert!(
-                wait_until(Duration::from_secs(10), || !process_alive(pid)),
+                wait_until(Duration::from_secs(60), || !process_alive(pid)),
                 "daemon {pid} still running"
             );
         }
