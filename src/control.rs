@@ -428,7 +428,12 @@ pub fn call(backing: &Path, req: &Request) -> Result<serde_json::Value, ClientEr
     line.push(b'\n');
     (&stream).write_all(&line)?;
     let mut answer = String::new();
-    BufReader::new(&stream).read_line(&mut answer)?;
+    let read = BufReader::new(&stream).read_line(&mut answer);
+    // the daemon went away between connect and answer (killed, or exiting)
+    if matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset) || matches!(read, Ok(0)) {
+        return Err(ClientError::NotMounted(backing.to_path_buf()));
+    }
+    read?;
     let resp: Response = serde_json::from_str(&answer)
         .map_err(|e| ClientError::Failed(format!("bad answer from the daemon: {e}")))?;
     resp.result.map_err(ClientError::Failed)

@@ -167,6 +167,8 @@ fn a_dead_mount_is_reported_and_cleared() {
     unsafe { libc::kill(pid, libc::SIGKILL) };
     assert!(wait_until(Duration::from_secs(60), || !process_alive(pid)));
     assert!(is_mounted(&f.mnt), "the kernel keeps the dead mount");
+    assert!(wait_until(Duration::from_secs(60), || fs::metadata(&f.mnt)
+        .is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))));
     for args in [
         vec!["zone", "list", mnt(&f)],
         vec!["zone", "info", f.m("z").to_str().unwrap()],

@@ -69,6 +69,15 @@ pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
+/// [`reopen`] with `O_NOATIME` where the daemon may use it (it owns the file, or is
+/// root): the mount, not the backing filesystem, decides access times.
+pub fn reopen_noatime(fd: BorrowedFd<'_>, flags: i32) -> io::Result<File> {
+    match reopen(fd, flags | libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => reopen(fd, flags),
+        other => other,
+    }
+}
+
 /// `access(2)` of a descriptor's file (`R_OK`, `W_OK`, `X_OK` or `F_OK`) with the
 /// daemon's real ids.
 pub fn access(fd: BorrowedFd<'_>, mode: i32) -> io::Result<()> {
@@ -298,30 +307,107 @@ pub fn removexattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     xattr_result(unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) } as isize).map(drop)
 }
 
-/// Directory entries of an `O_PATH` directory descriptor: (name, inode, d_type).
+/// Directory entries of a directory descriptor (`O_PATH` included): (name, inode,
+/// d_type), "." and ".." left out. The directory is read through a new descriptor
+/// opened with `O_NOATIME` where the daemon may (its owner, or root): listing a
+/// directory for the mount does not change its access time on the backing
+/// filesystem, whose access times follow the mount's policy instead (see `fs::atime`).
 pub fn read_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<(std::ffi::OsString, u64, u8)>> {
-    use std::os::unix::fs::DirEntryExt;
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(fd_link(fd.as_raw_fd()))? {
-        let e = e?;
-        let t = e.file_type()?;
-        use std::os::unix::fs::FileTypeExt;
-        let d = if t.is_dir() {
-            libc::DT_DIR
-        } else if t.is_symlink() {
-            libc::DT_LNK
-        } else if t.is_file() {
-            libc::DT_REG
-        } else if t.is_fifo() {
-            libc::DT_FIFO
-        } else if t.is_socket() {
-            libc::DT_SOCK
-        } else if t.is_char_device() {
-            libc::DT_CHR
-        } else {
-            libc::DT_BLK
-        };
-        out.push((e.file_name(), e.ino(), d));
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+    let d = match open_at(fd, OsStr::new("."), flags | libc::O_NOATIME, 0) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open_at(fd, OsStr::new("."), flags, 0)?,
+        other => other?,
+    };
+    // SAFETY: fdopendir takes ownership of the descriptor (into_raw_fd gives it up);
+    // closedir below releases both.
+    let dir = unsafe { libc::fdopendir(std::os::fd::IntoRawFd::into_raw_fd(d)) };
+    if dir.is_null() {
+        return Err(io::Error::last_os_error());
     }
-    Ok(out)
+    let mut out = Vec::new();
+    let result = loop {
+        // SAFETY: errno is thread-local; cleared to tell the end from an error.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: `dir` is an open DIR*; the entry stays valid until the next call.
+        let e = unsafe { libc::readdir64(dir) };
+        if e.is_null() {
+            let err = io::Error::last_os_error();
+            break if err.raw_os_error().unwrap_or(0) == 0 {
+                Ok(())
+            } else {
+                Err(err)
+            };
+        }
+        // SAFETY: a non-null entry from readdir64, with a NUL-terminated name.
+        let (name, ino, d_type) = unsafe {
+            let e = &*e;
+            (
+                CStr::from_ptr(e.d_name.as_ptr()).to_bytes().to_vec(),
+                e.d_ino,
+                e.d_type,
+            )
+        };
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let name = std::ffi::OsString::from(OsStr::from_bytes(&name));
+        let d_type = if d_type == libc::DT_UNKNOWN {
+            // SAFETY: dirfd of an open DIR* is a valid descriptor while it is open.
+            let dfd = unsafe { BorrowedFd::borrow_raw(libc::dirfd(dir)) };
+            match stat_at(dfd, &name) {
+                Ok(st) => mode_to_dtype(st.st_mode),
+                Err(_) => continue,
+            }
+        } else {
+            d_type
+        };
+        out.push((name, ino, d_type));
+    };
+    // SAFETY: closes the DIR* (and its descriptor) once.
+    unsafe { libc::closedir(dir) };
+    result.map(|()| out)
+}
+
+/// The `d_type` of a file mode.
+fn mode_to_dtype(mode: u32) -> u8 {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => libc::DT_DIR,
+        libc::S_IFLNK => libc::DT_LNK,
+        libc::S_IFREG => libc::DT_REG,
+        libc::S_IFIFO => libc::DT_FIFO,
+        libc::S_IFSOCK => libc::DT_SOCK,
+        libc::S_IFCHR => libc::DT_CHR,
+        _ => libc::DT_BLK,
+    }
+}
+
+thread_local! {
+    /// Whether this thread has a file-system context (umask) of its own.
+    static OWN_FS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this thread's umask set to `mask`: a file created in `f` gets the
+/// mode asked for less `mask`, unless its directory has a default POSIX ACL, which
+/// then decides, exactly as for the process that asked (the FUSE request carries its
+/// umask). The first call gives the thread its own umask (`unshare(CLONE_FS)`), so
+/// other request threads are not affected; where that fails, the mask is applied to
+/// `mode` by the caller instead and `mask` is ignored here (returns false to say so).
+pub fn with_umask<R>(mask: u32, f: impl FnOnce(bool) -> R) -> R {
+    let own = OWN_FS.with(|o| {
+        if !o.get() {
+            // SAFETY: unshare(CLONE_FS) affects only the calling thread's umask, root
+            // and working directory.
+            o.set(unsafe { libc::unshare(libc::CLONE_FS) } == 0);
+        }
+        o.get()
+    });
+    if !own {
+        return f(false);
+    }
+    // SAFETY: umask cannot fail; the thread's own fs context is changed and restored.
+    let old = unsafe { libc::umask(mask as libc::mode_t) };
+    let r = f(true);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    r
 }

@@ -42,10 +42,64 @@ pub struct MountArgs {
 }
 
 impl MountArgs {
+    /// Whether users other than the mounting one get in (then the kernel checks
+    /// permissions: `default_permissions`).
+    fn others_get_in(&self) -> bool {
+        self.allow_other
+            || self
+                .fuse_options()
+                .any(|o| o == "allow_other" || o == "allow_root")
+    }
+
     /// Every `-o` option, one by one (each `-o` may list several, comma-separated).
     fn fuse_options(&self) -> impl Iterator<Item = &str> {
         self.options.iter().flat_map(|s| s.split(','))
     }
+}
+
+/// Mount options ezfs knows: the kernel's mount flags, FUSE's own options, security
+/// labels, and its own. Anything else is refused before mounting, with one line.
+fn check_option(o: &str) -> Result<(), Failure> {
+    const FLAGS: &[&str] = &[
+        "ro",
+        "rw",
+        "dev",
+        "nodev",
+        "suid",
+        "nosuid",
+        "exec",
+        "noexec",
+        "sync",
+        "async",
+        "dirsync",
+        "lazytime",
+        "nolazytime",
+        "nonempty",
+        "allow_other",
+        "allow_root",
+        "default_permissions",
+        "auto_unmount",
+    ];
+    const VALUED: &[&str] = &[
+        "fsname=",
+        "max_read=",
+        "blksize=",
+        "context=",
+        "fscontext=",
+        "defcontext=",
+        "rootcontext=",
+    ];
+    if o.is_empty()
+        || FLAGS.contains(&o)
+        || crate::fs::atime_option(o)
+        || VALUED.iter().any(|p| o.starts_with(p))
+    {
+        return Ok(());
+    }
+    Err(Failure::usage(format!(
+        "unknown mount option '{}' (see -o in ezfs(1))",
+        crate::text::shorten(o, 80)
+    )))
 }
 
 /// Request loops: enough to overlap disk waits with crypto on a small machine.
@@ -85,8 +139,7 @@ fn mount_config(a: &MountArgs, backing: &Path) -> Config {
         // kernel then lists the mount as type fuse.ezfs when the daemon mounts it itself
         MountOption::CUSTOM("subtype=ezfs".into()),
     ];
-    let others = a.allow_other || a.fuse_options().any(|o| o == "allow_other" || o == "allow_root");
-    if others {
+    if a.others_get_in() {
         // Other users' requests run with the daemon's rights: the kernel checks their
         // permissions first. Without it only the mounting user gets in, and the daemon
         // works with that user's rights, which the backing filesystem checks; the
@@ -97,7 +150,17 @@ fn mount_config(a: &MountArgs, backing: &Path) -> Config {
     if a.read_only {
         opts.push(MountOption::RO);
     }
-    for o in a.fuse_options().filter(|s| !s.is_empty() && *s != "nonempty") {
+    // the atime options are the daemon's to honour (FUSE inodes keep no atime), and
+    // allow_other/allow_root are the session's access list (above)
+    let daemons = |o: &str| {
+        o.is_empty()
+            || matches!(
+                o,
+                "nonempty" | "allow_other" | "allow_root" | "default_permissions"
+            )
+            || (crate::fs::atime_option(o) && o != "noatime")
+    };
+    for o in a.fuse_options().filter(|o| !daemons(o)) {
         opts.push(match o {
             "ro" => MountOption::RO,
             "rw" => MountOption::RW,
@@ -131,6 +194,9 @@ fn mount_config(a: &MountArgs, backing: &Path) -> Config {
 }
 
 pub fn mount(a: MountArgs) -> CliResult {
+    for o in a.fuse_options() {
+        check_option(o)?;
+    }
     let backing = canonical(&a.backing, "backing directory")?;
     clear_dead_mount(&a.mountpoint, &backing)?;
     let mnt = canonical(&a.mountpoint, "mountpoint")?;
@@ -184,7 +250,10 @@ pub fn mount(a: MountArgs) -> CliResult {
     let read_only = a.read_only || a.fuse_options().any(|o| o == "ro");
     // before the inode table sizes its descriptor budget from the limit
     raise_fd_limit();
-    let core = Arc::new(Core::new(backing.clone(), keys, read_only).map_err(Failure::op)?);
+    let mut core = Core::new(backing.clone(), keys, read_only).map_err(Failure::op)?;
+    core.atime = crate::fs::AtimePolicy::from_options(a.fuse_options());
+    core.kernel_checks = a.others_get_in();
+    let core = Arc::new(core);
     let located = core.locate_zones().map_err(Failure::op)?;
     for w in &located.warnings {
         log::warn!("{w}");

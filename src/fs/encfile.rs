@@ -181,8 +181,10 @@ impl EncFile {
             return Err(Errno::EIO);
         }
         let file = match writable {
-            true => sys::reopen(fd, libc::O_RDWR).or_else(|_| sys::reopen(fd, libc::O_RDONLY)),
-            false => sys::reopen(fd, libc::O_RDONLY),
+            true => {
+                sys::reopen_noatime(fd, libc::O_RDWR).or_else(|_| sys::reopen_noatime(fd, libc::O_RDONLY))
+            }
+            false => sys::reopen_noatime(fd, libc::O_RDONLY),
         }
         .map_err(|e| errno(&e))?;
         Self::from_file(file, zone, keys, writable)

@@ -248,9 +248,30 @@ struct Tables {
     by_key: HashMap<(u64, u64), u64>,
 }
 
+/// How many forgotten inodes' backing handles are remembered (for file handles the
+/// kernel gave out, see `fs::export`): about 100 bytes each.
+const REMEMBERED: usize = 1 << 16;
+
+/// Backing file handles of forgotten inodes, by node id, oldest evicted first.
+#[derive(Default)]
+struct Remembered {
+    by_id: HashMap<u64, Forgotten>,
+    order: std::collections::VecDeque<u64>,
+}
+
+/// What is kept of a forgotten inode: its backing handle and, for a non-directory,
+/// the handle of the directory it was in and its name there (a file has no way back
+/// to its directory of its own).
+#[derive(Clone)]
+pub struct Forgotten {
+    pub handle: Box<[u8]>,
+    pub place: Option<(Box<[u8]>, std::ffi::OsString)>,
+}
+
 /// All inodes the kernel currently knows.
 pub struct InodeTable {
     t: RwLock<Tables>,
+    remembered: Mutex<Remembered>,
     root_dev: u64,
     next_synthetic: AtomicU64,
     shared: Arc<Shared>,
@@ -277,6 +298,7 @@ impl InodeTable {
         t.by_id.insert(ROOT, root);
         InodeTable {
             t: RwLock::new(t),
+            remembered: Mutex::default(),
             root_dev: root_key.0,
             next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
             shared,
@@ -464,7 +486,54 @@ impl InodeTable {
         };
         // closed outside the lock: the last close of an unlinked file frees its blocks,
         // which must not hold up every other lookup
+        if let Some(ino) = &gone {
+            self.remember(ino);
+        }
         drop(gone);
+    }
+
+    /// Keeps the backing handle of a forgotten inode on the backing root's filesystem
+    /// (bounded, oldest out first).
+    fn remember(&self, ino: &Inode) {
+        if !ino.closable || ino.id >= SYNTHETIC_BASE {
+            return;
+        }
+        let fd = ino.fd.lock().clone();
+        let handle = match (ino.handle.get(), &fd) {
+            (Some(h), _) => h.clone(),
+            (None, Some(fd)) => handle_of(fd.as_fd()),
+            (None, None) => None,
+        };
+        let Some(handle) = handle else { return };
+        // a file's directory, while its descriptor still says where it is
+        let place = match (&fd, ino.is_dir) {
+            (Some(fd), false) => super::sys::path_of(fd.as_fd()).ok().and_then(|p| {
+                let name = p.file_name()?.to_owned();
+                let dir = super::sys::open_at(
+                    super::sys::at_cwd(),
+                    p.parent()?.as_os_str(),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                    0,
+                )
+                .ok()?;
+                Some((handle_of(dir.as_fd())?, name))
+            }),
+            _ => None,
+        };
+        let mut r = self.remembered.lock();
+        if r.by_id.insert(ino.id, Forgotten { handle, place }).is_none() {
+            r.order.push_back(ino.id);
+            while r.order.len() > REMEMBERED {
+                if let Some(old) = r.order.pop_front() {
+                    r.by_id.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// What is remembered of forgotten node `id`.
+    pub fn remembered(&self, id: u64) -> Option<Forgotten> {
+        self.remembered.lock().by_id.get(&id).cloned()
     }
 }
 

@@ -216,6 +216,8 @@ impl Root {
 /// out), removing the leftover temporary files of an interrupted `--data` run.
 struct JobWalk<'a> {
     core: &'a Core,
+    /// The walk starts at the backing root (a zone there).
+    at_backing_root: bool,
     /// The walk's start, from the zone root.
     base: PathBuf,
     /// Hard links are one file.
@@ -228,6 +230,10 @@ impl Visitor for JobWalk<'_> {
     fn enter(&mut self, dir: BorrowedFd<'_>, rel: &Path, parent: Option<&()>) -> Option<()> {
         if parent.is_none() {
             return Some(());
+        }
+        // a zone at the backing root: .ezfs is never part of it
+        if self.at_backing_root && self.base.join(rel) == Path::new(crate::EZFS_DIR) {
+            return None;
         }
         let nested = crate::zone::walk::has_marker(dir)
             || sys::stat_at(dir, OsStr::new(""))
@@ -459,8 +465,15 @@ impl Core {
     /// Regular files below directory `dir` (at `base` from the zone root), nested zones
     /// excluded; leftover temporary files of an interrupted `--data` run are removed.
     fn job_files(&self, dir: &OwnedFd, base: &Path) -> Vec<Target> {
+        let at_backing_root = base.as_os_str().is_empty()
+            && sys::stat_at(dir.as_fd(), OsStr::new("")).is_ok_and(|st| {
+                self.inodes
+                    .get(super::inode::ROOT)
+                    .is_some_and(|r| r.key == (st.st_dev, st.st_ino))
+            });
         let mut v = JobWalk {
             core: self,
+            at_backing_root,
             base: base.to_path_buf(),
             inodes: HashSet::new(),
             files: Vec::new(),

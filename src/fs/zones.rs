@@ -285,11 +285,11 @@ impl Core {
             };
             if let Ok(fd) = ino.fd() {
                 let new = self.dir_zone(fd.as_fd(), key);
-                let old = ino.zone();
-                if let (Some(old), Some(new)) = (old, new) {
-                    if *old != *new {
-                        self.inodes.replace_zone(&old, &new);
-                    }
+                match (ino.zone(), new) {
+                    (Some(old), Some(new)) if *old != *new => self.inodes.replace_zone(&old, &new),
+                    // a root the kernel knew before it was found (the mount's root)
+                    (None, Some(new)) => *ino.zone.write() = Some(new),
+                    _ => {}
                 }
             }
             self.inodes.forget(ino.id, 1);
@@ -522,12 +522,13 @@ impl Core {
         let list = caller
             .run_as(|| {
                 let mut out = Vec::new();
+                let top = rel.as_os_str().is_empty();
                 crate::zone::walk::zone_files(
                     fd.as_fd(),
                     true,
                     crate::zone::walk::Nested::Skip,
                     &|d, _| has_marker(d),
-                    &|_| false,
+                    &|r| top && r == Path::new(crate::EZFS_DIR),
                     &mut |f, _| {
                         let Ok(file) = crate::zone::usage::open_regular(f.dir, f.name) else {
                             return;

@@ -56,8 +56,11 @@ pub fn scan(root: BorrowedFd<'_>, registered: &[String]) -> Usage {
 /// Scans the zone whose root is `zone_root`, at `rel` from the backing root (nested
 /// zones excluded).
 pub fn scan_zone(zone_root: BorrowedFd<'_>, rel: &Path) -> Usage {
-    scan_from(zone_root, rel, true, Nested::Skip, &|d, _| has_marker(d), &|_| {
-        false
+    // a zone at the backing root: its .ezfs is no part of it
+    let top = rel.as_os_str().is_empty();
+    let ezfs = Path::new(crate::EZFS_DIR);
+    scan_from(zone_root, rel, true, Nested::Skip, &|d, _| has_marker(d), &|r| {
+        top && r == ezfs
     })
 }
 
