@@ -14,7 +14,9 @@
 //!   that recorded itself in `BACKING/.ezfs/daemon.json` when it mounted.
 
 use crate::backdir::{sys, Caller};
-use crate::fs::Core;
+use crate::fs::jobs::{JobState, JobStatus};
+use crate::fs::zonereq::ZoneSummary;
+use crate::fs::{Core, FsError, FsResult};
 use serde::{Deserialize, Serialize};
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -102,11 +104,11 @@ pub struct DaemonStatus {
     pub read_only: bool,
     /// Open file and directory handles.
     pub open_handles: usize,
-    pub zones: Vec<crate::fs::zones::ZoneSummary>,
+    pub zones: Vec<ZoneSummary>,
     /// The keys of those zones.
     pub keys_in_use: Vec<String>,
     /// Running, interrupted and cancelled re-encryption jobs.
-    pub jobs: Vec<crate::fs::reencrypt::JobStatus>,
+    pub jobs: Vec<JobStatus>,
     pub counters: crate::fs::stats::Counters,
 }
 
@@ -151,21 +153,18 @@ pub struct Server {
 impl Server {
     /// Binds the socket; fails if another process holds the name (another daemon of
     /// the same backing dir, or a squatter: the message tells which).
-    pub fn bind(core: Arc<Core>, mountpoint: PathBuf) -> Result<Server, String> {
-        let addr = socket_addr(&core.backing).map_err(|e| e.to_string())?;
+    pub fn bind(core: Arc<Core>, mountpoint: PathBuf) -> Result<Server, BindError> {
+        let addr = socket_addr(&core.backing)?;
         let listener = UnixListener::bind_addr(&addr).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AddrInUse {
+                let backing = core.backing.clone();
                 match probe(&core.backing) {
-                    Probe::Daemon(m) => format!(
-                        "{} is already mounted at {}",
-                        core.backing.display(),
-                        m.mountpoint.display()
-                    ),
-                    Probe::Impostor(p) => impostor(&core.backing, &p),
-                    Probe::Nobody => format!("{} is already mounted", core.backing.display()),
+                    Probe::Daemon(m) => BindError::MountedAt(backing, m.mountpoint),
+                    Probe::Impostor(p) => BindError::Impostor(backing, p),
+                    Probe::Nobody => BindError::Mounted(backing),
                 }
             } else {
-                e.to_string()
+                BindError::Io(e)
             }
         })?;
         Ok(Server {
@@ -185,7 +184,7 @@ impl Server {
             let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
             if active.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
                 active.fetch_sub(1, Ordering::AcqRel);
-                let _ = reply(&stream, Err("the mount daemon is busy; try again".into()));
+                let _ = reply(&stream, Err(RequestError::Busy));
                 continue;
             }
             let (me, done) = (me.clone(), active.clone());
@@ -210,11 +209,11 @@ impl Server {
         let mut line = Vec::new();
         BufReader::new(stream.take(MAX_REQUEST + 1)).read_until(b'\n', &mut line)?;
         let result = if line.len() as u64 > MAX_REQUEST {
-            Err(format!("request longer than {MAX_REQUEST} bytes"))
+            Err(RequestError::TooLong)
         } else {
             match serde_json::from_slice::<Request>(&line) {
-                Ok(req) => self.handle(req, &caller),
-                Err(e) => Err(format!("bad request: {e}")),
+                Ok(req) => self.handle(req, &caller).map_err(RequestError::from),
+                Err(e) => Err(RequestError::Bad(e)),
             }
         };
         reply(stream, result)
@@ -222,7 +221,7 @@ impl Server {
 
     /// Whether `caller` may change what the daemon knows of the keystore: root, or the
     /// keystore file's owner.
-    fn keystore_admin(&self, caller: &Caller) -> Result<(), String> {
+    fn keystore_admin(&self, caller: &Caller) -> FsResult<()> {
         if caller.is_root() {
             return Ok(());
         }
@@ -237,11 +236,11 @@ impl Server {
         if owner.is_ok_and(|o| o == caller.uid) {
             Ok(())
         } else {
-            Err("only root and the keystore's owner may do that".into())
+            Err(FsError::NotAdmin)
         }
     }
 
-    fn handle(&self, req: Request, caller: &Caller) -> Result<serde_json::Value, String> {
+    fn handle(&self, req: Request, caller: &Caller) -> FsResult<serde_json::Value> {
         let c = &self.core;
         match req {
             Request::Ping => Ok(json(&MountInfo {
@@ -262,7 +261,7 @@ impl Server {
                     .reencrypt_status(None, caller)
                     .unwrap_or_default()
                     .into_iter()
-                    .filter(|j| j.state == crate::fs::reencrypt::JobState::Running || j.state.resumable())
+                    .filter(|j| j.state == JobState::Running || j.state.resumable())
                     .collect();
                 let since = |t: std::time::SystemTime| {
                     t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -283,7 +282,7 @@ impl Server {
             }
             Request::KeyList => {
                 self.keystore_admin(caller)?;
-                Ok(json(c.keys.store().read().body()))
+                Ok(json(&c.keys.listing()))
             }
             Request::ZoneCreate { path, key } => c.zone_create(&path, &key, caller).map(|z| json(&z)),
             Request::ZoneInfo { path } => c.zone_info(&path, caller).map(|z| json(&z)),
@@ -304,8 +303,36 @@ impl Server {
 }
 
 /// Sends one answer line; an error sentence is cut to [`MAX_ERROR`] bytes.
-fn reply(stream: &UnixStream, result: Result<serde_json::Value, String>) -> std::io::Result<()> {
-    let result = result.map_err(|e| crate::text::shorten(&e, MAX_ERROR));
+/// Why a request failed, as the daemon answers it.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("request longer than {MAX_REQUEST} bytes")]
+    TooLong,
+    #[error("bad request: {0}")]
+    Bad(serde_json::Error),
+    #[error("the mount daemon is busy; try again")]
+    Busy,
+}
+
+/// Why the control socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("{} is already mounted at {}", .0.display(), .1.display())]
+    MountedAt(PathBuf, PathBuf),
+    #[error("{} is already mounted", .0.display())]
+    Mounted(PathBuf),
+    #[error("{}", impostor(.0, .1))]
+    Impostor(PathBuf, Caller),
+    #[error("the control socket: {}", crate::text::io_words(.0))]
+    Io(#[from] std::io::Error),
+}
+
+/// Answers one request. On the wire an error is its message: the command line shows
+/// it as it is.
+fn reply(stream: &UnixStream, result: Result<serde_json::Value, RequestError>) -> std::io::Result<()> {
+    let result = result.map_err(|e| crate::text::shorten(&e.to_string(), MAX_ERROR));
     let mut out = serde_json::to_vec(&Response { result }).expect("response serializes");
     out.push(b'\n');
     (&*stream).write_all(&out)

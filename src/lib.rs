@@ -12,6 +12,8 @@
 //! - [`fsck`]: offline verification of every header and block;
 //! - [`cli`]: the `ezfs` command.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod backdir;
 pub mod cli;
 pub mod control;

@@ -16,11 +16,27 @@ pub struct Caller {
     pub uid: u32,
     pub gid: u32,
     pub pid: u32,
+    /// Supplementary groups, when known without asking `/proc` (see [`Caller::groups`]).
+    pub groups: Option<Vec<u32>>,
 }
 
 impl Caller {
     pub fn new(uid: u32, gid: u32, pid: u32) -> Caller {
-        Caller { uid, gid, pid }
+        Caller {
+            uid,
+            gid,
+            pid,
+            groups: None,
+        }
+    }
+
+    /// A caller whose supplementary groups are known (tests; callers not behind a
+    /// process).
+    pub fn with_groups(uid: u32, gid: u32, pid: u32, groups: Vec<u32>) -> Caller {
+        Caller {
+            groups: Some(groups),
+            ..Caller::new(uid, gid, pid)
+        }
     }
 
     /// The daemon itself (root, or whoever runs it).
@@ -34,8 +50,12 @@ impl Caller {
     }
 
     /// The supplementary groups of the calling process (the kernel passes only uid
-    /// and gid; `/proc` has the rest). Empty if the process is gone.
+    /// and gid; `/proc` has the rest, asked only when a decision needs them). Empty if
+    /// the process is gone.
     pub fn groups(&self) -> Vec<u32> {
+        if let Some(g) = &self.groups {
+            return g.clone();
+        }
         std::fs::read_to_string(format!("/proc/{}/status", self.pid))
             .ok()
             .and_then(|s| {

@@ -46,6 +46,7 @@ pub fn proc_path(fd: RawFd) -> CString {
 /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`; an empty name stats `dir` itself.
 pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<libc::stat> {
     let name = cstr(name)?;
+    // SAFETY: stat is plain integers, for which zero is a value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     let flags = libc::AT_SYMLINK_NOFOLLOW | if name.is_empty() { libc::AT_EMPTY_PATH } else { 0 };
     // SAFETY: valid fd, NUL-terminated name, st is a valid out pointer.
@@ -58,6 +59,7 @@ pub fn open_at(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> io::
     let name = cstr(name)?;
     // SAFETY: valid fd and name; the returned fd is owned by us.
     let fd = check(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
+    // SAFETY: openat just returned fd, which nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -66,6 +68,7 @@ pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<File> {
     let p = proc_path(fd.as_raw_fd());
     // SAFETY: valid path; the fd is owned by the File.
     let fd = check(unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: open just returned fd, which nothing else owns.
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
@@ -113,21 +116,25 @@ pub fn path_of(fd: BorrowedFd<'_>) -> io::Result<std::path::PathBuf> {
 
 pub fn mkdir_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
     let name = cstr(name)?;
+    // SAFETY: a valid descriptor and a NUL-terminated name that outlive the call.
     check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
 }
 
 pub fn mknod_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, rdev: u64) -> io::Result<()> {
     let name = cstr(name)?;
+    // SAFETY: a valid descriptor and a NUL-terminated name that outlive the call.
     check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
 }
 
 pub fn symlink_at(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     let (target, name) = (cstr(target)?, cstr(name)?);
+    // SAFETY: a valid descriptor and NUL-terminated strings that outlive the call.
     check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
 }
 
 pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr, flags: i32) -> io::Result<()> {
     let name = cstr(name)?;
+    // SAFETY: a valid descriptor and a NUL-terminated name that outlive the call.
     check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
 }
 
@@ -160,6 +167,7 @@ pub fn rename_at(
 /// Hard-links the file behind an `O_PATH` descriptor as `dir/name`.
 pub fn link_at(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     let (src, name) = (proc_path(fd.as_raw_fd()), cstr(name)?);
+    // SAFETY: NUL-terminated paths and a valid descriptor that outlive the call.
     check(unsafe {
         libc::linkat(
             libc::AT_FDCWD,
@@ -187,6 +195,7 @@ pub fn readlink(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
 /// chown of the file behind a descriptor, not following symlinks. `u32::MAX` keeps a value.
 pub fn chown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
     let empty = c"";
+    // SAFETY: a valid descriptor and an empty NUL-terminated name (AT_EMPTY_PATH).
     check(unsafe {
         libc::fchownat(
             fd.as_raw_fd(),
@@ -201,6 +210,7 @@ pub fn chown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
 
 pub fn chmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
     let p = proc_path(fd.as_raw_fd());
+    // SAFETY: a NUL-terminated path that outlives the call.
     check(unsafe { libc::chmod(p.as_ptr(), mode) }).map(drop)
 }
 
@@ -223,16 +233,20 @@ pub fn utimens(
     };
     let times = [conv(atime), conv(mtime)];
     let p = proc_path(fd.as_raw_fd());
+    // SAFETY: a NUL-terminated path and an array of two timespecs, as utimensat wants.
     check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) }).map(drop)
 }
 
 pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
+    // SAFETY: statvfs is plain integers, for which zero is a value.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a valid out pointer.
     check(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut s) })?;
     Ok(s)
 }
 
 pub fn fallocate(f: &File, mode: i32, off: u64, len: u64) -> io::Result<()> {
+    // SAFETY: a valid descriptor; no memory is passed.
     check(unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) }).map(drop)
 }
 
@@ -280,11 +294,13 @@ pub fn fgetxattr(f: &File, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
 /// Extended attributes go through `/proc/self/fd/N` (O_PATH descriptors refuse f*xattr).
 pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
     let p = proc_path(fd.as_raw_fd());
+    // SAFETY: NUL-terminated strings, and buf's pointer with its own length.
     xattr_result(unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
 }
 
 pub fn setxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
     let p = proc_path(fd.as_raw_fd());
+    // SAFETY: NUL-terminated strings, and value's pointer with its own length.
     xattr_result(unsafe {
         libc::setxattr(
             p.as_ptr(),
@@ -299,11 +315,13 @@ pub fn setxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> io
 
 pub fn listxattr(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     let p = proc_path(fd.as_raw_fd());
+    // SAFETY: a NUL-terminated path, and buf's pointer with its own length.
     xattr_result(unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
 }
 
 pub fn removexattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     let p = proc_path(fd.as_raw_fd());
+    // SAFETY: NUL-terminated strings that outlive the call.
     xattr_result(unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) } as isize).map(drop)
 }
 

@@ -408,7 +408,7 @@ fn serve(core: Arc<Core>, mnt: &Path, config: &Config, mut notify: Option<OwnedF
         }
     };
     raise_readahead(mnt);
-    let _ = core.notifier.set(session.notifier());
+    let _ = core.invalidate.set(Box::new(session.notifier()));
     let mut unmounter = session.unmount_callable();
     std::thread::Builder::new()
         .name("ezfs-control".into())

@@ -30,8 +30,8 @@ pub fn gid_of(group: &str) -> Option<u32> {
 pub fn login_of(uid: u32) -> Option<String> {
     // SAFETY: getpwuid returns null or a valid record.
     let pw = unsafe { libc::getpwuid(uid) };
-    // SAFETY: pw_name of a valid record is a C string.
     (!pw.is_null()).then(|| {
+        // SAFETY: pw_name of a valid record is a C string.
         unsafe { CStr::from_ptr((*pw).pw_name) }
             .to_string_lossy()
             .into_owned()
@@ -42,8 +42,8 @@ pub fn login_of(uid: u32) -> Option<String> {
 pub fn group_of(gid: u32) -> Option<String> {
     // SAFETY: getgrgid returns null or a valid record.
     let gr = unsafe { libc::getgrgid(gid) };
-    // SAFETY: gr_name of a valid record is a C string.
     (!gr.is_null()).then(|| {
+        // SAFETY: gr_name of a valid record is a C string.
         unsafe { CStr::from_ptr((*gr).gr_name) }
             .to_string_lossy()
             .into_owned()

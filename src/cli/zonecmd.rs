@@ -2,8 +2,8 @@
 
 use super::{mountinfo, CliResult, Failure};
 use crate::control::{self, Request};
-use crate::fs::reencrypt::{JobState, JobStatus};
-use crate::fs::zones::{PathInfo, ZoneSummary};
+use crate::fs::jobs::{JobState, JobStatus};
+use crate::fs::zonereq::{FileUse, PathInfo, ZoneSummary};
 use clap::Subcommand;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -122,7 +122,7 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
         ZoneCmd::Files { dir, version, json } => {
             let (m, rel) = locate(&dir)?;
             let v = control::call(&m.backing, &Request::ZoneFiles { path: rel, version })?;
-            let mut files: Vec<crate::fs::zones::FileUse> = serde_json::from_value(v).map_err(Failure::op)?;
+            let mut files: Vec<FileUse> = serde_json::from_value(v).map_err(Failure::op)?;
             for f in &mut files {
                 f.path = shown(&m, &f.path);
             }

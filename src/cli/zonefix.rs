@@ -7,7 +7,7 @@ use super::keycmd::{notify_mount, unlock, BackingArg};
 use super::{CliResult, Failure, PassArgs};
 use crate::backdir::resolve::{open_beneath, replace_at};
 use crate::backdir::sys;
-use crate::fs::zones::normalize;
+use crate::fs::names::normalize;
 use crate::zone::{MarkerRead, ZoneMarker, MARKER_FILE};
 use std::ffi::OsStr;
 use std::os::fd::AsFd;

@@ -25,7 +25,7 @@
 //! backing filesystem without direct I/O (the open or the first I/O fails with
 //! `EINVAL`), or a kernel without `cachestat(2)` for reads, keeps all I/O buffered.
 
-use super::sys;
+use crate::backdir::sys;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;

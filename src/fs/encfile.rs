@@ -2,14 +2,15 @@
 //! data key and plaintext size, shared by every handle of the inode so the key is
 //! unwrapped once per open file, not per request.
 
-use super::{direct, readaround, sys, writebehind};
+use super::error::{errno, FsError, FsResult};
+use super::{direct, readaround, writebehind};
+use crate::backdir::sys;
 use crate::crypto::{random_bytes, Key};
 use crate::format::header::read_header;
 use crate::format::layout::{self, plain_size};
 use crate::format::{Around, BlockCodec, CachedMeta, CodecError, Header, MetaCache};
 use crate::keys::{KeyError, KeyProvider};
 use crate::zone::Zone;
-use fuser::Errno;
 use parking_lot::RwLock;
 use std::fs::File;
 use std::io;
@@ -144,11 +145,6 @@ impl Drop for StripeGuards<'_> {
     }
 }
 
-/// Converts an I/O error to the errno the kernel should see.
-pub fn errno(e: &io::Error) -> Errno {
-    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
-}
-
 /// Creates a header for a new file in `zone`: a fresh DEK wrapped by the zone key's
 /// newest version.
 pub fn new_header(zone: &Zone, keys: &dyn KeyProvider) -> Result<(Header, BlockCodec), KeyError> {
@@ -175,42 +171,35 @@ impl EncFile {
         zone: &Zone,
         keys: &dyn KeyProvider,
         writable: bool,
-    ) -> Result<EncFile, Errno> {
+    ) -> FsResult<EncFile> {
         if let Some(why) = &zone.broken {
             log::error!("{}: zone unusable: {why}", sys::describe(fd));
-            return Err(Errno::EIO);
+            return Err(errno::EIO);
         }
         let file = match writable {
             true => {
                 sys::reopen_noatime(fd, libc::O_RDWR).or_else(|_| sys::reopen_noatime(fd, libc::O_RDONLY))
             }
             false => sys::reopen_noatime(fd, libc::O_RDONLY),
-        }
-        .map_err(|e| errno(&e))?;
+        }?;
         Self::from_file(file, zone, keys, writable)
     }
 
     /// Like [`EncFile::open`], on a backing file already open (read-write when `writable`).
-    pub fn from_file(
-        file: File,
-        zone: &Zone,
-        keys: &dyn KeyProvider,
-        writable: bool,
-    ) -> Result<EncFile, Errno> {
+    pub fn from_file(file: File, zone: &Zone, keys: &dyn KeyProvider, writable: bool) -> FsResult<EncFile> {
         let fail = |file: &File, what: String| {
             log::error!("{}: {what}", sys::describe(file.as_fd()));
             super::stats::eio();
-            Errno::EIO
+            errno::EIO
         };
         if let Some(why) = &zone.broken {
             return Err(fail(&file, format!("zone unusable: {why}")));
         }
-        let len = file.metadata().map_err(|e| errno(&e))?.len();
+        let len = file.metadata()?.len();
         if len == 0 {
             let cipher = if writable {
                 let (header, codec) = new_header(zone, keys).map_err(|e| fail(&file, e.to_string()))?;
-                std::os::unix::fs::FileExt::write_all_at(&file, &header.encode(), 0)
-                    .map_err(|e| errno(&e))?;
+                std::os::unix::fs::FileExt::write_all_at(&file, &header.encode(), 0)?;
                 Some((header, codec))
             } else {
                 None
@@ -245,14 +234,14 @@ impl EncFile {
         Ok(EncFile::new(file, Some((header, codec)), size))
     }
 
-    fn codec_error(&self, e: CodecError) -> Errno {
+    fn codec_error(&self, e: CodecError) -> FsError {
         match e {
             CodecError::Io(e) => {
                 if e.raw_os_error().is_none() {
                     // not the disk's: the format's own damage (see the codec)
                     log::error!("{}: {e}; reads of it get EIO", sys::describe(self.file.as_fd()));
                 }
-                errno(&e)
+                FsError::Io(e)
             }
             CodecError::Corrupt { block } => {
                 super::stats::auth_failure();
@@ -260,13 +249,13 @@ impl EncFile {
                     "{}: block {block} failed authentication; reads of it get EIO",
                     sys::describe(self.file.as_fd())
                 );
-                Errno::EIO
+                errno::EIO
             }
         }
     }
 
-    fn codec(&self) -> Result<&BlockCodec, Errno> {
-        self.cipher.as_ref().map(|(_, c)| c).ok_or(Errno::EBADF)
+    fn codec(&self) -> FsResult<&BlockCodec> {
+        self.cipher.as_ref().map(|(_, c)| c).ok_or(errno::EBADF)
     }
 
     fn new(file: File, cipher: Option<(Header, BlockCodec)>, size: u64) -> EncFile {
@@ -315,7 +304,7 @@ impl EncFile {
     }
 
     /// Reads up to `out.len()` bytes at `off` into `out`; returns how many.
-    pub fn read_into(&self, off: u64, out: &mut [u8]) -> Result<usize, Errno> {
+    pub fn read_into(&self, off: u64, out: &mut [u8]) -> FsResult<usize> {
         let _layout = self.layout.read();
         // the size is read under the stripe locks: a whole-block write that grew a short
         // last block while we waited must not be read with the old, shorter length
@@ -330,7 +319,7 @@ impl EncFile {
     }
 
     /// Writes `data` at `off`.
-    pub fn write(&self, off: u64, data: &[u8]) -> Result<(), Errno> {
+    pub fn write(&self, off: u64, data: &[u8]) -> FsResult<()> {
         let end = off + data.len() as u64;
         let whole_blocks = off % layout::BLOCK == 0 && data.len() as u64 % layout::BLOCK == 0;
         if whole_blocks {
@@ -372,14 +361,14 @@ impl EncFile {
     }
 
     /// Sets the plaintext size.
-    pub fn truncate(&self, new_size: u64) -> Result<(), Errno> {
+    pub fn truncate(&self, new_size: u64) -> FsResult<()> {
         self.resize(new_size, false)
     }
 
     /// Sets the plaintext size, or with `grow_only` raises it to `new_size` if it is
     /// below. The comparison is made under the layout lock: a write that grew the file
     /// meanwhile is never cut back.
-    fn resize(&self, new_size: u64, grow_only: bool) -> Result<(), Errno> {
+    fn resize(&self, new_size: u64, grow_only: bool) -> FsResult<()> {
         let _layout = self.layout.write();
         let size = self.size();
         if (new_size == size || (grow_only && new_size < size)) && self.cipher.is_some() {
@@ -394,7 +383,7 @@ impl EncFile {
 
     /// Makes every range in `[off, off+len)` read as zeros (punch hole / zero range):
     /// the plaintext zeros are encrypted, so the result authenticates like any data.
-    pub fn zero_range(&self, off: u64, len: u64, keep_size: bool) -> Result<(), Errno> {
+    pub fn zero_range(&self, off: u64, len: u64, keep_size: bool) -> FsResult<()> {
         let size = self.size();
         let end = if keep_size {
             (off + len).min(size)
@@ -413,22 +402,26 @@ impl EncFile {
 
     /// Reserves backing space for `[off, off+len)` (plain `fallocate`): the new
     /// backing blocks read as zeros, which the codec reads as holes.
-    pub fn allocate(&self, off: u64, len: u64, keep_size: bool) -> Result<(), Errno> {
+    pub fn allocate(&self, off: u64, len: u64, keep_size: bool) -> FsResult<()> {
         if !keep_size {
             self.resize(off + len, true)?;
         }
         let start = layout::data_offset(off / layout::BLOCK) - layout::BLOCK;
         let end = layout::backing_size(off + len);
-        sys::fallocate(&self.file, libc::FALLOC_FL_KEEP_SIZE, start, end - start).map_err(|e| errno(&e))
+        Ok(sys::fallocate(
+            &self.file,
+            libc::FALLOC_FL_KEEP_SIZE,
+            start,
+            end - start,
+        )?)
     }
 
-    pub fn sync(&self, data_only: bool) -> Result<(), Errno> {
-        if data_only {
+    pub fn sync(&self, data_only: bool) -> FsResult<()> {
+        Ok(if data_only {
             self.file.sync_data()
         } else {
             self.file.sync_all()
-        }
-        .map_err(|e| errno(&e))
+        }?)
     }
 }
 

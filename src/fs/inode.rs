@@ -14,8 +14,9 @@
 //! reopen fails instead of reaching the wrong file.
 
 use super::encfile::EncFile;
+use super::error::{errno, FsError, FsResult};
+use crate::backdir::sys;
 use crate::zone::Zone;
-use fuser::Errno;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -126,12 +127,12 @@ impl Inode {
 
     /// The backing file's `O_PATH` descriptor, reopened from its handle if it was
     /// closed to save descriptors; ESTALE if the file is gone.
-    pub fn fd(&self) -> Result<InodeFd, Errno> {
+    pub fn fd(&self) -> FsResult<InodeFd> {
         let mut slot = self.fd.lock();
         if let Some(fd) = &*slot {
             return Ok(InodeFd(fd.clone()));
         }
-        let handle = self.handle.get().and_then(Option::as_ref).ok_or(Errno::ESTALE)?;
+        let handle = self.handle.get().and_then(Option::as_ref).ok_or(errno::ESTALE)?;
         let mut buf = handle.to_vec();
         // SAFETY: buf holds a struct file_handle as name_to_handle_at filled it.
         let r = unsafe {
@@ -144,9 +145,8 @@ impl Inode {
         if r < 0 {
             let e = std::io::Error::last_os_error();
             return Err(match e.raw_os_error() {
-                Some(libc::ENOENT) | Some(libc::ESTALE) => Errno::ESTALE,
-                Some(n) => Errno::from_i32(n),
-                None => Errno::EIO,
+                Some(libc::ENOENT) | Some(libc::ESTALE) => errno::ESTALE,
+                _ => FsError::Io(e),
             });
         }
         // SAFETY: r is a new descriptor we own.
@@ -272,6 +272,9 @@ pub struct Forgotten {
 pub struct InodeTable {
     t: RwLock<Tables>,
     remembered: Mutex<Remembered>,
+    /// Nodes between leaving the table and being remembered: a lookup of one of them
+    /// waits for its record instead of finding it nowhere.
+    forgetting: Mutex<std::collections::HashSet<u64>>,
     root_dev: u64,
     next_synthetic: AtomicU64,
     shared: Arc<Shared>,
@@ -282,7 +285,7 @@ impl InodeTable {
     pub fn new(root_fd: OwnedFd, root_key: (u64, u64), root_zone: Option<Arc<Zone>>) -> InodeTable {
         let shared = Arc::new(Shared {
             // open_by_handle_at refuses O_PATH descriptors: a real one of the root
-            mount_fd: super::sys::reopen(root_fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+            mount_fd: sys::reopen(root_fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
                 .map(OwnedFd::from)
                 .or_else(|_| root_fd.try_clone())
                 .expect("a descriptor of the backing root"),
@@ -299,6 +302,7 @@ impl InodeTable {
         InodeTable {
             t: RwLock::new(t),
             remembered: Mutex::default(),
+            forgetting: Mutex::default(),
             root_dev: root_key.0,
             next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
             shared,
@@ -359,7 +363,7 @@ impl InodeTable {
     pub fn open_known(&self, key: (u64, u64), flags: libc::c_int) -> Option<std::io::Result<std::fs::File>> {
         let ino = Self::find_in(&self.t.read(), key)?.clone();
         let fd = ino.fd().ok()?;
-        Some(super::sys::reopen(fd.as_fd(), flags))
+        Some(sys::reopen(fd.as_fd(), flags))
     }
 
     /// Adds a looked-up inode (lookup count 1), or refs the one another thread added
@@ -482,6 +486,7 @@ impl InodeTable {
             if t.by_key.get(&key) == Some(&id) {
                 t.by_key.remove(&key);
             }
+            self.forgetting.lock().insert(id);
             t.by_id.remove(&id)
         };
         // closed outside the lock: the last close of an unlinked file frees its blocks,
@@ -489,6 +494,7 @@ impl InodeTable {
         if let Some(ino) = &gone {
             self.remember(ino);
         }
+        self.forgetting.lock().remove(&id);
         drop(gone);
     }
 
@@ -507,10 +513,10 @@ impl InodeTable {
         let Some(handle) = handle else { return };
         // a file's directory, while its descriptor still says where it is
         let place = match (&fd, ino.is_dir) {
-            (Some(fd), false) => super::sys::path_of(fd.as_fd()).ok().and_then(|p| {
+            (Some(fd), false) => sys::path_of(fd.as_fd()).ok().and_then(|p| {
                 let name = p.file_name()?.to_owned();
-                let dir = super::sys::open_at(
-                    super::sys::at_cwd(),
+                let dir = sys::open_at(
+                    sys::at_cwd(),
                     p.parent()?.as_os_str(),
                     libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
                     0,
@@ -532,8 +538,18 @@ impl InodeTable {
     }
 
     /// What is remembered of forgotten node `id`.
+    /// A node being forgotten right now is waited for: the kernel may send the
+    /// lookup of a node it just evicted before its FORGET is done with.
     pub fn remembered(&self, id: u64) -> Option<Forgotten> {
-        self.remembered.lock().by_id.get(&id).cloned()
+        loop {
+            if let Some(f) = self.remembered.lock().by_id.get(&id) {
+                return Some(f.clone());
+            }
+            if !self.forgetting.lock().contains(&id) {
+                return None;
+            }
+            std::thread::yield_now();
+        }
     }
 }
 

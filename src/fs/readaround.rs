@@ -17,7 +17,7 @@
 //!
 //! [`Backing::read_around`]: crate::format::Backing::read_around
 
-use super::sys;
+use crate::backdir::sys;
 use crate::format::{Around, Backing};
 use std::fs::File;
 use std::io;

@@ -19,25 +19,26 @@
 //! every job is kept in `BACKING/.ezfs/reencrypt.json`; a job that was running when the
 //! daemon died shows as interrupted.
 
+use super::core::Core;
+use super::error::{FsError, FsResult};
+use super::inode::{handle_at, Inode, ROOT};
+use super::jobs::{JobState, JobStatus};
+use super::names::shown;
 use super::rekey::{JobError, Outcome, Target};
-use super::{sys, Core};
 use crate::backdir::resolve::open_beneath;
+use crate::backdir::sys;
 use crate::backdir::walk::{walk, Kind, Visitor};
 use crate::backdir::Caller;
 use crate::format::header::hex;
-use crate::keys::KeyProvider;
 use crate::zone::Zone;
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-/// File of the job status records, inside `.ezfs`.
-const STATUS_FILE: &str = "reencrypt.json";
 /// Failures kept per job (the count is exact).
 const MAX_FAILURES: usize = 100;
 /// Walks of the zone before files still moving are reported as failures.
@@ -46,126 +47,6 @@ const MAX_ROUNDS: u32 = 5;
 const CHECKPOINT: Duration = Duration::from_secs(1);
 /// How long unmounting waits for running jobs to record where they stopped.
 const STOP_WAIT: Duration = Duration::from_secs(20);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    /// No job has run on this zone.
-    None,
-    Running,
-    Completed,
-    /// The daemon stopped (or was unmounted) while the job ran: run it again to finish.
-    Interrupted,
-    /// Stopped by `zone reencrypt --cancel`: run it again to finish.
-    Cancelled,
-}
-
-impl JobState {
-    /// Whether running the job again resumes it.
-    pub fn resumable(self) -> bool {
-        matches!(self, JobState::Interrupted | JobState::Cancelled)
-    }
-}
-
-/// One zone's re-encryption status.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobStatus {
-    /// Zone root, relative to the mount root ("/dir").
-    pub zone: String,
-    pub zone_id: String,
-    pub key: String,
-    /// The key version files are brought to.
-    pub target_version: u32,
-    /// New DEKs and re-encrypted blocks, not just re-wrapped EDEKs.
-    pub data: bool,
-    pub state: JobState,
-    /// Files in the zone when the job started.
-    pub files_total: u64,
-    /// Files this run changed.
-    pub files_done: u64,
-    /// Files that already used the target version (or were empty).
-    pub files_current: u64,
-    pub files_failed: u64,
-    /// "path: why", the first few.
-    pub failures: Vec<String>,
-    /// Unix seconds.
-    pub started: u64,
-    pub finished: Option<u64>,
-    pub elapsed_ms: u64,
-}
-
-impl JobStatus {
-    /// The state in words, with the mode (`+data` for a `--data` job).
-    pub fn state_name(&self) -> String {
-        let state = match self.state {
-            JobState::None => "none",
-            JobState::Running => "running",
-            JobState::Completed if self.files_failed > 0 => "failures",
-            JobState::Completed => "completed",
-            JobState::Interrupted => "interrupted",
-            JobState::Cancelled => "cancelled",
-        };
-        format!("{state}{}", if self.data { "+data" } else { "" })
-    }
-
-    /// Files handled so far (done, current or failed).
-    pub fn files_seen(&self) -> u64 {
-        self.files_done + self.files_current + self.files_failed
-    }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// The status records, in memory and in `.ezfs/reencrypt.json`.
-pub struct Jobs {
-    path: PathBuf,
-    map: parking_lot::Mutex<BTreeMap<String, JobStatus>>,
-}
-
-impl Jobs {
-    /// Loads the records; jobs that were running are marked interrupted.
-    pub fn load(ezfs_dir: &Path) -> Jobs {
-        let path = ezfs_dir.join(STATUS_FILE);
-        let mut map: BTreeMap<String, JobStatus> = sys::open_at(
-            sys::at_cwd(),
-            ezfs_dir.as_os_str(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        )
-        .ok()
-        .and_then(|d| crate::backdir::resolve::read_small(d.as_fd(), OsStr::new(STATUS_FILE), 64 << 20).ok())
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-        for j in map.values_mut().filter(|j| j.state == JobState::Running) {
-            j.state = JobState::Interrupted;
-        }
-        Jobs {
-            path,
-            map: parking_lot::Mutex::new(map),
-        }
-    }
-
-    fn set(&self, j: &JobStatus) {
-        let mut map = self.map.lock();
-        map.insert(j.zone_id.clone(), j.clone());
-        let data = serde_json::to_vec_pretty(&*map).expect("serializes");
-        if let Err(e) = crate::keys::atomic::write_file(&self.path, &data, 0o600) {
-            log::warn!(
-                "cannot record re-encryption status in {}: {e}",
-                self.path.display()
-            );
-        }
-    }
-
-    /// The record of zone `zone_id`'s last job.
-    pub fn get(&self, zone_id: &str) -> Option<JobStatus> {
-        self.map.lock().get(zone_id).cloned()
-    }
-}
 
 /// A job while it runs: the paths renamed in its zone since it last looked (a walk can
 /// miss an entry that moves while it walks), and its stop flag.
@@ -257,7 +138,7 @@ impl Visitor for JobWalk<'_> {
         if self.inodes.insert(id) {
             self.files.push(Target {
                 rel: self.base.join(rel),
-                handle: super::inode::handle_at(dir, name),
+                handle: handle_at(dir, name),
                 id,
             });
         }
@@ -268,20 +149,18 @@ impl Core {
     /// Starts re-encrypting the zone whose root is `rel`; returns its first status.
     /// `caller` must be root or own the zone root. An interrupted or cancelled job of
     /// the zone is resumed in its own mode: a `--data` job stays one.
-    pub fn reencrypt_start(
-        self: &Arc<Core>,
-        rel: &str,
-        data: bool,
-        caller: &Caller,
-    ) -> Result<JobStatus, String> {
+    pub fn reencrypt_start(self: &Arc<Core>, rel: &str, data: bool, caller: &Caller) -> FsResult<JobStatus> {
         if self.read_only {
-            return Err("the mount is read-only".into());
+            return Err(FsError::ReadOnly);
         }
         let (fd, rel) = self.resolve_as(caller, rel)?;
-        let shown = format!("/{}", rel.display());
-        let st = sys::stat_at(fd.as_fd(), OsStr::new("")).map_err(|e| format!("{shown}: {e}"))?;
+        let shown = shown(&rel);
+        let st = sys::stat_at(fd.as_fd(), OsStr::new("")).map_err(FsError::at(&shown))?;
         if !caller.is_root() && st.st_uid != caller.uid {
-            return Err(format!("{shown}: only its owner or root may re-encrypt the zone"));
+            return Err(FsError::NotOwner {
+                path: shown,
+                what: "re-encrypt the zone",
+            });
         }
         let key = (st.st_dev, st.st_ino);
         let zone = match self
@@ -289,17 +168,24 @@ impl Core {
             .then(|| self.dir_zone(fd.as_fd(), key))
             .flatten()
         {
-            Some(z) if z.broken.is_none() => (*z).clone(),
-            Some(z) => return Err(format!("{shown}: {}", z.broken.as_deref().unwrap_or(""))),
-            None => return Err(format!("{shown} is not an encryption zone root")),
+            Some(z) => match &z.broken {
+                None => (*z).clone(),
+                Some(why) => {
+                    return Err(FsError::BrokenZone {
+                        at: shown,
+                        why: why.clone(),
+                    })
+                }
+            },
+            None => return Err(FsError::NotZoneRoot(shown)),
         };
         let root = Root {
             fd: sys::open_at(fd.as_fd(), OsStr::new("."), libc::O_PATH | libc::O_DIRECTORY, 0)
-                .map_err(|e| format!("{shown}: {e}"))?,
+                .map_err(FsError::at(&shown))?,
             key,
         };
         let _ = self.keys.reload();
-        let version = self.keys.current_version(&zone.key).map_err(|e| e.to_string())?;
+        let version = self.keys.current_version(&zone.key)?;
         let previous = self.jobs.get(&hex(&zone.id));
         // a --data job stopped half way resumes as one, whatever this run asked
         let data = data || previous.as_ref().is_some_and(|j| j.state.resumable() && j.data);
@@ -315,16 +201,14 @@ impl Core {
             files_current: 0,
             files_failed: 0,
             failures: Vec::new(),
-            started: now(),
+            started: super::jobs::now(),
             finished: None,
             elapsed_ms: 0,
         };
         let stop = {
             let mut running = self.running.jobs.lock();
             if running.contains_key(&zone.id) {
-                return Err(format!(
-                    "{shown} is already being re-encrypted; see 'ezfs zone reencrypt --status'"
-                ));
+                return Err(FsError::JobRunning(shown));
             }
             let job = running.entry(zone.id).or_default();
             job.stop.clone()
@@ -341,7 +225,7 @@ impl Core {
             Ok(t) => self.running.threads.lock().push(t),
             Err(e) => {
                 self.running.jobs.lock().remove(&id);
-                return Err(format!("cannot start the job: {e}"));
+                return Err(FsError::CannotStart(e));
             }
         }
         Ok(first)
@@ -349,21 +233,23 @@ impl Core {
 
     /// Stops the running job of the zone rooted at `rel`; it is recorded as cancelled
     /// (resumable). `caller` must be root or own the zone root.
-    pub fn reencrypt_cancel(&self, rel: &str, caller: &Caller) -> Result<JobStatus, String> {
+    pub fn reencrypt_cancel(&self, rel: &str, caller: &Caller) -> FsResult<JobStatus> {
         let (fd, rel) = self.resolve_as(caller, rel)?;
-        let shown = format!("/{}", rel.display());
-        let st = sys::stat_at(fd.as_fd(), OsStr::new("")).map_err(|e| format!("{shown}: {e}"))?;
+        let shown = shown(&rel);
+        let st = sys::stat_at(fd.as_fd(), OsStr::new("")).map_err(FsError::at(&shown))?;
         if !caller.is_root() && st.st_uid != caller.uid {
-            return Err(format!("{shown}: only its owner or root may cancel its job"));
+            return Err(FsError::NotOwner {
+                path: shown,
+                what: "cancel its job",
+            });
         }
         let key = (st.st_dev, st.st_ino);
-        let zone = self
-            .dir_zone(fd.as_fd(), key)
-            .filter(|_| self.is_zone_root(key))
-            .ok_or_else(|| format!("{shown} is not an encryption zone root"))?;
+        let Some(zone) = self.dir_zone(fd.as_fd(), key).filter(|_| self.is_zone_root(key)) else {
+            return Err(FsError::NotZoneRoot(shown));
+        };
         let stop = self.running.jobs.lock().get(&zone.id).map(|j| j.stop.clone());
         let Some(stop) = stop else {
-            return Err(format!("no re-encryption job is running on {shown}"));
+            return Err(FsError::NoJobRunning(shown));
         };
         stop.store(true, Ordering::Release);
         let id = hex(&zone.id);
@@ -372,9 +258,7 @@ impl Core {
         while self.running.jobs.lock().contains_key(&zone.id) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.jobs
-            .get(&id)
-            .ok_or_else(|| format!("no re-encryption job of {shown} is on record"))
+        self.jobs.get(&id).ok_or(FsError::NoJobRecord(shown))
     }
 
     /// Stops every running job (the mount is going away) and waits for each to record
@@ -397,7 +281,7 @@ impl Core {
     }
 
     /// Tells a running job of `dir`'s zone that `dir/name` was just renamed there.
-    pub(super) fn note_renamed(&self, dir: &super::inode::Inode, name: &OsStr) {
+    pub(super) fn note_renamed(&self, dir: &Inode, name: &OsStr) {
         let mut running = self.running.jobs.lock();
         if running.is_empty() {
             return;
@@ -452,7 +336,7 @@ impl Core {
                 // walked it unlocked would be missed
                 libc::S_IFDIR => out.extend(self.job_files(&fd, rel)),
                 libc::S_IFREG => out.push(Target {
-                    handle: super::inode::handle_at(fd.as_fd(), OsStr::new("")),
+                    handle: handle_at(fd.as_fd(), OsStr::new("")),
                     rel: rel.to_path_buf(),
                     id: (st.st_dev, st.st_ino),
                 }),
@@ -468,7 +352,7 @@ impl Core {
         let at_backing_root = base.as_os_str().is_empty()
             && sys::stat_at(dir.as_fd(), OsStr::new("")).is_ok_and(|st| {
                 self.inodes
-                    .get(super::inode::ROOT)
+                    .get(ROOT)
                     .is_some_and(|r| r.key == (st.st_dev, st.st_ino))
             });
         let mut v = JobWalk {
@@ -485,7 +369,7 @@ impl Core {
     /// The zone root's path from the mount root, for status and messages.
     fn shown_root(&self, root: &Root, fallback: &str) -> String {
         root.path()
-            .map(|p| format!("/{}", self.relative(&p)))
+            .map(|p| shown(Path::new(&self.relative(&p))))
             .unwrap_or_else(|| fallback.to_owned())
     }
 
@@ -615,7 +499,7 @@ impl Core {
         }
         status.zone = self.shown_root(&root, &status.zone);
         status.state = end;
-        status.finished = Some(now());
+        status.finished = Some(super::jobs::now());
         status.elapsed_ms = t0.elapsed().as_millis() as u64;
         self.jobs.set(&status);
         self.running.jobs.lock().remove(&zone.id);
@@ -636,16 +520,14 @@ impl Core {
 
     /// Status of every zone the caller can reach (or of the zone rooted at `rel`), jobs
     /// or not.
-    pub fn reencrypt_status(&self, rel: Option<&str>, caller: &Caller) -> Result<Vec<JobStatus>, String> {
+    pub fn reencrypt_status(&self, rel: Option<&str>, caller: &Caller) -> FsResult<Vec<JobStatus>> {
         let only = match rel {
             Some(r) => {
                 let (fd, rel) = self.resolve_as(caller, r)?;
-                let key = sys::stat_at(fd.as_fd(), OsStr::new(""))
-                    .map(|st| (st.st_dev, st.st_ino))
-                    .map_err(|e| e.to_string())?;
+                let key = super::zones::dev_ino(fd.as_fd())?;
                 match self.dir_zone(fd.as_fd(), key).filter(|_| self.is_zone_root(key)) {
                     Some(z) => Some(hex(&z.id)),
-                    None => return Err(format!("/{} is not a zone root", rel.display())),
+                    None => return Err(FsError::NotZoneRoot(shown(&rel))),
                 }
             }
             None => None,
@@ -687,18 +569,12 @@ impl Core {
     }
 
     /// The record of the job of zone `zone_id`, if the caller can reach the zone.
-    pub fn reencrypt_job(&self, zone_id: &str, caller: &Caller) -> Result<JobStatus, String> {
-        let none = || format!("no re-encryption job of zone {zone_id} is on record");
-        let path = self
-            .keys
-            .store()
-            .read()
-            .body()
-            .zones
-            .get(zone_id)
-            .map(|z| z.path.clone())
-            .ok_or_else(none)?;
-        self.resolve_as(caller, &path)?;
+    pub fn reencrypt_job(&self, zone_id: &str, caller: &Caller) -> FsResult<JobStatus> {
+        let none = || FsError::NoJobRecord(format!("zone {zone_id}"));
+        let mut path = None;
+        self.keys
+            .with_registry(&mut |r| path = r.get(zone_id).map(|z| z.path.clone()));
+        self.resolve_as(caller, &path.ok_or_else(none)?)?;
         self.jobs.get(zone_id).ok_or_else(none)
     }
 }

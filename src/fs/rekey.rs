@@ -12,8 +12,10 @@
 //! [`Core::locate`]), and only if its header says it belongs to the zone: a file copied
 //! in from another zone is never re-wrapped into this one.
 
+use super::core::Core;
+use super::names::At;
 use super::reencrypt::Root;
-use super::{sys, Core};
+use crate::backdir::sys;
 use crate::crypto::Key;
 use crate::format::header::{hex, read_header};
 use crate::format::layout::{self, plain_size};
@@ -191,7 +193,10 @@ impl Core {
             let Ok(dir) = root.open(parent, libc::O_PATH | libc::O_DIRECTORY) else {
                 continue;
             };
-            if sys::stat_at(dir.as_fd(), name).is_ok_and(|st| st_key(&st) == id) {
+            if At::backing(dir.as_fd(), name)
+                .stat()
+                .is_ok_and(|st| st_key(&st) == id)
+            {
                 return Some(Place {
                     dir,
                     name: name.to_owned(),
@@ -383,17 +388,16 @@ impl Core {
             hex(&crate::crypto::random_bytes::<16>())
         )
         .into();
+        let tmp = At::backing(tmp_dir.as_fd(), &tmp_name);
         let new = File::from(
-            sys::open_at(
-                tmp_dir.as_fd(),
-                &tmp_name,
+            tmp.open(
                 libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
                 0o600,
             )
             .map_err(|e| failed(format!("cannot create a temporary file: {e}")))?,
         );
         let cleanup = |e: JobError| {
-            let _ = sys::unlink_at(tmp_dir.as_fd(), &tmp_name, 0);
+            let _ = tmp.unlink();
             e
         };
         (|| -> Result<(), JobError> {
@@ -411,7 +415,7 @@ impl Core {
             Ok(swapped @ Copied::Swapped { .. }) => Ok(swapped),
             // the new file was not swapped in
             other => {
-                let _ = sys::unlink_at(tmp_dir.as_fd(), &tmp_name, 0);
+                let _ = tmp.unlink();
                 other
             }
         }
@@ -442,22 +446,15 @@ impl Core {
         let Some(at) = self.locate(root, old, meta, t) else {
             return Ok(Copied::Skipped(Outcome::Gone));
         };
-        let exchange = || {
-            sys::rename_at(
-                tmp_dir.as_fd(),
-                tmp_name,
-                at.dir.as_fd(),
-                &at.name,
-                libc::RENAME_EXCHANGE,
-            )
-        };
+        let tmp = At::backing(tmp_dir.as_fd(), tmp_name);
+        let exchange = || tmp.rename_to(&At::backing(at.dir.as_fd(), &at.name), libc::RENAME_EXCHANGE);
         match exchange() {
             Ok(()) => {}
             // renamed from outside the mount just now: met again under its new name
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Copied::Skipped(Outcome::Gone)),
             Err(e) => return Err(failed(format!("cannot swap in the new file: {e}"))),
         }
-        let swapped_old = sys::stat_at(tmp_dir.as_fd(), tmp_name).is_ok_and(|st| st.st_ino == meta.ino());
+        let swapped_old = tmp.stat().is_ok_and(|st| st.st_ino == meta.ino());
         if !swapped_old {
             // the name held another file by then: put it back
             if let Err(e) = exchange() {
@@ -471,7 +468,7 @@ impl Core {
             return Ok(Copied::Skipped(Outcome::Gone));
         }
         drop(gate);
-        if let Err(e) = sys::unlink_at(tmp_dir.as_fd(), tmp_name, 0) {
+        if let Err(e) = tmp.unlink() {
             // the next walk of the zone removes it
             log::warn!("cannot remove the replaced file {tmp_name:?}: {e}");
         }
@@ -503,8 +500,8 @@ impl Core {
     /// inode): it names a new file now.
     fn invalidate_name(&self, dir: (u64, u64), name: &OsStr) {
         if let Some(parent) = self.inodes.find_and_ref(dir) {
-            if let Some(n) = self.notifier.get() {
-                let _ = n.inval_entry(fuser::INodeNo(parent.id), name);
+            if let Some(n) = self.invalidate.get() {
+                n.entry(parent.id, name);
             }
             self.inodes.forget(parent.id, 1);
         }

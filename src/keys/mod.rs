@@ -7,9 +7,11 @@ pub mod keystore;
 pub mod passphrase;
 pub mod provider;
 pub mod recovery;
+pub mod service;
 
 pub use keystore::{KdfParams, Keystore};
 pub use provider::{KeyProvider, LocalProvider};
+pub use service::ZoneKeys;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,239 @@
+//! The filesystem core: its state, and what every operation shares (nodes, handles,
+//! attributes). The operations themselves are in `namespace`, `files`, `dirs` and
+//! `xattrs`; the zone requests in `zones`, `zonereq` and `reencrypt`. None of them
+//! sees fuser: requests come in as a [`Caller`] and plain values, answers go out as
+//! the types of `fs::types` or an [`FsError`].
+
+use super::encfile::EncFile;
+use super::error::{errno, FsError, FsResult};
+use super::inode::{Inode, InodeFd, InodeTable, ROOT};
+use super::types::{system_time, Attr, FileKind};
+use super::{atime, jobs, reencrypt, root_mode, writebehind, zones};
+use crate::backdir::sys;
+use crate::format::layout::plain_size;
+use crate::keys::ZoneKeys;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+/// One open file or directory.
+pub(super) enum Handle {
+    /// A file outside zones, how far it has been written since it was opened, and
+    /// whether its access time was looked at (see [`atime`]).
+    Plain(File, writebehind::Frontier, AtomicBool),
+    Enc(Arc<EncFile>, AtomicBool),
+    /// A directory's entries as listed when it was opened, or read again from its
+    /// start (`rewinddir`).
+    Dir(Mutex<Vec<super::types::DirEntry>>),
+}
+
+impl Handle {
+    pub(super) fn plain(f: File) -> Handle {
+        Handle::Plain(f, Default::default(), AtomicBool::new(false))
+    }
+
+    pub(super) fn enc(e: Arc<EncFile>) -> Handle {
+        Handle::Enc(e, AtomicBool::new(false))
+    }
+}
+
+/// Tells the kernel to drop a cached name (the FUSE session's notifier, once the
+/// session exists): a name that now leads to another file.
+pub trait Invalidate: Send + Sync {
+    /// Drops the entry `name` of directory node `parent`.
+    fn entry(&self, parent: u64, name: &OsStr);
+}
+
+/// The filesystem state shared by the FUSE request loops and the control socket.
+pub struct Core {
+    pub inodes: InodeTable,
+    handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    /// The keys: data-key wrapping, marker keys, key users, the zone registry.
+    pub keys: Arc<dyn ZoneKeys>,
+    /// The backing dir (canonical).
+    pub backing: PathBuf,
+    pub read_only: bool,
+    /// Use the kernel's writeback cache: writes return once in the page cache and reach
+    /// us in large batches; the kernel then owns the file size while pages are dirty.
+    pub writeback: bool,
+    /// Effective uid and gid of the daemon: files it creates for them need no chown.
+    pub(super) me: (u32, u32),
+    /// Re-encryption status records.
+    pub jobs: jobs::Jobs,
+    /// Running re-encryption jobs.
+    pub(super) running: reencrypt::Running,
+    /// Set once the mount is going away: jobs stopped then are interrupted, not cancelled.
+    pub(super) unmounting: AtomicBool,
+    /// Held shared by a rename from its backing `renameat` until it is noted above, and
+    /// exclusively by a job reading the notes: it then sees every finished rename.
+    pub(super) rename_gate: RwLock<()>,
+    /// Held shared by every operation that adds a name to a directory, and exclusively
+    /// while a directory becomes a zone: no plaintext file can slip into a new zone.
+    pub(super) zone_gate: RwLock<()>,
+    /// The registered zone roots, by inode.
+    pub(super) zone_roots: zones::ZoneRoots,
+    /// The permission bits the mount's root shows (see [`root_mode`]): the backing
+    /// root itself stays private.
+    pub(super) root_mode: AtomicU32,
+    /// Serialize reading a header at open with rewriting it (striped by inode number).
+    header_locks: [RwLock<()>; 64],
+    /// Tells the kernel to drop cached names (set once the session exists).
+    pub invalidate: OnceLock<Box<dyn Invalidate>>,
+    /// When the mount started (for `ezfs status`).
+    pub started: SystemTime,
+    /// When reads set access times (the mount's atime options).
+    pub atime: atime::Policy,
+    /// The kernel checks permissions (`default_permissions`: other users get in), so
+    /// it can enforce POSIX ACLs too.
+    pub kernel_checks: bool,
+}
+
+impl Core {
+    /// The core of a mount of `backing`, its zones not yet located (see
+    /// [`Core::locate_zones`]).
+    pub fn new(backing: PathBuf, keys: Arc<dyn ZoneKeys>, read_only: bool) -> io::Result<Core> {
+        let root_fd = sys::open_at(
+            sys::at_cwd(),
+            backing.as_os_str(),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?;
+        let st = sys::stat_at(root_fd.as_fd(), OsStr::new(""))?;
+        // SAFETY: geteuid/getegid cannot fail.
+        let me = unsafe { (libc::geteuid(), libc::getegid()) };
+        let jobs = jobs::Jobs::load(&crate::keys::keystore::ezfs_dir(&backing));
+        let root_mode = root_mode::load(&backing);
+        Ok(Core {
+            inodes: InodeTable::new(root_fd, (st.st_dev, st.st_ino), None),
+            handles: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            keys,
+            backing,
+            read_only,
+            writeback: !read_only,
+            me,
+            jobs,
+            running: Default::default(),
+            unmounting: Default::default(),
+            rename_gate: RwLock::new(()),
+            zone_gate: RwLock::new(()),
+            zone_roots: Default::default(),
+            root_mode: root_mode.into(),
+            header_locks: std::array::from_fn(|_| RwLock::new(())),
+            invalidate: OnceLock::new(),
+            started: SystemTime::now(),
+            atime: atime::Policy::default(),
+            kernel_checks: false,
+        })
+    }
+
+    /// Open file and directory handles.
+    pub fn open_handles(&self) -> usize {
+        self.handles.read().len()
+    }
+
+    /// The node `id`; ESTALE if the kernel's node is not known (any more).
+    pub(super) fn inode(&self, id: u64) -> FsResult<Arc<Inode>> {
+        self.inodes.get(id).ok_or(errno::ESTALE)
+    }
+
+    pub(super) fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        self.handles.read().get(&fh).cloned().ok_or(errno::EBADF)
+    }
+
+    pub(super) fn add_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.write().insert(fh, Arc::new(h));
+        fh
+    }
+
+    /// Drops handle `fh`; the backing file closes outside the table's lock (closing
+    /// can be slow).
+    pub(super) fn remove_handle(&self, fh: u64) {
+        let handle = self.handles.write().remove(&fh);
+        drop(handle);
+    }
+
+    /// The attributes of `ino`, whose backing file is `st`.
+    pub(super) fn attr(&self, ino: &Inode, st: &libc::stat) -> Attr {
+        let kind = FileKind::of_mode(st.st_mode);
+        let mut size = st.st_size as u64;
+        if kind == FileKind::File && ino.zone.read().is_some() {
+            size = match ino.enc.lock().upgrade() {
+                Some(enc) => enc.size(),
+                None => plain_size(size).unwrap_or(0),
+            };
+        }
+        Attr {
+            ino: ino.id,
+            size,
+            blocks: st.st_blocks as u64,
+            atime: system_time(st.st_atime, st.st_atime_nsec),
+            mtime: system_time(st.st_mtime, st.st_mtime_nsec),
+            ctime: system_time(st.st_ctime, st.st_ctime_nsec),
+            kind,
+            perm: if ino.id == ROOT {
+                self.root_mode.load(Ordering::Relaxed) as u16
+            } else {
+                (st.st_mode & 0o7777) as u16
+            },
+            nlink: st.st_nlink as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev as u32,
+        }
+    }
+
+    /// The backing file of `ino` as it is now.
+    pub(super) fn stat(&self, ino: &Inode) -> FsResult<libc::stat> {
+        Ok(sys::stat_at(ino.fd()?.as_fd(), OsStr::new(""))?)
+    }
+
+    pub(super) fn getattr_of(&self, ino: &Inode) -> FsResult<Attr> {
+        let st = self.stat(ino)?;
+        Ok(self.attr(ino, &st))
+    }
+
+    /// GETATTR.
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let i = self.inode(ino)?;
+        self.getattr_of(&i)
+    }
+
+    /// FORGET: the kernel dropped `n` references to node `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+
+    pub(super) fn writable_check(&self) -> FsResult<()> {
+        if self.read_only {
+            Err(FsError::Os(libc::EROFS))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The lock that orders header reads at open against header rewrites.
+    pub(super) fn header_lock(&self, ino: u64) -> &RwLock<()> {
+        &self.header_locks[(ino % self.header_locks.len() as u64) as usize]
+    }
+
+    /// The backing root's descriptor.
+    pub(crate) fn root_fd(&self) -> FsResult<InodeFd> {
+        self.inodes.get(ROOT).ok_or(FsError::RootGone)?.fd()
+    }
+
+    /// The inode's descriptor as a backing path, for log lines only.
+    pub(super) fn describe(ino: &Inode) -> String {
+        ino.fd()
+            .map_or_else(|_| format!("node {}", ino.id), |fd| sys::describe(fd.as_fd()))
+    }
+}

@@ -1,0 +1,467 @@
+//! The FUSE adapter: translation only. Each fuser method turns its arguments into the
+//! core's, calls one core operation, and turns `Result<T, FsError>` into a reply; the
+//! only decisions here are about the protocol (capabilities asked at init, what to
+//! cache for how long, FLUSH not needed). This is the one module of `fs` that sees
+//! fuser.
+
+use super::core::{Core, Invalidate};
+use super::error::FsError;
+use super::types::{Allocate, Attr, FileKind, SetAttr, SetTime};
+use crate::backdir::Caller;
+use fuser::{
+    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use std::ffi::OsStr;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long the kernel may cache attributes and names. Everything goes through this
+/// daemon, so the cache is only as stale as changes made behind the mount's back.
+const TTL: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// A per-thread read buffer: no allocation or zeroing per request.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The object handed to fuser.
+pub struct EzFs(pub Arc<Core>);
+
+impl Invalidate for fuser::Notifier {
+    fn entry(&self, parent: u64, name: &OsStr) {
+        let _ = self.inval_entry(INodeNo(parent), name);
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller::new(req.uid(), req.gid(), req.pid())
+}
+
+fn errno(e: FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: UNIX_EPOCH,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(t),
+    }
+}
+
+macro_rules! tri {
+    ($reply:ident, $e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return $reply.error(errno(e)),
+        }
+    };
+}
+
+impl Filesystem for EzFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        if self.0.writeback
+            && config
+                .add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE)
+                .is_err()
+        {
+            log::warn!("the kernel offers no writeback cache; small writes will be slower");
+        }
+        // HANDLE_KILLPRIV_V2: the core clears set-user/group-id bits on write and
+        // truncate itself, which lets the kernel mark inodes "no security xattrs"
+        // instead of asking for security.capability on every write(2).
+        // EXPORT_SUPPORT: file handles survive cache eviction (see fs::export).
+        for flag in [
+            fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2,
+            fuser::InitFlags::FUSE_DO_READDIRPLUS,
+            fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
+            fuser::InitFlags::FUSE_PARALLEL_DIROPS,
+            fuser::InitFlags::FUSE_EXPORT_SUPPORT,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        // POSIX ACLs where the kernel checks permissions (other users get in): it
+        // enforces them and sends the creator's umask, which the backing filesystem
+        // applies unless the directory has a default ACL (see sys::with_umask)
+        if self.0.kernel_checks && config.add_capabilities(fuser::InitFlags::FUSE_POSIX_ACL).is_err() {
+            log::warn!("the kernel offers no POSIX ACLs on FUSE; setfacl on the mount will fail");
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let attr = tri!(reply, self.0.lookup(parent.0, name));
+        reply.entry(&TTL, &file_attr(&attr), Generation(0));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.0.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let attr = tri!(reply, self.0.getattr(ino.0));
+        reply.attr(&TTL, &file_attr(&attr));
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let s = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+        };
+        let attr = tri!(reply, self.0.setattr(&caller(req), ino.0, &s));
+        reply.attr(&TTL, &file_attr(&attr));
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let target = tri!(reply, self.0.readlink(ino.0));
+        reply.data(&target);
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let attr = tri!(
+            reply,
+            self.0.mknod(&caller(req), parent.0, name, mode, umask, rdev)
+        );
+        reply.entry(&TTL, &file_attr(&attr), Generation(0));
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let attr = tri!(reply, self.0.mkdir(&caller(req), parent.0, name, mode, umask));
+        reply.entry(&TTL, &file_attr(&attr), Generation(0));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        tri!(reply, self.0.unlink(parent.0, name));
+        reply.ok();
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        tri!(reply, self.0.rmdir(parent.0, name));
+        reply.ok();
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let attr = tri!(reply, self.0.symlink(&caller(req), parent.0, link_name, target));
+        reply.entry(&TTL, &file_attr(&attr), Generation(0));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        tri!(
+            reply,
+            self.0.rename(parent.0, name, newparent.0, newname, flags.bits())
+        );
+        reply.ok();
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let attr = tri!(reply, self.0.link(ino.0, newparent.0, newname));
+        reply.entry(&TTL, &file_attr(&attr), Generation(0));
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let o = tri!(reply, self.0.open(&caller(req), ino.0, flags.0));
+        let flags = if o.keep_cache {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        reply.opened(FileHandle(o.fh), flags);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        // page-aligned, so that the kernel copies a 4 KiB block in and out of one
+        // page, not two
+        READ_BUF.with_borrow_mut(|buf| {
+            let buf = crate::format::codec::aligned(buf, size as usize);
+            let n = tri!(reply, self.0.read(fh.0, offset, buf));
+            reply.data(&buf[..n])
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        let n = tri!(reply, self.0.write(ino.0, fh.0, offset, data, kill));
+        reply.written(n as u32);
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing to do at close, and ENOSYS tells the kernel so: it stops sending
+        // FLUSH, saving a round trip per close(2), and still writes back the file's dirty
+        // pages at close and reports their errors there.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.0.release(ino.0, fh.0);
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        tri!(reply, self.0.fsync(fh.0, datasync));
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fh = tri!(reply, self.0.opendir(ino.0));
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let r = self.0.readdir(ino.0, fh.0, offset, &mut |e, next| {
+            reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name)
+        });
+        tri!(reply, r);
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let r = self
+            .0
+            .readdirplus(ino.0, fh.0, offset, &mut |e, next, attr, counted| {
+                let ttl = if counted { TTL } else { Duration::ZERO };
+                reply.add(
+                    INodeNo(attr.ino),
+                    next,
+                    &e.name,
+                    &ttl,
+                    &file_attr(attr),
+                    Generation(0),
+                )
+            });
+        tri!(reply, r);
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.0.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        tri!(reply, self.0.fsyncdir(ino.0));
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let s = tri!(reply, self.0.statfs());
+        reply.statfs(
+            s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+        );
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        tri!(reply, self.0.setxattr(&caller(req), ino.0, name, value, flags));
+        reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let mut buf = vec![0u8; size as usize];
+        let n = tri!(reply, self.0.getxattr(ino.0, name, &mut buf));
+        if size == 0 {
+            reply.size(n as u32);
+        } else {
+            reply.data(&buf[..n]);
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let mut buf = vec![0u8; size as usize];
+        let n = tri!(reply, self.0.listxattr(ino.0, &mut buf));
+        if size == 0 {
+            reply.size(n as u32);
+        } else {
+            reply.data(&buf[..n]);
+        }
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        tri!(reply, self.0.removexattr(&caller(req), ino.0, name));
+        reply.ok();
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        tri!(reply, self.0.access(ino.0, mask.bits()));
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (attr, o) = tri!(
+            reply,
+            self.0.create(&caller(req), parent.0, name, mode, umask, flags)
+        );
+        reply.created(
+            &TTL,
+            &file_attr(&attr),
+            Generation(0),
+            FileHandle(o.fh),
+            FopenFlags::empty(),
+        );
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let a = Allocate { offset, length, mode };
+        tri!(reply, self.0.fallocate(fh.0, a));
+        reply.ok();
+    }
+}
