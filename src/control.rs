@@ -175,7 +175,7 @@ impl Server {
     }
 
     /// Serves requests until the process exits: each connection in a thread of its
-    /// own, at most [`MAX_CLIENTS`] at once.
+    /// own, at most `MAX_CLIENTS` at once.
     pub fn run(self) {
         let me = Arc::new(self);
         let active = Arc::new(AtomicUsize::new(0));
@@ -302,7 +302,6 @@ impl Server {
     }
 }
 
-/// Sends one answer line; an error sentence is cut to [`MAX_ERROR`] bytes.
 /// Why a request failed, as the daemon answers it.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
@@ -329,8 +328,8 @@ pub enum BindError {
     Io(#[from] std::io::Error),
 }
 
-/// Answers one request. On the wire an error is its message: the command line shows
-/// it as it is.
+/// Sends one answer line. On the wire an error is its sentence, cut to `MAX_ERROR`
+/// bytes: the command line shows it as it is.
 fn reply(stream: &UnixStream, result: Result<serde_json::Value, RequestError>) -> std::io::Result<()> {
     let result = result.map_err(|e| crate::text::shorten(&e.to_string(), MAX_ERROR));
     let mut out = serde_json::to_vec(&Response { result }).expect("response serializes");

@@ -1,14 +1,19 @@
 //! ezfs: a stacked FUSE filesystem with HDFS-style encryption zones.
 //!
-//! The library is layered so that everything but the FUSE adapter ([`fs`]) and the
-//! command line ([`cli`]) is pure logic, testable without a mount:
+//! The library is layered so that everything but the FUSE adapter ([`fs::fuse`]) and
+//! the command line ([`cli`]) is testable without a mount; each layer uses only the
+//! ones below it (cli → control → fs, fsck → keys, zone → format → crypto, with
+//! backdir beneath all that touch the backing dir):
 //! - [`backdir`]: the backing directory as root touches it for users: descriptors,
 //!   resolution beneath the root through no symlink, one tree walker;
 //! - [`crypto`]: AES-256-GCM sealing, key wrapping, the zeroizing key type;
 //! - [`format`](mod@format): the encrypted file format (layout, header, block codec);
-//! - [`keys`]: the key-provider interface and the passphrase-sealed local keystore;
+//! - [`keys`]: the key-provider interface, the passphrase-sealed local keystore, and
+//!   the small interface a mount holds ([`keys::ZoneKeys`]);
 //! - [`zone`]: zone markers and the boundary rules;
-//! - [`fs`]: the FUSE adapter; [`control`]: the socket the CLI uses to reach a mount;
+//! - [`fs`]: the filesystem: a core that decides (zones, key users, encryption,
+//!   jobs) and runs without a kernel, under the FUSE adapter [`fs::fuse`] that only
+//!   translates; [`control`]: the socket the CLI uses to reach a mount;
 //! - [`fsck`]: offline verification of every header and block;
 //! - [`cli`]: the `ezfs` command.
 

@@ -1,7 +1,7 @@
 //! The filesystem core: its state, and what every operation shares (nodes, handles,
 //! attributes). The operations themselves are in `namespace`, `files`, `dirs` and
 //! `xattrs`; the zone requests in `zones`, `zonereq` and `reencrypt`. None of them
-//! sees fuser: requests come in as a [`Caller`] and plain values, answers go out as
+//! sees fuser: requests come in as a [`Caller`](crate::backdir::Caller) and plain values, answers go out as
 //! the types of `fs::types` or an [`FsError`].
 
 use super::encfile::EncFile;

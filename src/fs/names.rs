@@ -2,10 +2,10 @@
 //! backing entry becomes a name in the mount.
 //!
 //! Every operation that turns (directory, name) into a backing location asks
-//! [`Core::at`], and does its system call through the [`At`] it gets; every listing
-//! goes through [`Core::list`]; every path from the mount root that a control request
-//! names goes through [`Core::resolve_as`], and every backing path shown to a user
-//! through [`Core::shown`]. Today a name is stored as it is, and the names the mount
+//! `Core::at`, and does its system call through the `At` it gets; every listing
+//! goes through `Core::list`; every path from the mount root that a control request
+//! names goes through [`Core::resolve_as`] (and [`normalize`]), and every backing
+//! path shown to a user through [`shown`]. Today a name is stored as it is, and the names the mount
 //! reserves (zone markers, temporary files, `.ezfs` at the root) are refused here. A
 //! per-zone name transform (encrypted file names) changes this module and the format,
 //! not the operations: the zone of the directory is at hand in each of these places.
