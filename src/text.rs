@@ -1,4 +1,6 @@
-//! Text for messages: user-supplied strings shown in one bounded, printable line.
+//! Text: user-supplied strings shown in one bounded, printable line, hex as the
+//! keystore, zone markers and the key-provider protocol write bytes, and the clock
+//! as they record it.
 
 /// `s` with control characters escaped (a newline shows as `\n`), cut to about `max`
 /// bytes with an ellipsis: a name or path from a request can be long or hostile, and
@@ -84,6 +86,69 @@ pub fn table(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
     out
 }
 
+/// Lower-case hex of `bytes`. The string is allocated once at its final size, so that
+/// the hex of a secret (which the caller wraps in `Zeroizing`) leaves no partial copy
+/// behind in freed memory.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * bytes.len());
+    for &b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
+/// Decodes `s`, which must be exactly `2 * out.len()` hex digits (either case, nothing
+/// else: no sign, no space), into `out`; false if it is not. Decoding into the caller's
+/// buffer lets a secret go straight into its `Zeroizing` home, with no copy in between.
+/// On failure `out` may be partly written.
+pub fn unhex_into(s: &str, out: &mut [u8]) -> bool {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    let s = s.as_bytes();
+    if s.len() != 2 * out.len() {
+        return false;
+    }
+    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        match (nibble(pair[0]), nibble(pair[1])) {
+            (Some(high), Some(low)) => *o = (high << 4) | low,
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Decodes hex of exactly `N` bytes (ids, MACs, wrapped keys: nothing secret; decode
+/// secrets with [`unhex_into`]).
+pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    unhex_into(s, &mut out).then_some(out)
+}
+
+/// Decodes hex of any whole number of bytes (a salt, whose length the file decides).
+pub fn unhex_vec(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    let mut out = vec![0u8; s.len() / 2];
+    unhex_into(s, &mut out).then_some(out)
+}
+
+/// Seconds since the Unix epoch (0 for a clock set before it): the creation times the
+/// keystore records.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +177,27 @@ mod tests {
         assert_eq!(io_words(&e), "No such file or directory");
         assert_eq!(strip_os_error("a: x (os error 2); b (os error 13)"), "a: x; b");
         assert_eq!(strip_os_error("keep (os error x)"), "keep (os error x)");
+    }
+
+    #[test]
+    fn hex_round_trips_and_refuses_anything_else() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let h = hex(&bytes);
+        assert_eq!(&h[..8], "00010203");
+        assert_eq!(&h[h.len() - 4..], "feff");
+        assert_eq!(unhex_vec(&h).unwrap(), bytes);
+        assert_eq!(unhex_vec(&h.to_uppercase()).unwrap(), bytes);
+        assert_eq!(unhex::<2>("0aFf"), Some([0x0a, 0xff]));
+        assert_eq!(unhex_vec(""), Some(Vec::new()));
+        for bad in ["0", "0g", "+a", "-a", " a", "é0", "abc"] {
+            assert!(unhex_vec(bad).is_none(), "{bad:?}");
+        }
+        assert!(unhex::<2>("0a").is_none(), "too short");
+        assert!(unhex::<1>("0a0b").is_none(), "too long");
+        let mut out = [0u8; 3];
+        assert!(unhex_into("a1b2c3", &mut out));
+        assert_eq!(out, [0xa1, 0xb2, 0xc3]);
+        assert!(!unhex_into("a1b2", &mut out));
+        assert!(unix_now() > 1_600_000_000);
     }
 }

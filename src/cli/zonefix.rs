@@ -51,8 +51,7 @@ pub fn repair(zone: &str, id: Option<&str>, at: &BackingArg, pass: &PassArgs) ->
         _ => {}
     }
     let marker = ZoneMarker {
-        zone_id: crate::format::header::unhex(&id)
-            .ok_or_else(|| Failure::op("the registry holds a bad zone id"))?,
+        zone_id: crate::text::unhex(&id).ok_or_else(|| Failure::op("the registry holds a bad zone id"))?,
         key: key.clone(),
     };
     replace_at(

@@ -20,7 +20,7 @@
 
 use super::KeyError;
 use crate::crypto::{Key, KEY_LEN, WRAPPED_KEY_LEN};
-use crate::format::header::hex;
+use crate::text::{hex, unhex_into};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::json;
@@ -88,15 +88,11 @@ fn failed(why: impl std::fmt::Display) -> KeyError {
     KeyError::Other(format!("key provider: {why}"))
 }
 
-fn unhex<const N: usize>(s: &str) -> Option<Zeroizing<[u8; N]>> {
+/// Decodes an answer's hex of exactly `N` bytes straight into a zeroizing buffer (a DEK
+/// must leave no copy behind).
+fn unhex_secret<const N: usize>(s: &str) -> Option<Zeroizing<[u8; N]>> {
     let mut out = Zeroizing::new([0u8; N]);
-    if s.len() != 2 * N {
-        return None;
-    }
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    unhex_into(s, &mut out[..]).then_some(out)
 }
 
 impl ExecProvider {
@@ -267,7 +263,7 @@ impl ExecProvider {
         let edek = a
             .edek
             .as_deref()
-            .and_then(unhex::<WRAPPED_KEY_LEN>)
+            .and_then(unhex_secret::<WRAPPED_KEY_LEN>)
             .ok_or_else(|| {
                 failed(format!(
                     "wrap answer needs 'edek': {WRAPPED_KEY_LEN} bytes in hex"
@@ -294,7 +290,7 @@ impl ExecProvider {
         let dek = a
             .dek
             .as_deref()
-            .and_then(unhex::<KEY_LEN>)
+            .and_then(unhex_secret::<KEY_LEN>)
             .ok_or_else(|| failed(format!("unwrap answer needs 'dek': {KEY_LEN} bytes in hex")))?;
         Ok(Key::from_slice(&dek[..]).expect("32 bytes"))
     }

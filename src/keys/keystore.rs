@@ -14,11 +14,10 @@
 use super::atomic::{write_file, FileLock};
 use super::{validate_key_name, KeyError};
 use crate::crypto::{random_bytes, Cipher, Key, KEY_LEN, NONCE_LEN, TAG_LEN, WRAPPED_KEY_LEN};
-use crate::format::header::hex;
+use crate::text::{hex, unhex, unhex_vec, unix_now};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
 
 /// Keystore file format this build writes and reads.
@@ -198,22 +197,6 @@ impl std::fmt::Debug for Keystore {
     }
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 fn master_aad(kdf: &Kdf) -> Vec<u8> {
     let mut a = b"ezfs-master\0".to_vec();
     a.extend_from_slice(&KEYSTORE_FORMAT.to_le_bytes());
@@ -246,7 +229,7 @@ fn body_aad(body: &Body) -> Vec<u8> {
 }
 
 fn derive_kek(passphrase: &[u8], kdf: &Kdf) -> Result<Key, KeyError> {
-    let salt = unhex(&kdf.salt).ok_or_else(|| KeyError::Other("keystore salt is not hex".into()))?;
+    let salt = unhex_vec(&kdf.salt).ok_or_else(|| KeyError::Other("keystore salt is not hex".into()))?;
     let params = argon2::Params::new(kdf.params.m_kib, kdf.params.t, kdf.params.p, Some(KEY_LEN))
         .map_err(|e| KeyError::Other(format!("invalid Argon2id parameters: {e}")))?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
@@ -258,7 +241,7 @@ fn derive_kek(passphrase: &[u8], kdf: &Kdf) -> Result<Key, KeyError> {
 }
 
 fn to_wrapped(s: &str) -> Option<[u8; WRAPPED_KEY_LEN]> {
-    unhex(s)?.try_into().ok()
+    unhex(s)
 }
 
 /// The `.ezfs` directory of a backing dir.
@@ -461,9 +444,7 @@ impl Keystore {
             path: path.clone(),
             why: why.into(),
         };
-        let mac: [u8; NONCE_LEN + TAG_LEN] = unhex(&store.mac)
-            .and_then(|m| m.try_into().ok())
-            .ok_or_else(|| corrupt("bad mac field"))?;
+        let mac: [u8; NONCE_LEN + TAG_LEN] = unhex(&store.mac).ok_or_else(|| corrupt("bad mac field"))?;
         self.master
             .verify_mac(&body_aad(&store.body), &mac)
             .map_err(|_| corrupt("authentication failed (was it edited?)"))?;
@@ -574,7 +555,7 @@ impl Keystore {
         let key = Key::random();
         VersionEntry {
             version,
-            created: now(),
+            created: unix_now(),
             sealed: hex(&self.master.wrap_key(&material_aad(name, version), &key)),
         }
     }
@@ -598,7 +579,7 @@ impl Keystore {
             let v = match external {
                 Some(version) => VersionEntry {
                     version,
-                    created: now(),
+                    created: unix_now(),
                     sealed: String::new(),
                 },
                 None => ks.seal_version(name, 1),
@@ -607,7 +588,7 @@ impl Keystore {
                 name.into(),
                 KeyEntry {
                     owner,
-                    created: now(),
+                    created: unix_now(),
                     versions: vec![v],
                     acl: Acl::default(),
                     external: external.is_some(),
@@ -652,7 +633,7 @@ impl Keystore {
             let k = ks.body.keys.get_mut(name).expect("checked");
             k.versions.push(VersionEntry {
                 version,
-                created: now(),
+                created: unix_now(),
                 sealed: String::new(),
             });
             Ok(())

@@ -10,8 +10,8 @@
 //! recovery key: the master key changes, the recovery key stays valid. Each wrap binds
 //! its role in the associated data.
 
-use crate::crypto::{Cipher, Key, WRAPPED_KEY_LEN};
-use crate::format::header::hex;
+use crate::crypto::{Cipher, Key};
+use crate::text::{hex, unhex, unhex_into};
 use serde::{Deserialize, Serialize};
 
 const SECRET_BY_RECOVERY: &[u8] = b"ezfs-recovery-secret\0";
@@ -24,14 +24,6 @@ pub struct Slot {
     pub secret_by_recovery: String,
     pub master_by_secret: String,
     pub secret_by_master: String,
-}
-
-fn unhex_wrapped(s: &str) -> Option<[u8; WRAPPED_KEY_LEN]> {
-    let v: Vec<u8> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect::<Option<_>>()?;
-    v.try_into().ok()
 }
 
 /// A new slot for `master`, and the recovery key that opens it.
@@ -51,11 +43,11 @@ pub fn new_slot(master: &Key) -> (Slot, Key) {
 pub fn master_from(slot: &Slot, recovery: &Key) -> Option<Key> {
     let secret = recovery
         .cipher()
-        .unwrap_key(SECRET_BY_RECOVERY, &unhex_wrapped(&slot.secret_by_recovery)?)
+        .unwrap_key(SECRET_BY_RECOVERY, &unhex(&slot.secret_by_recovery)?)
         .ok()?;
     secret
         .cipher()
-        .unwrap_key(MASTER_BY_SECRET, &unhex_wrapped(&slot.master_by_secret)?)
+        .unwrap_key(MASTER_BY_SECRET, &unhex(&slot.master_by_secret)?)
         .ok()
 }
 
@@ -63,7 +55,7 @@ pub fn master_from(slot: &Slot, recovery: &Key) -> Option<Key> {
 /// recovery key opens it.
 pub fn rewrap(slot: &Slot, old: &Cipher, new: &Key) -> Option<Slot> {
     let secret = old
-        .unwrap_key(SECRET_BY_MASTER, &unhex_wrapped(&slot.secret_by_master)?)
+        .unwrap_key(SECRET_BY_MASTER, &unhex(&slot.secret_by_master)?)
         .ok()?;
     Some(Slot {
         secret_by_recovery: slot.secret_by_recovery.clone(),
@@ -81,14 +73,12 @@ pub fn format_key(k: &Key) -> zeroize::Zeroizing<String> {
 
 /// Parses a recovery key written by [`format_key`] (dashes and white space ignored).
 pub fn parse_key(text: &str) -> Option<Key> {
-    let digits: zeroize::Zeroizing<String> =
-        zeroize::Zeroizing::new(text.chars().filter(|c| !c.is_whitespace() && *c != '-').collect());
-    if digits.len() != 64 {
-        return None;
-    }
+    // sized once, so that no partial copy of the digits is left in freed memory
+    let mut digits = zeroize::Zeroizing::new(String::with_capacity(text.len()));
+    digits.extend(text.chars().filter(|c| !c.is_whitespace() && *c != '-'));
     let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
-    for (i, b) in bytes.iter_mut().enumerate() {
-        *b = u8::from_str_radix(digits.get(2 * i..2 * i + 2)?, 16).ok()?;
+    if !unhex_into(&digits, &mut bytes[..]) {
+        return None;
     }
     Key::from_slice(&bytes[..])
 }
