@@ -1,9 +1,9 @@
 //! `ezfs keystore backup` and `ezfs keystore verify`: a copy of the sealed keystore,
 //! and a check that a copy opens with the passphrase.
 
-use super::keycmd::BackingArg;
+use super::backing::{open_new_secret_file, BackingArg};
 use super::{CliResult, Failure, PassArgs};
-use crate::keys::keystore::KEYSTORE_FILE;
+use crate::keys::keystore::{KEYSTORE_FILE, LOCK_FILE, MAX_KEYSTORE};
 use crate::keys::{passphrase, Keystore};
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
@@ -38,11 +38,11 @@ fn backup(backing: &Path, file: &Path) -> CliResult {
     crate::keys::keystore::read_body(backing)?;
     let dir = crate::keys::keystore::ezfs_dir(backing);
     // under the keystore's lock: a copy never catches an update half way
-    let _lock = crate::keys::atomic::FileLock::acquire(&dir.join("lock"))
+    let _lock = crate::keys::atomic::FileLock::acquire(&dir.join(LOCK_FILE))
         .map_err(|e| Failure::op(format!("cannot lock {}: {e}", dir.display())))?;
-    let data = crate::keys::atomic::read_file(&dir.join(KEYSTORE_FILE), 64 << 20)
+    let data = crate::keys::atomic::read_file(&dir.join(KEYSTORE_FILE), MAX_KEYSTORE)
         .map_err(|e| Failure::op(format!("cannot read the keystore: {e}")))?;
-    let mut f = super::keycmd::open_new_secret_file(file)
+    let mut f = open_new_secret_file(file)
         .map_err(|e| Failure::op(format!("cannot create {}: {e}", file.display())))?;
     let written = std::io::Write::write_all(&mut f, &data).and_then(|_| f.sync_all());
     if let Err(e) = written {

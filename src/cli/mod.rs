@@ -2,13 +2,16 @@
 //! the library; errors are one sentence on stderr, exit 1 for a failed operation and
 //! 2 for a usage error.
 
+mod backing;
 mod fsckcmd;
 mod helper;
+mod initcmd;
 mod keycmd;
 mod keystorecmd;
 mod logger;
 mod mount;
 pub mod mountinfo;
+mod passwdcmd;
 mod statuscmd;
 mod users;
 mod zonecmd;
@@ -212,7 +215,7 @@ pub fn run() -> i32 {
             key_provider,
             recovery_key_file,
             no_recovery_key,
-        } => keycmd::init(
+        } => initcmd::init(
             &backing,
             &pass,
             key_provider.as_deref(),
@@ -236,8 +239,8 @@ pub fn run() -> i32 {
             rotate_master,
             recovery_key_file,
         } => match recovery_key_file {
-            Some(rk) => keycmd::passwd_recovered(&backing, &rk, new_passphrase_file.as_deref()),
-            None => keycmd::passwd(&backing, &pass, new_passphrase_file.as_deref(), rotate_master),
+            Some(rk) => passwdcmd::passwd_recovered(&backing, &rk, new_passphrase_file.as_deref()),
+            None => passwdcmd::passwd(&backing, &pass, new_passphrase_file.as_deref(), rotate_master),
         },
         Cmd::Keystore(k) => keystorecmd::run(k),
         Cmd::Completions { shell } => {

@@ -71,7 +71,7 @@ pub enum ZoneCmd {
         #[arg(long, value_name = "ID")]
         id: Option<String>,
         #[command(flatten)]
-        at: super::keycmd::BackingArg,
+        at: super::backing::BackingArg,
         #[command(flatten)]
         pass: super::PassArgs,
     },
@@ -81,7 +81,7 @@ pub enum ZoneCmd {
         /// The zone's id (hex, from the mount's error or fsck).
         id: String,
         #[command(flatten)]
-        at: super::keycmd::BackingArg,
+        at: super::backing::BackingArg,
         #[command(flatten)]
         pass: super::PassArgs,
     },

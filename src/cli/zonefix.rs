@@ -3,7 +3,7 @@
 //! silently). Both need the passphrase (the registry and markers are authenticated
 //! with the master key) and work mounted or not.
 
-use super::keycmd::{notify_mount, unlock, BackingArg};
+use super::backing::{notify_mount, unlock, BackingArg};
 use super::{CliResult, Failure, PassArgs};
 use crate::backdir::resolve::{open_beneath, replace_at};
 use crate::backdir::sys;
