@@ -1,6 +1,7 @@
-//! The `ezfs` command line (SPEC.md section 2). Each subcommand is a thin layer over
-//! the library; errors are one sentence on stderr, exit 1 for a failed operation and
-//! 2 for a usage error.
+//! The `ezfs` command line: its arguments, and each command (init, mount and umount,
+//! status, key, zone, fsck, passwd, keystore, the `mount.fuse.ezfs` helper) in its own
+//! module. Each is a thin layer over the library; errors are one sentence on stderr,
+//! exit 1 for a failed operation and 2 for a usage error.
 
 mod backing;
 mod fsckcmd;
