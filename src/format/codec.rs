@@ -15,7 +15,8 @@
 //! The codec holds no state besides the key: the caller passes the current plaintext
 //! size and serializes writers (see the filesystem's per-file lock).
 
-use super::backing::{Around, Backing};
+use super::backing::Storage;
+use super::hints::Around;
 use super::layout::*;
 use crate::crypto::{Cipher, Key, NONCE_LEN, TAG_LEN};
 use std::io;
@@ -35,7 +36,9 @@ const ENTRY: usize = ENTRY_LEN as usize;
 /// Blocks sealed, written or read per step. Larger steps evict the data from the CPU
 /// cache between sealing and writing it: measured here, 1 MiB writes to ext4 cost 3x
 /// the kernel CPU time of 512 KiB or smaller ones. A backing that writes past the page
-/// cache ([`Backing::writes_direct`]) copies nothing, so it gets whole group runs.
+/// cache ([`Hints::writes_direct`]) copies nothing, so it gets whole group runs.
+///
+/// [`Hints::writes_direct`]: super::Hints::writes_direct
 const CHUNK_BLOCKS: u64 = 16;
 const CHUNK: usize = CHUNK_BLOCKS as usize * BS;
 /// Alignment of the sealed buffer, as direct I/O needs it.
@@ -77,16 +80,18 @@ fn is_zero(b: &[u8]) -> bool {
 }
 
 /// Reads `buf.len()` bytes at `off`, filling what lies past the end of file with zeros.
-fn read_or_zero(b: &dyn Backing, buf: &mut [u8], off: u64) -> io::Result<()> {
+fn read_or_zero<B: Storage + ?Sized>(b: &B, buf: &mut [u8], off: u64) -> io::Result<()> {
     let n = b.read_at(buf, off)?;
     buf[n..].fill(0);
     Ok(())
 }
 
-/// Blocks a small read may bring in with it ([`Backing::read_around`]): 32 KiB. On
+/// Blocks a small read may bring in with it ([`Hints::read_around`]): 32 KiB. On
 /// the disk measured here a random 32 KiB read took 1.5x the time of a 4 KiB one (92
 /// to 99 against 60 to 67 µs), and each of the seven neighbours it brings in is then
 /// read at the cost of a page-cache hit.
+///
+/// [`Hints::read_around`]: super::Hints::read_around
 const AROUND_BLOCKS: u64 = 8;
 const _: () = assert!(GROUP_BLOCKS % AROUND_BLOCKS == 0, "a window stays in its group");
 
@@ -148,9 +153,9 @@ impl BlockCodec {
 
     /// Reads and decrypts the blocks `[lo, hi]` of one group into `out`, which holds
     /// exactly their plaintext length in a file of `size` bytes.
-    fn read_run(
+    fn read_run<B: Storage + ?Sized>(
         &self,
-        b: &dyn Backing,
+        b: &B,
         size: u64,
         lo: u64,
         hi: u64,
@@ -185,17 +190,21 @@ impl BlockCodec {
             }
         }
         if !in_memory {
-            let got = b.read_entries(entries, entry_offset(lo), data_offset(lo), out.len())?;
-            entries[got..].fill(0);
+            // entries from the disk: the data's disk read starts first, so the two overlap
+            b.prefetch(data_offset(lo), out.len());
+            read_or_zero(b, entries, entry_offset(lo))?;
         }
         let around = surroundings(lo, hi, size);
         // read and open a chunk at a time, so each block is decrypted while in cache
         for (c, chunk) in out.chunks_mut(CHUNK).enumerate() {
             let first = lo + (c * CHUNK / BS) as u64;
-            match &around {
-                // a run inside its window: one chunk
-                Some(around) => {
-                    let n = b.read_around(chunk, data_offset(first), around)?;
+            // a run inside its window is one chunk, which the backing may read with it
+            match around
+                .as_ref()
+                .and_then(|a| b.read_around(chunk, data_offset(first), a))
+            {
+                Some(n) => {
+                    let n = n?;
                     chunk[n..].fill(0);
                 }
                 None => read_or_zero(b, chunk, data_offset(first))?,
@@ -218,7 +227,13 @@ impl BlockCodec {
 
     /// Reads plaintext at `off` into `out` from a file of `size` bytes; returns the
     /// number of bytes read (short only at end of file).
-    pub fn read(&self, b: &dyn Backing, size: u64, off: u64, out: &mut [u8]) -> Result<usize, CodecError> {
+    pub fn read<B: Storage + ?Sized>(
+        &self,
+        b: &B,
+        size: u64,
+        off: u64,
+        out: &mut [u8],
+    ) -> Result<usize, CodecError> {
         if off >= size || out.is_empty() {
             return Ok(0);
         }
@@ -246,7 +261,13 @@ impl BlockCodec {
 
     /// Re-encrypts block `block` from its length in a file of `size` bytes to its
     /// length in a file of `new_size` bytes (zero-padded or cut). Holes stay holes.
-    fn resize_block(&self, b: &dyn Backing, size: u64, block: u64, new_size: u64) -> Result<(), CodecError> {
+    fn resize_block<B: Storage + ?Sized>(
+        &self,
+        b: &B,
+        size: u64,
+        block: u64,
+        new_size: u64,
+    ) -> Result<(), CodecError> {
         let (old_len, new_len) = (
             block_len(block, size) as usize,
             block_len(block, new_size) as usize,
@@ -273,7 +294,13 @@ impl BlockCodec {
     /// A write past the end that fails puts the file back to `size` bytes as far as
     /// it can (`undo_growth`), so that its length on disk, and with it
     /// the size seen after a reopen, stays what the caller still believes.
-    pub fn write(&self, b: &dyn Backing, size: u64, off: u64, data: &[u8]) -> Result<u64, CodecError> {
+    pub fn write<B: Storage + ?Sized>(
+        &self,
+        b: &B,
+        size: u64,
+        off: u64,
+        data: &[u8],
+    ) -> Result<u64, CodecError> {
         if data.is_empty() {
             return Ok(size);
         }
@@ -304,9 +331,9 @@ impl BlockCodec {
     /// Writes the blocks `[first, last]` covering `data` at `off`, one group run at a
     /// time, in a file growing from `size` to `new_size` bytes; `done` follows the
     /// first block not yet completely written (data and entries).
-    fn write_runs(
+    fn write_runs<B: Storage + ?Sized>(
         &self,
-        b: &dyn Backing,
+        b: &B,
         size: u64,
         new_size: u64,
         off: u64,
@@ -373,9 +400,9 @@ impl BlockCodec {
     /// bytes. The old last block keeps what the write completed in it, at its old
     /// length; the entries of the blocks past the end are cleared, so that growing the
     /// file later reads zeros there, not EIO.
-    fn undo_growth(
+    fn undo_growth<B: Storage + ?Sized>(
         &self,
-        b: &dyn Backing,
+        b: &B,
         size: u64,
         new_size: u64,
         first: u64,
@@ -396,7 +423,7 @@ impl BlockCodec {
     ///
     /// Growing sets the backing length first: it is the step a backing filesystem may
     /// refuse (a file too large for it), and a refusal then changes nothing.
-    pub fn truncate(&self, b: &dyn Backing, size: u64, new_size: u64) -> Result<(), CodecError> {
+    pub fn truncate<B: Storage + ?Sized>(&self, b: &B, size: u64, new_size: u64) -> Result<(), CodecError> {
         if new_size > size {
             b.set_len(backing_size(new_size))?;
             if size % BLOCK != 0 {
@@ -417,7 +444,7 @@ impl BlockCodec {
     /// Cuts a file of `size` bytes, whose last block is already sealed at its length
     /// in a file of `new_size` bytes, down to `new_size`: clears the entries of the
     /// blocks cut off in the new last group and sets the backing length.
-    fn cut(&self, b: &dyn Backing, size: u64, new_size: u64) -> Result<(), CodecError> {
+    fn cut<B: Storage + ?Sized>(&self, b: &B, size: u64, new_size: u64) -> Result<(), CodecError> {
         let keep = block_count(new_size);
         let group_end = ((keep / GROUP_BLOCKS + 1) * GROUP_BLOCKS).min(block_count(size));
         if keep % GROUP_BLOCKS != 0 && group_end > keep {
@@ -432,7 +459,7 @@ impl BlockCodec {
 
     /// The groups of a file of `size` bytes whose metadata block has non-zero bytes
     /// after its entries (nothing the format writes: damage).
-    pub fn bad_padding(b: &dyn Backing, size: u64) -> io::Result<Vec<u64>> {
+    pub fn bad_padding<B: Storage + ?Sized>(b: &B, size: u64) -> io::Result<Vec<u64>> {
         let mut bad = Vec::new();
         let pad = BS - GROUP_BLOCKS as usize * ENTRY;
         let mut buf = vec![0u8; pad];
@@ -446,7 +473,7 @@ impl BlockCodec {
     }
 
     /// Authenticates every block of a file of `size` bytes; returns the damaged blocks.
-    pub fn verify(&self, b: &dyn Backing, size: u64) -> io::Result<Vec<u64>> {
+    pub fn verify<B: Storage + ?Sized>(&self, b: &B, size: u64) -> io::Result<Vec<u64>> {
         let mut bad = Vec::new();
         let mut buf = Vec::new();
         if size == 0 {

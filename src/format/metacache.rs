@@ -21,12 +21,13 @@
 //! missed the TLB, which on this virtual machine means a nested page walk (perf:
 //! `__memmove` stalled on its first load). A file finds its areas by indexing a table
 //! (`Slots`), not by a hash probe and a pointer chase. And the codec asks whether the
-//! entries are here before it reads the data ([`Backing::entries_in_memory`]), which
+//! entries are here before it reads the data ([`Hints::entries_in_memory`]), which
 //! starts loading their cache lines, and copies them after. In a cached 4 KiB random
 //! read, lookup and copy took 3.6-6.0 % of the daemon's samples before (8 runs),
 //! 2.2-2.9 % after (4 runs): about 0.5 us less per read.
 
-use super::backing::{Around, Backing};
+use super::backing::Backing;
+use super::hints::{Around, Hints};
 use super::layout::{meta_offset, BLOCK, ENTRY_LEN, GROUP_BLOCKS, GROUP_SPAN, HEADER_LEN};
 use memmap2::{Advice, MmapMut};
 use parking_lot::Mutex;
@@ -294,18 +295,15 @@ pub struct CachedMeta<'a, B: Backing> {
     pub cache: &'a MetaCache,
 }
 
-impl<B: Backing> CachedMeta<'_, B> {
-    /// [`Backing::read_at`], prefetching the data of `then` when the entries must come
-    /// from the file.
-    fn read_through(&self, buf: &mut [u8], off: u64, then: Option<(u64, usize)>) -> io::Result<usize> {
+impl<B: Backing> Backing for CachedMeta<'_, B> {
+    /// Reads inside one entry area come from the cache (filled on first use) and, like
+    /// the area's bytes past end of file, read as zeros there; others go to the file.
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
         let Some(group) = group_of(off, buf.len()) else {
             return self.inner.read_at(buf, off);
         };
         if self.cache.read(group, off, buf) {
             return Ok(buf.len());
-        }
-        if let Some((data_at, data_len)) = then {
-            self.inner.prefetch(data_at, data_len);
         }
         // the whole metadata block: its padding after the entries must be zeros (a
         // changed byte there is damage, as anywhere else), and it is the same page
@@ -323,14 +321,6 @@ impl<B: Backing> CachedMeta<'_, B> {
         buf.copy_from_slice(&area[at..at + buf.len()]);
         self.cache.insert(group, area);
         Ok(buf.len())
-    }
-}
-
-impl<B: Backing> Backing for CachedMeta<'_, B> {
-    /// Reads inside one entry area come from the cache (filled on first use) and, like
-    /// the area's bytes past end of file, read as zeros there; others go to the file.
-    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
-        self.read_through(buf, off, None)
     }
 
     fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
@@ -360,17 +350,21 @@ impl<B: Backing> Backing for CachedMeta<'_, B> {
         self.inner.len()
     }
 
+    /// The cache holds no state of its own to make durable: the file's sync.
+    fn sync(&self, data_only: bool) -> io::Result<()> {
+        self.inner.sync(data_only)
+    }
+}
+
+/// The hints of the file, but for entries, which are in memory when cached.
+impl<B: Backing + Hints> Hints for CachedMeta<'_, B> {
     fn writes_direct(&self) -> bool {
         self.inner.writes_direct()
     }
 
+    /// Data reads the codec is about to make after reading entries that are not cached.
     fn prefetch(&self, off: u64, len: usize) {
         self.inner.prefetch(off, len)
-    }
-
-    /// Entries not in memory come from the file: the data read starts first.
-    fn read_entries(&self, buf: &mut [u8], off: u64, data_at: u64, data_len: usize) -> io::Result<usize> {
-        self.read_through(buf, off, Some((data_at, data_len)))
     }
 
     fn entries_in_memory(&self, off: u64, len: usize) -> bool {
@@ -382,8 +376,8 @@ impl<B: Backing> Backing for CachedMeta<'_, B> {
         self.inner.read_direct(buf, off)
     }
 
-    /// Data reads only, so straight to the file, like [`Backing::read_direct`].
-    fn read_around(&self, buf: &mut [u8], off: u64, around: &Around) -> io::Result<usize> {
+    /// Data reads only, so straight to the file, like [`Hints::read_direct`].
+    fn read_around(&self, buf: &mut [u8], off: u64, around: &Around) -> Option<io::Result<usize>> {
         self.inner.read_around(buf, off, around)
     }
 }
@@ -466,7 +460,11 @@ mod tests {
             fn len(&self) -> io::Result<u64> {
                 self.0.len()
             }
+            fn sync(&self, _: bool) -> io::Result<()> {
+                Ok(())
+            }
         }
+        impl Hints for Failing {}
         let cache = MetaCache::default();
         let b = CachedMeta {
             inner: Failing(MemBacking::default()),

@@ -4,10 +4,12 @@
 pub mod backing;
 pub mod codec;
 pub mod header;
+pub mod hints;
 pub mod layout;
 pub mod metacache;
 
-pub use backing::{Around, Backing, MemBacking};
+pub use backing::{Backing, MemBacking, Storage};
 pub use codec::{BlockCodec, CodecError};
 pub use header::{Header, HeaderError};
+pub use hints::{Around, Hints};
 pub use metacache::{CachedMeta, MetaCache};

@@ -72,6 +72,12 @@ impl crate::format::Backing for SerialWrites<'_> {
     fn len(&self) -> io::Result<u64> {
         crate::format::Backing::len(self.file)
     }
+    fn sync(&self, data_only: bool) -> io::Result<()> {
+        crate::format::Backing::sync(self.file, data_only)
+    }
+}
+
+impl crate::format::Hints for SerialWrites<'_> {
     fn writes_direct(&self) -> bool {
         self.direct.enabled()
     }
@@ -81,8 +87,8 @@ impl crate::format::Backing for SerialWrites<'_> {
     fn read_direct(&self, buf: &mut [u8], off: u64) -> Option<io::Result<usize>> {
         self.direct.read(self.file, buf, off)
     }
-    fn read_around(&self, buf: &mut [u8], off: u64, around: &Around) -> io::Result<usize> {
-        readaround::read(self.file, buf, off, around)
+    fn read_around(&self, buf: &mut [u8], off: u64, around: &Around) -> Option<io::Result<usize>> {
+        Some(readaround::read(self.file, buf, off, around))
     }
 }
 

@@ -4,7 +4,8 @@
 
 use super::*;
 use crate::crypto::AuthError;
-use crate::format::backing::MemBacking;
+use crate::format::backing::{Backing, MemBacking};
+use crate::format::hints::Hints;
 use crate::format::layout;
 use crate::format::metacache::{CachedMeta, MetaCache};
 use proptest::prelude::*;
@@ -40,7 +41,7 @@ fn bytes(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// Reads the whole file (and a little past its end).
-fn read_all(c: &BlockCodec, b: &dyn Backing, size: u64) -> Result<Vec<u8>, CodecError> {
+fn read_all(c: &BlockCodec, b: &dyn Storage, size: u64) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![0xEEu8; size as usize + 100];
     let n = c.read(b, size, 0, &mut out)?;
     assert_eq!(n as u64, size, "a full read returns the size");
@@ -51,7 +52,7 @@ fn read_all(c: &BlockCodec, b: &dyn Backing, size: u64) -> Result<Vec<u8>, Codec
 /// Reads `len` bytes at `off`, expecting no short read before end of file.
 fn read_range(
     c: &BlockCodec,
-    b: &dyn Backing,
+    b: &dyn Storage,
     size: u64,
     off: u64,
     len: usize,
@@ -216,6 +217,12 @@ impl Backing for DirectLike<'_> {
     fn len(&self) -> io::Result<u64> {
         self.0.len()
     }
+    fn sync(&self, data_only: bool) -> io::Result<()> {
+        self.0.sync(data_only)
+    }
+}
+
+impl Hints for DirectLike<'_> {
     fn writes_direct(&self) -> bool {
         true
     }
@@ -234,7 +241,7 @@ fn run_model(ops: &[Op], via: Via) -> Result<(), TestCaseError> {
     };
     let direct = DirectLike(&mem, Default::default());
     let offers = TakesOffers::new(&mem);
-    let b: &dyn Backing = match via {
+    let b: &dyn Storage = match via {
         Via::Plain => &mem,
         Via::Cache => &through_cache,
         Via::Direct => &direct,
@@ -792,6 +799,12 @@ impl Backing for Probe {
     fn len(&self) -> io::Result<u64> {
         self.inner.len()
     }
+    fn sync(&self, data_only: bool) -> io::Result<()> {
+        self.inner.sync(data_only)
+    }
+}
+
+impl Hints for Probe {
     fn writes_direct(&self) -> bool {
         self.direct
     }
@@ -1093,11 +1106,17 @@ impl Backing for TakesOffers<'_> {
     fn len(&self) -> io::Result<u64> {
         self.mem.len()
     }
+    fn sync(&self, data_only: bool) -> io::Result<()> {
+        self.mem.sync(data_only)
+    }
+}
+
+impl Hints for TakesOffers<'_> {
     fn read_direct(&self, buf: &mut [u8], off: u64) -> Option<io::Result<usize>> {
         self.direct.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Some(self.mem.read_at(buf, off))
     }
-    fn read_around(&self, buf: &mut [u8], off: u64, around: &Around) -> io::Result<usize> {
+    fn read_around(&self, buf: &mut [u8], off: u64, around: &Around) -> Option<io::Result<usize>> {
         let w = &around.window;
         assert!(
             w.start <= off && off + buf.len() as u64 <= w.end,
@@ -1108,12 +1127,15 @@ impl Backing for TakesOffers<'_> {
             "{around:?}"
         );
         let mut window = vec![0u8; (w.end - w.start) as usize];
-        let got = self.mem.read_at(&mut window, w.start)?;
+        let got = match self.mem.read_at(&mut window, w.start) {
+            Ok(got) => got,
+            Err(e) => return Some(Err(e)),
+        };
         let at = (off - w.start) as usize;
         let n = got.saturating_sub(at).min(buf.len());
         buf[..n].copy_from_slice(&window[at..at + n]);
         self.windows.lock().push(w.clone());
-        Ok(n)
+        Some(Ok(n))
     }
 }
 
