@@ -43,6 +43,9 @@ pub enum HeaderError {
     UnsupportedVersion(u16),
     #[error("unsupported cipher suite {0}")]
     UnsupportedSuite(u16),
+    /// The block size field is not the one the cipher suite has (4096).
+    #[error("unsupported block size {0} (cipher suite 1 has 4096-byte blocks)")]
+    UnsupportedBlockSize(u32),
     #[error("header is truncated")]
     Truncated,
     #[error("header authentication failed")]
@@ -149,8 +152,9 @@ impl Header {
         if suite != SUITE_AES256GCM_4K {
             return Err(HeaderError::UnsupportedSuite(suite));
         }
-        if u32_at(12) != super::layout::BLOCK as u32 {
-            return Err(HeaderError::AuthFailed);
+        let block_size = u32_at(12);
+        if block_size != super::layout::BLOCK as u32 {
+            return Err(HeaderError::UnsupportedBlockSize(block_size));
         }
         let name_len = bytes[52] as usize;
         let edek_at = FIXED_LEN + name_len;
@@ -237,6 +241,16 @@ mod tests {
         let mut b = h.encode();
         b[10] = 7;
         assert_eq!(Header::decode(&b), Err(HeaderError::UnsupportedSuite(7)));
+        let mut b = h.encode();
+        b[12..16].copy_from_slice(&512u32.to_le_bytes());
+        assert_eq!(Header::decode(&b), Err(HeaderError::UnsupportedBlockSize(512)));
+        assert_eq!(
+            Header::decode(&b).unwrap_err().to_string(),
+            "unsupported block size 512 (cipher suite 1 has 4096-byte blocks)"
+        );
+        let mut b = h.encode();
+        b[h.used_len() + 7] = 1;
+        assert_eq!(Header::decode(&b), Err(HeaderError::AuthFailed), "padding");
         assert_eq!(Header::decode(&h.encode()[..100]), Err(HeaderError::Truncated));
         assert_eq!(Header::decode(b"plain text file"), Err(HeaderError::BadMagic));
         assert_eq!(Header::decode(&[]), Err(HeaderError::Truncated));
