@@ -274,10 +274,15 @@ impl BlockCodec {
         );
         let mut entry = [0u8; ENTRY];
         read_or_zero(b, &mut entry, entry_offset(block))?;
-        if is_zero(&entry) {
-            return Ok(());
-        }
         let mut buf = vec![0u8; old_len.max(new_len)];
+        if is_zero(&entry) {
+            // a hole stays one; data under a zero entry is damage, reported as a read would
+            read_or_zero(b, &mut buf[..old_len], data_offset(block))?;
+            return match is_zero(&buf) {
+                true => Ok(()),
+                false => Err(CodecError::Corrupt { block }),
+            };
+        }
         self.read_run(b, size, block, block, &mut buf[..old_len])?;
         buf[old_len.min(new_len)..].fill(0);
         buf.truncate(new_len);
@@ -289,7 +294,8 @@ impl BlockCodec {
 
     /// Writes `data` at `off` into a file of `size` bytes; returns the new size.
     /// Only the blocks the write covers are touched, plus the old last block when it
-    /// was short and the write starts past it (it must grow to a full block).
+    /// was short and the write starts past it (it must grow to a full block), and the
+    /// entries of the holes it leaves in the last group (see `clear_entries_past_end`).
     ///
     /// A write past the end that fails puts the file back to `size` bytes as far as
     /// it can (`undo_growth`), so that its length on disk, and with it
@@ -312,12 +318,13 @@ impl BlockCodec {
             .then(|| (size - 1) / BLOCK)
             .filter(|&old_last| old_last < first);
         let mut done = first;
-        let result =
-            self.write_runs(b, size, new_size, off, data, &mut done)
-                .and_then(|()| match short_last {
-                    Some(block) => self.resize_block(b, size, block, new_size),
-                    None => Ok(()),
-                });
+        let result = self
+            .clear_entries_past_end(b, size, first)
+            .and_then(|()| self.write_runs(b, size, new_size, off, data, &mut done))
+            .and_then(|()| match short_last {
+                Some(block) => self.resize_block(b, size, block, new_size),
+                None => Ok(()),
+            });
         if let Err(e) = result {
             if new_size > size {
                 // the write's own error is the one to report
@@ -425,6 +432,7 @@ impl BlockCodec {
     /// refuse (a file too large for it), and a refusal then changes nothing.
     pub fn truncate<B: Storage + ?Sized>(&self, b: &B, size: u64, new_size: u64) -> Result<(), CodecError> {
         if new_size > size {
+            self.clear_entries_past_end(b, size, block_count(new_size))?;
             b.set_len(backing_size(new_size))?;
             if size % BLOCK != 0 {
                 if let Err(e) = self.resize_block(b, size, (size - 1) / BLOCK, new_size) {
@@ -437,6 +445,30 @@ impl BlockCodec {
                 self.resize_block(b, size, new_size / BLOCK, new_size)?;
             }
             self.cut(b, size, new_size)?;
+        }
+        Ok(())
+    }
+
+    /// Clears the metadata entries of the blocks from the end of a file of `size` bytes
+    /// up to block `upto` (exclusive) that share the last group's metadata block, before
+    /// the file grows over them as holes. They are zero already unless a crash kept an
+    /// entry written past the end but not the length that covered it (the entry and
+    /// the length reach the disk independently); a hole with such an entry would then
+    /// fail authentication instead of reading zeros.
+    fn clear_entries_past_end<B: Storage + ?Sized>(
+        &self,
+        b: &B,
+        size: u64,
+        upto: u64,
+    ) -> Result<(), CodecError> {
+        let from = block_count(size);
+        if from % GROUP_BLOCKS == 0 {
+            // the next group's metadata block lies past the end: the file holds none
+            return Ok(());
+        }
+        let to = upto.min((from / GROUP_BLOCKS + 1) * GROUP_BLOCKS);
+        if to > from {
+            b.write_at(&vec![0u8; (to - from) as usize * ENTRY], entry_offset(from))?;
         }
         Ok(())
     }

@@ -3,6 +3,8 @@
 
 pub mod backing;
 pub mod codec;
+#[cfg(test)]
+pub mod crash;
 pub mod header;
 pub mod hints;
 pub mod layout;

@@ -5,7 +5,8 @@
 //! - [`truncate`]: truncate edge cases, and growth that fails half-way;
 //! - [`reads`]: prefetches, direct reads and read-around windows;
 //! - [`known_answers`]: vectors pinning the on-disk format (cipher, associated data,
-//!   layout).
+//!   layout);
+//! - [`crash`]: what a re-open finds after a crash at any point (see `format::crash`).
 //!
 //! This file holds what they share: helpers and test backings.
 
@@ -277,6 +278,7 @@ impl Hints for TakesOffers<'_> {
     }
 }
 
+mod crash;
 mod known_answers;
 mod model;
 mod reads;
