@@ -18,10 +18,11 @@
 use crate::backdir::resolve::{ensure_dir, open_beneath};
 use crate::backdir::sys;
 use crate::backdir::walk::{walk, Kind, Visitor};
-use crate::format::header::{hex, read_header, MAGIC};
+use crate::format::header::{read_header, MAGIC};
 use crate::format::layout::{plain_size, HEADER_LEN};
 use crate::format::{Backing, BlockCodec};
 use crate::keys::Keystore;
+use crate::text::hex;
 use crate::zone::{self, MarkerRead, Zone, MARKER_FILE};
 use serde::Serialize;
 use std::collections::BTreeMap;

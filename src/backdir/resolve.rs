@@ -142,7 +142,7 @@ pub fn read_small(dir: BorrowedFd<'_>, name: &OsStr, max: u64) -> Result<Vec<u8>
 pub fn temp_name() -> OsString {
     OsString::from(format!(
         "{TEMP_PREFIX}{}",
-        crate::format::header::hex(&crate::crypto::random_bytes::<12>())
+        crate::text::hex(&crate::crypto::random_bytes::<12>())
     ))
 }
 

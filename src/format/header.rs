@@ -21,6 +21,7 @@
 
 use super::layout::HEADER_LEN;
 use crate::crypto::WRAPPED_KEY_LEN;
+use crate::text::hex;
 use std::fmt;
 
 /// Magic bytes at the start of every encrypted backing file.
@@ -70,23 +71,6 @@ impl fmt::Debug for Header {
             .field("key", &format_args!("{}@{}", self.key_name, self.key_version))
             .finish_non_exhaustive()
     }
-}
-
-/// Lower-case hex of some bytes (ids, EDEKs: never raw keys).
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Parses lower- or upper-case hex of exactly `N` bytes.
-pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != 2 * N {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 impl Header {

@@ -221,9 +221,9 @@ impl EncFile {
                 format!(
                     "belongs to zone {} (key {}), not to the zone it is in ({}, key {}): a file copied \
                      or moved here in the backing dir is not decrypted (see ezfs fsck)",
-                    crate::format::header::hex(&header.zone_id),
+                    crate::text::hex(&header.zone_id),
                     header.key_name,
-                    crate::format::header::hex(&zone.id),
+                    crate::text::hex(&zone.id),
                     zone.key
                 ),
             ));

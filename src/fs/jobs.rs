@@ -79,13 +79,6 @@ impl JobStatus {
     }
 }
 
-/// Now, in Unix seconds.
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// The status records, in memory and in `.ezfs/reencrypt.json`.
 pub struct Jobs {
     path: PathBuf,

@@ -29,7 +29,7 @@ use crate::backdir::resolve::open_beneath;
 use crate::backdir::sys;
 use crate::backdir::walk::{walk, Kind, Visitor};
 use crate::backdir::Caller;
-use crate::format::header::hex;
+use crate::text::{hex, unix_now};
 use crate::zone::Zone;
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -201,7 +201,7 @@ impl Core {
             files_current: 0,
             files_failed: 0,
             failures: Vec::new(),
-            started: super::jobs::now(),
+            started: unix_now(),
             finished: None,
             elapsed_ms: 0,
         };
@@ -499,7 +499,7 @@ impl Core {
         }
         status.zone = self.shown_root(&root, &status.zone);
         status.state = end;
-        status.finished = Some(super::jobs::now());
+        status.finished = Some(unix_now());
         status.elapsed_ms = t0.elapsed().as_millis() as u64;
         self.jobs.set(&status);
         self.running.jobs.lock().remove(&zone.id);

@@ -8,7 +8,7 @@
 
 use crate::backdir::resolve::{read_small, SmallFileError};
 use crate::crypto::{Cipher, NONCE_LEN, TAG_LEN};
-use crate::format::header::{hex, unhex};
+use crate::text::{hex, unhex};
 use serde::{Deserialize, Serialize};
 use std::ffi::OsStr;
 use std::os::fd::BorrowedFd;

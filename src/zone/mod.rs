@@ -58,7 +58,7 @@ pub fn decide(
     registered: impl Fn(&str) -> bool,
 ) -> Option<Zone> {
     if let Some((id_hex, entry)) = here {
-        let id = crate::format::header::unhex::<16>(id_hex).unwrap_or([0xff; 16]);
+        let id = crate::text::unhex::<16>(id_hex).unwrap_or([0xff; 16]);
         return Some(match marker {
             MarkerRead::Valid(m) if m.id_hex() == id_hex && m.key == entry.key => Zone::new(id, &entry.key),
             MarkerRead::Valid(m) => Zone::broken(
@@ -98,12 +98,7 @@ pub fn decide(
 
 impl fmt::Debug for Zone {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Zone({}, key {})",
-            crate::format::header::hex(&self.id),
-            self.key
-        )
+        write!(f, "Zone({}, key {})", crate::text::hex(&self.id), self.key)
     }
 }
 

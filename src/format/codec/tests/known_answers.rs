@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::crypto::AuthError;
+use crate::text::hex;
 
 const KAT_KEY: [u8; 32] = [0x11; 32];
 const KAT_FILE_ID: [u8; 16] = *b"ezfs-kat-file-id";
@@ -15,10 +16,7 @@ fn documented_aad(file_id: &[u8; 16], block: u64) -> Vec<u8> {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    crate::text::unhex_vec(s).unwrap()
 }
 
 /// Plaintext of the full-block vector: bytes 0, 1, .., 255, 0, 1, ...
@@ -44,10 +42,6 @@ fn aes_gcm_reference_vector() {
     let tag = c.seal_with_nonce(&[0; 12], &[], &mut buf);
     assert_eq!(hex(&buf), "cea7403d4d606b6e074ec5d3baf39d18");
     assert_eq!(hex(&tag), "d0d1c8a799996bf0265b98b5d48ab919");
-}
-
-fn hex(b: &[u8]) -> String {
-    crate::format::header::hex(b)
 }
 
 #[test]
