@@ -456,3 +456,34 @@ fn flipped_data_block_in_a_cold_random_pass() {
         }
     }
 }
+
+/// What a crash can leave: a metadata entry written past the end of the file, whose
+/// length change never reached the disk. Growing the file over it must read zeros
+/// (the file is put right when it is next opened for writing), not EIO.
+#[test]
+fn an_entry_a_crash_left_past_the_end_does_not_break_growth() {
+    let f = Fixture::new();
+    let m = f.mount();
+    f.zone("z", "k1");
+    let data = Rng::new(5).bytes(10 * BS);
+    fs::write(f.m("z/f"), &data).unwrap();
+    m.unmount();
+    f.flip_raw("z/f", entry_offset(20) + 3, 0x55); // block 20's nonce, past the end
+    let m = f.mount();
+    let fh = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(f.m("z/f"))
+        .unwrap();
+    fh.set_len(30 * BS as u64).unwrap();
+    let mut got = vec![0xffu8; 20 * BS];
+    fh.read_exact_at(&mut got, 10 * BS as u64)
+        .expect("the grown part reads (block 20 had a stale entry)");
+    assert!(got.iter().all(|&b| b == 0), "the grown part reads zeros");
+    assert_same(&fs::read(f.m("z/f")).unwrap()[..10 * BS], &data, "the old part");
+    assert!(
+        m.log().contains("cleared metadata entries"),
+        "daemon log: {}",
+        m.log()
+    );
+}

@@ -294,8 +294,7 @@ impl BlockCodec {
 
     /// Writes `data` at `off` into a file of `size` bytes; returns the new size.
     /// Only the blocks the write covers are touched, plus the old last block when it
-    /// was short and the write starts past it (it must grow to a full block), and the
-    /// entries of the holes it leaves in the last group (see `clear_entries_past_end`).
+    /// was short and the write starts past it (it must grow to a full block).
     ///
     /// A write past the end that fails puts the file back to `size` bytes as far as
     /// it can (`undo_growth`), so that its length on disk, and with it
@@ -318,13 +317,12 @@ impl BlockCodec {
             .then(|| (size - 1) / BLOCK)
             .filter(|&old_last| old_last < first);
         let mut done = first;
-        let result = self
-            .clear_entries_past_end(b, size, first)
-            .and_then(|()| self.write_runs(b, size, new_size, off, data, &mut done))
-            .and_then(|()| match short_last {
-                Some(block) => self.resize_block(b, size, block, new_size),
-                None => Ok(()),
-            });
+        let result =
+            self.write_runs(b, size, new_size, off, data, &mut done)
+                .and_then(|()| match short_last {
+                    Some(block) => self.resize_block(b, size, block, new_size),
+                    None => Ok(()),
+                });
         if let Err(e) = result {
             if new_size > size {
                 // the write's own error is the one to report
@@ -432,7 +430,6 @@ impl BlockCodec {
     /// refuse (a file too large for it), and a refusal then changes nothing.
     pub fn truncate<B: Storage + ?Sized>(&self, b: &B, size: u64, new_size: u64) -> Result<(), CodecError> {
         if new_size > size {
-            self.clear_entries_past_end(b, size, block_count(new_size))?;
             b.set_len(backing_size(new_size))?;
             if size % BLOCK != 0 {
                 if let Err(e) = self.resize_block(b, size, (size - 1) / BLOCK, new_size) {
@@ -449,28 +446,30 @@ impl BlockCodec {
         Ok(())
     }
 
-    /// Clears the metadata entries of the blocks from the end of a file of `size` bytes
-    /// up to block `upto` (exclusive) that share the last group's metadata block, before
-    /// the file grows over them as holes. They are zero already unless a crash kept an
-    /// entry written past the end but not the length that covered it (the entry and
-    /// the length reach the disk independently); a hole with such an entry would then
-    /// fail authentication instead of reading zeros.
-    fn clear_entries_past_end<B: Storage + ?Sized>(
-        &self,
-        b: &B,
-        size: u64,
-        upto: u64,
-    ) -> Result<(), CodecError> {
+    /// Clears the metadata entries that lie past the end of a file of `size` bytes in
+    /// its last group's metadata block; returns whether there were any.
+    ///
+    /// The format keeps them zero (a truncate clears what it cuts off), so that the
+    /// file can grow over them as holes. Only a crash breaks that: an entry written
+    /// past the end can reach the disk without the length that covered it (they are
+    /// separate writes). Growing over such an entry would give EIO where zeros belong,
+    /// so a file is put right with this before it is written after a mount. It runs
+    /// alone (no concurrent writer): writers may grow a file in parallel.
+    pub fn clear_entries_past_end<B: Storage + ?Sized>(&self, b: &B, size: u64) -> Result<bool, CodecError> {
         let from = block_count(size);
         if from % GROUP_BLOCKS == 0 {
             // the next group's metadata block lies past the end: the file holds none
-            return Ok(());
+            return Ok(false);
         }
-        let to = upto.min((from / GROUP_BLOCKS + 1) * GROUP_BLOCKS);
-        if to > from {
-            b.write_at(&vec![0u8; (to - from) as usize * ENTRY], entry_offset(from))?;
+        let to = (from / GROUP_BLOCKS + 1) * GROUP_BLOCKS;
+        let mut entries = vec![0u8; (to - from) as usize * ENTRY];
+        read_or_zero(b, &mut entries, entry_offset(from))?;
+        if is_zero(&entries) {
+            return Ok(false);
         }
-        Ok(())
+        entries.fill(0);
+        b.write_at(&entries, entry_offset(from))?;
+        Ok(true)
     }
 
     /// Cuts a file of `size` bytes, whose last block is already sealed at its length

@@ -237,6 +237,19 @@ impl EncFile {
             )
             .map_err(|e| fail(&file, e.to_string()))?;
         let codec = BlockCodec::new(&dek, header.file_id);
+        // before any write: entries a crash left past the end would turn holes into EIO
+        // (only a file opened for writing can grow; a failure here fails no read)
+        match writable.then(|| codec.clear_entries_past_end(&file, size)) {
+            Some(Ok(true)) => log::warn!(
+                "{}: cleared metadata entries a crash left past the end of the file",
+                sys::describe(file.as_fd())
+            ),
+            Some(Err(e)) => log::warn!(
+                "{}: cannot clear metadata entries past the end of the file: {e}",
+                sys::describe(file.as_fd())
+            ),
+            _ => {}
+        }
         Ok(EncFile::new(file, Some((header, codec)), size))
     }
 
