@@ -8,8 +8,9 @@
 #              after dropping caches and (ezfs) after a remount
 #   load       fio 8 jobs mixed plus parallel create/rename/unlink in one directory for
 #              N minutes; daemon RSS and open fds sampled at start and end
-# Usage (as root): scripts/reliability.sh [--quick] [--only LIST] [--minutes N]
+# Usage (as root): scripts/reliability.sh [--quick] [--names] [--only LIST] [--minutes N]
 #   --quick      CI size: fsx 100,000 operations in total, short fio and load runs
+#   --names      the ezfs zone encrypts file names too (zone create --encrypt-names)
 #   --only LIST  comma-separated subset of: pjdfstest,fsx,fio,load
 #   --minutes N  length of the load run (default 2; --quick: 0.5)
 # EZFS=path/to/ezfs picks the binary (default: target/release/ezfs, built if missing).
@@ -21,12 +22,14 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 QUICK=false
 ONLY=pjdfstest,fsx,fio,load
 MINUTES=
+NAMES=
 while (($# > 0)); do
     case $1 in
     --quick) QUICK=true ;;
+    --names) NAMES=--encrypt-names ;;
     --only) ONLY=$2; shift ;;
     --minutes) MINUTES=$2; shift ;;
-    *) echo "usage: $0 [--quick] [--only pjdfstest,fsx,fio,load] [--minutes N]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--quick] [--names] [--only pjdfstest,fsx,fio,load] [--minutes N]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -99,7 +102,7 @@ mount_ezfs() {
 }
 mount_ezfs
 mkdir "$M/z"
-"$EZFS" zone create --key k1 "$M/z" >/dev/null
+"$EZFS" zone create --key k1 $NAMES "$M/z" >/dev/null
 chmod 0777 "$M/z"
 Z=$M/z
 

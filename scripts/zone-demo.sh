@@ -2,7 +2,8 @@
 # zone-demo.sh: a walk through ezfs encryption zones that checks every zone rule.
 #
 # It makes a throw-away backing dir and mount under a temporary directory, a key
-# per zone, two zones, a nested zone and a plain directory, then runs the real
+# per zone, two zones, a nested zone, a zone that encrypts file names and a plain
+# directory, then runs the real
 # commands (ezfs, mv, ln, cat, hexdump, rmdir) and checks each outcome. It exits
 # non-zero if any rule does not hold, always unmounts, and removes what it made.
 # No terminal is needed: the passphrase comes from a file (EZFS_PASSPHRASE_FILE).
@@ -403,6 +404,35 @@ run ezfs key prune key-a --backing backing
 check "key prune now drops key-a@1" out_has "pruned key-a@1"
 run ezfs key list --backing backing
 check "key list shows every key-a file on @2" out_matches "^key-a +@2 +@2:[0-9]+ "
+
+# ---------------------------------------------------------------------------------
+section "12. A zone that encrypts file names: the backing dir shows no name"
+run ezfs key create key-names --backing backing
+run mkdir mnt/medical
+run ezfs zone create --key key-names --encrypt-names mnt/medical
+check "zone create --encrypt-names succeeds" rc_is 0
+check "... and says names are encrypted" out_has "file names encrypted"
+printf 'biopsy: benign\n' >mnt/medical/2026-biopsy-results-jane-doe.pdf
+mkdir mnt/medical/patients
+printf 'allergies: none\n' >mnt/medical/patients/john-smith.txt
+ln -s 2026-biopsy-results-jane-doe.pdf mnt/medical/latest-result
+run ls -la mnt/medical mnt/medical/patients
+check "the mount shows the names" out_has "2026-biopsy-results-jane-doe.pdf"
+check "... and the symlink's target" out_has "latest-result -> 2026-biopsy-results-jane-doe.pdf"
+run ls -laR backing/medical
+check "the backing dir shows no name" out_lacks "jane-doe"
+check "... not even in a subdirectory" out_lacks "john-smith"
+check "... every directory has its IV file" out_has ".ezfs-diriv"
+run find backing/medical -type l -printf '%f -> %l\n'
+check "the symlink's target is ciphertext in the backing dir" out_lacks "biopsy"
+run cat mnt/medical/latest-result
+check "the symlink reads through to the file" out_has "biopsy: benign"
+run mv mnt/medical/patients mnt/medical/records
+check "a directory rename works (its children keep their backing names)" rc_is 0
+run cat mnt/medical/records/john-smith.txt
+check "... and its files read back" out_has "allergies: none"
+run ezfs zone list mnt
+check "zone list shows the zone's names as encrypted" out_matches "/medical +key-names@1 +encrypted"
 
 # ---------------------------------------------------------------------------------
 section "Unmount"

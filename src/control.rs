@@ -51,6 +51,9 @@ pub enum Request {
     ZoneCreate {
         path: String,
         key: String,
+        /// Encrypt the file names in the zone too (absent in older clients: plain).
+        #[serde(default)]
+        encrypt_names: bool,
     },
     ZoneInfo {
         path: String,
@@ -284,7 +287,13 @@ impl Server {
                 self.keystore_admin(caller)?;
                 Ok(json(&c.keys.listing()))
             }
-            Request::ZoneCreate { path, key } => c.zone_create(&path, &key, caller).map(|z| json(&z)),
+            Request::ZoneCreate {
+                path,
+                key,
+                encrypt_names,
+            } => c
+                .zone_create(&path, &key, encrypt_names, caller)
+                .map(|z| json(&z)),
             Request::ZoneInfo { path } => c.zone_info(&path, caller).map(|z| json(&z)),
             Request::ZoneList => Ok(json(&c.zone_list(caller))),
             Request::ZoneFiles { path, version } => {

@@ -18,12 +18,17 @@
 use crate::backdir::resolve::{ensure_dir, open_beneath};
 use crate::backdir::sys;
 use crate::backdir::walk::{walk, Kind, Visitor};
+use crate::crypto::names::NameCipher;
+use crate::crypto::WRAPPED_KEY_LEN;
 use crate::format::header::{read_header, MAGIC};
 use crate::format::layout::{plain_size, HEADER_LEN};
+use crate::format::names::{secret_aad, DIRIV_LEN};
 use crate::format::{Backing, BlockCodec};
+use crate::keys::keystore::WrappedSecret;
 use crate::keys::Keystore;
 use crate::text::hex;
-use crate::zone::{self, MarkerRead, Zone, MARKER_FILE};
+use crate::zone::names::NameCiphers;
+use crate::zone::{self, MarkerRead, Zone};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -31,6 +36,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// Where quarantined files go, inside their zone root.
 pub const QUARANTINE_DIR: &str = "lost+found";
@@ -182,12 +188,35 @@ fn quarantine(
     unreachable!("some name is free")
 }
 
-/// A directory's zone during the walk: the zone, its root's path and descriptor.
+/// A directory's zone during the walk: the zone, its root's path and descriptor, and
+/// in a zone whose names are encrypted, the name ciphers and this directory's diriv.
 #[derive(Clone)]
 struct InZone {
     zone: Rc<Zone>,
     root_rel: PathBuf,
     root: Rc<OwnedFd>,
+    names: Option<(Rc<NameCiphers>, Option<[u8; DIRIV_LEN]>)>,
+}
+
+/// The name ciphers of `zone` from the keystore's own key material (fsck unwraps
+/// as it does DEKs: local keys only).
+fn name_ciphers(zone: &Zone, ks: &Keystore) -> Result<Option<NameCiphers>, String> {
+    let Some(names) = &zone.names else {
+        return Ok(None);
+    };
+    let unwrap = |w: &WrappedSecret| -> Result<Arc<NameCipher>, String> {
+        let wrapped = crate::text::unhex::<WRAPPED_KEY_LEN>(&w.wrapped).ok_or("a bad wrapped name secret")?;
+        let key = ks.material(&zone.key, w.version).map_err(|e| e.to_string())?;
+        let secret = key
+            .cipher()
+            .unwrap_key(&secret_aad(&zone.id, &zone.key, w.version), &wrapped)
+            .map_err(|_| format!("its name secret does not unwrap with {}@{}", zone.key, w.version))?;
+        Ok(Arc::new(NameCipher::derive(&secret, &zone.id)))
+    };
+    Ok(Some(NameCiphers {
+        current: unwrap(&names.current)?,
+        next: names.next.as_ref().map(unwrap).transpose()?,
+    }))
 }
 
 struct Checker<'a> {
@@ -225,8 +254,23 @@ impl Visitor for Checker<'_> {
         let marker = zone::marker::read_marker(dir, &self.ks.marker_keys());
         let invalid = matches!(marker, MarkerRead::Invalid(_));
         let Some(z) = zone::decide(marker, here, |id| registry.contains_key(id)) else {
-            return Some(parent.cloned().flatten());
+            let mut ctx = parent.cloned().flatten();
+            if let Some(z) = &mut ctx {
+                if !self.name_checked_dir(dir, rel, z) {
+                    return None;
+                }
+                if let Some((_, diriv)) = &mut z.names {
+                    *diriv = self.diriv_of(dir, rel);
+                }
+            }
+            return Some(ctx);
         };
+        if let Some(Some(p)) = parent {
+            // a nested zone root's own name is its parent zone's
+            if !self.name_checked_dir(dir, rel, &mut p.clone()) {
+                return None;
+            }
+        }
         if let Some((id, _)) = here {
             self.seen.insert(id.to_owned(), rel_s.to_string());
         }
@@ -242,10 +286,20 @@ impl Visitor for Checker<'_> {
             }
         }
         let root = sys::open_at(dir, OsStr::new("."), libc::O_PATH | libc::O_DIRECTORY, 0).ok()?;
+        let names = match name_ciphers(&z, self.ks) {
+            Ok(n) => n.map(|c| (Rc::new(c), self.diriv_of(dir, rel))),
+            Err(why) => {
+                self.report
+                    .zone_problems
+                    .push(format!("/{rel_s}: file names cannot be checked: {why}"));
+                None
+            }
+        };
         Some(Some(InZone {
             zone: Rc::new(z),
             root_rel: rel.to_path_buf(),
             root: Rc::new(root),
+            names,
         }))
     }
 
@@ -259,11 +313,16 @@ impl Visitor for Checker<'_> {
         ctx: &Option<InZone>,
     ) {
         let b = name.as_encoded_bytes();
-        if kind != Kind::File
-            || name == MARKER_FILE
-            || zone::is_rekey_temp(b)
-            || crate::backdir::resolve::is_temp(b)
-        {
+        if zone::is_housekeeping(b) || zone::is_rekey_temp(b) || crate::backdir::resolve::is_temp(b) {
+            return;
+        }
+        if let Some(z) = ctx {
+            if let Some(why) = self.bad_name(dir, name, z) {
+                self.damaged_entry(dir, name, rel, z, why);
+                return;
+            }
+        }
+        if kind != Kind::File {
             return;
         }
         let Ok(f) = open_file(dir, name) else {
@@ -286,24 +345,7 @@ impl Visitor for Checker<'_> {
         };
         drop(f);
         if let Some((problem, blocks)) = damage {
-            let quarantined_to = match ctx {
-                Some(z) if self.quarantine => match quarantine(z.root.as_fd(), dir, name, rel) {
-                    Ok(t) => Some(z.root_rel.join(t).to_string_lossy().into_owned()),
-                    Err(e) => {
-                        self.report
-                            .zone_problems
-                            .push(format!("/{}: quarantine failed: {e}", rel.display()));
-                        None
-                    }
-                },
-                _ => None,
-            };
-            self.report.damaged.push(Damage {
-                path: rel.to_string_lossy().into_owned(),
-                problem,
-                blocks,
-                quarantined_to,
-            });
+            self.record(dir, name, rel, ctx.as_ref(), problem, blocks);
         }
         (self.progress)(self.report.files);
     }
@@ -312,6 +354,89 @@ impl Visitor for Checker<'_> {
         self.report
             .zone_problems
             .push(format!("/{}: cannot list directory: {e}", rel.display()));
+    }
+}
+
+impl Checker<'_> {
+    /// The diriv of directory `dir` of a name-encrypted zone; a missing or bad one is
+    /// reported (none of the directory's names can be read then).
+    fn diriv_of(&mut self, dir: BorrowedFd<'_>, rel: &Path) -> Option<[u8; DIRIV_LEN]> {
+        match crate::fs::dirfiles::read_diriv(dir) {
+            Ok(d) => Some(d),
+            Err(why) => {
+                self.report.zone_problems.push(format!(
+                    "/{}: {why}; the names in it cannot be read",
+                    rel.display()
+                ));
+                None
+            }
+        }
+    }
+
+    /// Why the entry `name` of `dir` in zone context `z` is no name of its directory
+    /// (`None`: it is one, or names are not encrypted there, or the filesystem keeps
+    /// it there).
+    fn bad_name(&self, dir: BorrowedFd<'_>, name: &OsStr, z: &InZone) -> Option<String> {
+        let (ciphers, diriv) = z.names.as_ref()?;
+        let diriv = diriv.as_ref()?;
+        crate::fs::dirfiles::decrypt_entry(dir, ciphers, diriv, name).err()
+    }
+
+    /// Checks the name of directory `dir` (at `rel`) in its parent's zone context
+    /// `parent`; false if it is damaged (reported, and quarantined if asked: then it
+    /// is not walked).
+    fn name_checked_dir(&mut self, dir: BorrowedFd<'_>, rel: &Path, parent: &mut InZone) -> bool {
+        let (Some(name), Ok(up)) = (
+            rel.file_name(),
+            sys::open_at(dir, OsStr::new(".."), libc::O_PATH | libc::O_DIRECTORY, 0),
+        ) else {
+            return true;
+        };
+        match self.bad_name(up.as_fd(), name, parent) {
+            None => true,
+            Some(why) => {
+                self.damaged_entry(up.as_fd(), name, rel, parent, why);
+                !self.quarantine
+            }
+        }
+    }
+
+    /// Reports the entry `name` of `dir` (at `rel`) whose name does not decrypt, and
+    /// quarantines it if asked.
+    fn damaged_entry(&mut self, dir: BorrowedFd<'_>, name: &OsStr, rel: &Path, z: &InZone, why: String) {
+        let problem = format!("name: {why} (the mount does not list it)");
+        self.record(dir, name, rel, Some(z), problem, Vec::new());
+    }
+
+    /// Records the damaged entry `name` of `dir` (at `rel`), moving it into its zone's
+    /// `lost+found` if asked (and in a zone).
+    fn record(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        rel: &Path,
+        z: Option<&InZone>,
+        problem: String,
+        blocks: Vec<(u64, u64)>,
+    ) {
+        let quarantined_to = match z {
+            Some(z) if self.quarantine => match quarantine(z.root.as_fd(), dir, name, rel) {
+                Ok(t) => Some(z.root_rel.join(t).to_string_lossy().into_owned()),
+                Err(e) => {
+                    self.report
+                        .zone_problems
+                        .push(format!("/{}: quarantine failed: {e}", rel.display()));
+                    None
+                }
+            },
+            _ => None,
+        };
+        self.report.damaged.push(Damage {
+            path: rel.to_string_lossy().into_owned(),
+            problem,
+            blocks,
+            quarantined_to,
+        });
     }
 }
 

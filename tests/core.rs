@@ -67,7 +67,7 @@ impl Fixture {
     fn dir(&self, path: &str, key: Option<&str>) -> u64 {
         let attr = self.core.mkdir(&root(), ROOT, name(path), 0o777, 0).unwrap();
         if let Some(key) = key {
-            self.core.zone_create(path, key, &root()).unwrap();
+            self.core.zone_create(path, key, false, &root()).unwrap();
         }
         attr.ino
     }
@@ -257,7 +257,7 @@ fn key_users_only() {
     // zone creation needs the key too
     let d = f.core.mkdir(&user(60002), ROOT, name("mine"), 0o755, 0).unwrap();
     assert_eq!(d.uid, 60002, "new entries belong to their creator");
-    let e = f.core.zone_create("mine", "k1", &user(60002)).unwrap_err();
+    let e = f.core.zone_create("mine", "k1", false, &user(60002)).unwrap_err();
     assert_eq!(e.to_string(), "uid 60002 may not use key k1");
     assert_eq!(e.errno(), libc::EACCES);
 }
@@ -321,18 +321,18 @@ fn zone_requests_answer_with_typed_errors() {
     let f = fixture(false);
     f.dir("z", Some("k1"));
     f.dir("plain", None);
-    let e = f.core.zone_create("z", "k1", &root()).unwrap_err();
+    let e = f.core.zone_create("z", "k1", false, &root()).unwrap_err();
     assert_eq!(
         (e.errno(), e.to_string()),
         (libc::EEXIST, "/z is already an encryption zone".into())
     );
     let p = f.core.lookup(ROOT, name("plain")).unwrap().ino;
     f.file(p, "x", b"");
-    let e = f.core.zone_create("plain", "k1", &root()).unwrap_err();
+    let e = f.core.zone_create("plain", "k1", false, &root()).unwrap_err();
     assert_eq!(e.errno(), libc::ENOTEMPTY);
-    let e = f.core.zone_create("../etc", "k1", &root()).unwrap_err();
+    let e = f.core.zone_create("../etc", "k1", false, &root()).unwrap_err();
     assert_eq!(e.to_string(), "invalid path '../etc' in the mount");
-    let e = f.core.zone_create("nope", "k1", &root()).unwrap_err();
+    let e = f.core.zone_create("nope", "k1", false, &root()).unwrap_err();
     assert_eq!(
         (e.errno(), e.to_string()),
         (libc::ENOENT, "/nope: No such file or directory".into())
@@ -340,7 +340,7 @@ fn zone_requests_answer_with_typed_errors() {
     let e = f.core.zone_info("plain/x", &root()).unwrap_err();
     assert_eq!(e.to_string(), "/plain/x is not in an encryption zone");
     f.dir("empty", None);
-    let e = f.core.zone_create("empty", "nokey", &root()).unwrap_err();
+    let e = f.core.zone_create("empty", "nokey", false, &root()).unwrap_err();
     assert_eq!(e.to_string(), "no key named 'nokey'");
     std::os::unix::fs::symlink("/etc", f.backing.join("plain/link")).unwrap();
     let e = f.core.zone_info("plain/link/passwd", &root()).unwrap_err();

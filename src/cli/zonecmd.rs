@@ -16,6 +16,10 @@ pub enum ZoneCmd {
         /// The zone key's name.
         #[arg(long, value_name = "NAME")]
         key: String,
+        /// Encrypt file names and symlink targets too (in the backing dir, names are
+        /// AES-SIV ciphertext); the default keeps names plain, as HDFS does.
+        #[arg(long)]
+        encrypt_names: bool,
         dir: PathBuf,
     },
     /// List every zone of a mount: path, key, file count.
@@ -160,15 +164,31 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
                 );
             }
         }
-        ZoneCmd::Create { key, dir } => {
+        ZoneCmd::Create {
+            key,
+            encrypt_names,
+            dir,
+        } => {
             let (m, rel) = locate(&dir)?;
-            let v = control::call(&m.backing, &Request::ZoneCreate { path: rel, key })?;
+            let v = control::call(
+                &m.backing,
+                &Request::ZoneCreate {
+                    path: rel,
+                    key,
+                    encrypt_names,
+                },
+            )?;
             let z: ZoneSummary = serde_json::from_value(v).map_err(Failure::op)?;
             println!(
-                "created encryption zone {} with key {}@{}",
+                "created encryption zone {} with key {}@{}{}",
                 shown(&m, &z.path),
                 z.key,
-                z.key_version
+                z.key_version,
+                if z.encrypt_names {
+                    ", file names encrypted"
+                } else {
+                    ""
+                }
             );
         }
         ZoneCmd::List { mountpoint, json } => {
@@ -199,6 +219,7 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
                         vec![
                             z.path.clone(),
                             format!("{}@{}", z.key, z.key_version),
+                            if z.encrypt_names { "encrypted" } else { "plain" }.into(),
                             z.files.to_string(),
                             by,
                         ]
@@ -207,9 +228,9 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
                 print!(
                     "{}",
                     crate::text::table(
-                        &["ZONE", "KEY", "FILES", "BY VERSION"],
+                        &["ZONE", "KEY", "NAMES", "FILES", "BY VERSION"],
                         &rows,
-                        &[false, false, true, false]
+                        &[false, false, false, true, false]
                     )
                 );
             }
@@ -227,6 +248,14 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
                 println!("zone:         {} (id {})", i.zone, i.zone_id);
                 println!("key:          {}@{}", i.key, i.key_version);
                 println!("cipher suite: {}", i.cipher_suite);
+                println!(
+                    "file names:   {}",
+                    if i.encrypt_names {
+                        "encrypted (AES-SIV)"
+                    } else {
+                        "plain"
+                    }
+                );
                 if let (Some(edek), Some(id)) = (&i.edek, &i.file_id) {
                     println!("file id:      {id}");
                     println!("EDEK:         {edek}");

@@ -4,6 +4,7 @@
 //! keys only as opaque [`Key`] values that zeroize themselves on drop and never print.
 
 pub mod backend;
+pub mod names;
 mod rng;
 pub mod secret;
 

@@ -9,6 +9,7 @@ pub mod header;
 pub mod hints;
 pub mod layout;
 pub mod metacache;
+pub mod names;
 
 pub use backing::{Backing, MemBacking, Storage};
 pub use codec::{BlockCodec, CodecError};

@@ -51,6 +51,12 @@ pub trait Invalidate: Send + Sync {
     fn entry(&self, parent: u64, name: &OsStr);
 }
 
+/// A zone's name ciphers with the registry's wrapped secrets they came from.
+pub(super) type CachedCiphers = (
+    crate::keys::keystore::NameKeys,
+    Arc<crate::zone::names::NameCiphers>,
+);
+
 /// The filesystem state shared by the FUSE request loops and the control socket.
 pub struct Core {
     pub inodes: InodeTable,
@@ -87,6 +93,12 @@ pub struct Core {
     header_locks: [RwLock<()>; 64],
     /// Tells the kernel to drop cached names (set once the session exists).
     pub invalidate: OnceLock<Box<dyn Invalidate>>,
+    /// Entries of name-encrypted directories that did not decrypt, logged once each:
+    /// (directory, backing name).
+    pub(super) undecryptable: Mutex<std::collections::HashSet<((u64, u64), std::ffi::OsString)>>,
+    /// The name ciphers of name-encrypted zones, by zone id, with the registry's
+    /// wrapped secrets they were unwrapped from.
+    pub(super) name_ciphers: Mutex<HashMap<[u8; 16], CachedCiphers>>,
     /// When the mount started (for `ezfs status`).
     pub started: SystemTime,
     /// When reads set access times (the mount's atime options).
@@ -128,6 +140,8 @@ impl Core {
             zone_roots: Default::default(),
             root_mode: root_mode.into(),
             header_locks: std::array::from_fn(|_| RwLock::new(())),
+            undecryptable: Default::default(),
+            name_ciphers: Default::default(),
             invalidate: OnceLock::new(),
             started: SystemTime::now(),
             atime: atime::Policy::default(),
@@ -171,6 +185,9 @@ impl Core {
                 Some(enc) => enc.size(),
                 None => plain_size(size).unwrap_or(0),
             };
+        } else if kind == FileKind::Symlink && ino.zone.read().as_ref().is_some_and(|z| z.names.is_some()) {
+            // the target's length, not its stored (encrypted) length
+            size = crate::format::names::target_len(size);
         }
         Attr {
             ino: ino.id,

@@ -71,7 +71,7 @@ impl Core {
                 }
                 continue;
             }
-            let Ok((child, attr)) = self.lookup_child(&dir, &e.name) else {
+            let Ok((child, attr)) = self.lookup_listed(&dir, e) else {
                 continue;
             };
             if add(e, next, &attr, true) {

@@ -141,6 +141,7 @@ pub mod errno {
     pub const ENOTEMPTY: FsError = FsError::Os(libc::ENOTEMPTY);
     pub const EOPNOTSUPP: FsError = FsError::Os(libc::EOPNOTSUPP);
     pub const EROFS: FsError = FsError::Os(libc::EROFS);
+    pub const ENAMETOOLONG: FsError = FsError::Os(libc::ENAMETOOLONG);
 }
 
 #[cfg(test)]

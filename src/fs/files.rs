@@ -354,6 +354,6 @@ impl Core {
 
     /// READLINK.
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
-        Ok(sys::readlink(self.inode(ino)?.fd()?.as_fd())?)
+        self.link_target(&*self.inode(ino)?)
     }
 }

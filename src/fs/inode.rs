@@ -46,6 +46,8 @@ pub struct Inode {
     pub is_dir: bool,
     /// The zone this entry's contents (file) or children (directory) belong to.
     pub zone: RwLock<Option<Arc<Zone>>>,
+    /// A directory of a name-encrypted zone: its diriv, read once (see `fs::names`).
+    pub diriv: std::sync::OnceLock<[u8; 16]>,
     nlookup: AtomicU64,
     /// Shared state of an encrypted regular file while any handle has it open.
     pub enc: Mutex<Weak<EncFile>>,
@@ -331,6 +333,7 @@ impl InodeTable {
             opened_as: Mutex::new(None),
             fd: Mutex::new(Some(Arc::new(fd))),
             handle: std::sync::OnceLock::new(),
+            diriv: std::sync::OnceLock::new(),
             closable,
             shared: shared.clone(),
         }

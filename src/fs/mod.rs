@@ -2,7 +2,7 @@
 //!
 //! Outside zones it passes everything through. Inside a zone, regular files' contents
 //! go through [`encfile::EncFile`] (header, DEK, block codec); names, sizes, modes and
-//! times stay visible, as in HDFS. Zone boundaries are enforced here: rename and link
+//! times stay visible, as in HDFS, unless the zone encrypts names too (`names`). Zone boundaries are enforced here: rename and link
 //! across them get EXDEV. The zone marker and `.ezfs` are hidden and reserved.
 //!
 //! Two layers:
@@ -14,7 +14,9 @@
 //! The core's modules, by job:
 //! - [`core`](mod@core): the shared state, nodes and handles, attributes;
 //! - `namespace`, `files`, `dirs`, `xattrs`: the operations;
-//! - [`names`]: the one place where names in the mount meet names in the backing dir;
+//! - [`names`]: the one place where names in the mount meet names in the backing dir
+//!   (encrypted there in zones that encrypt names), with `dirfiles` (the diriv and
+//!   long-name files such zones keep in each directory);
 //! - [`error`]: what goes wrong, and its errno;
 //! - [`inode`], `export`: the node table, and file handles that outlive it;
 //! - [`encfile`] (with `direct`, `readaround`, `writebehind`): an open encrypted file;
@@ -25,6 +27,7 @@
 mod atime;
 pub mod core;
 mod direct;
+pub mod dirfiles;
 mod dirs;
 pub mod encfile;
 pub mod error;
@@ -33,6 +36,7 @@ mod files;
 pub mod fuse;
 pub mod inode;
 pub mod jobs;
+mod namejob;
 pub mod names;
 mod namespace;
 mod readaround;

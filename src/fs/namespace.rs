@@ -7,9 +7,9 @@ use super::core::Core;
 use super::error::{errno, FsResult};
 use super::inode::Inode;
 use super::names::{At, Use};
-use super::types::Attr;
-use crate::backdir::{resolve, sys, Caller};
-use crate::zone::{self, MARKER_FILE};
+use super::types::{Attr, DirEntry};
+use crate::backdir::{sys, Caller};
+use crate::zone;
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -32,7 +32,20 @@ impl Core {
     /// Looks up `name` in `parent`, adding the inode to the table (lookup count +1).
     pub(super) fn lookup_child(&self, parent: &Inode, name: &OsStr) -> FsResult<(Arc<Inode>, Attr)> {
         let parent_fd = parent.fd()?;
-        let at = self.at(parent, &parent_fd, name, Use::Existing)?;
+        self.lookup_at(parent, &self.at(parent, &parent_fd, name, Use::Existing)?)
+    }
+
+    /// Looks up the listed entry `e` of `parent` (by its backing name: no encryption).
+    pub(super) fn lookup_listed(&self, parent: &Inode, e: &DirEntry) -> FsResult<(Arc<Inode>, Attr)> {
+        let Some(backing) = &e.backing else {
+            return self.lookup_child(parent, &e.name);
+        };
+        let parent_fd = parent.fd()?;
+        self.lookup_at(parent, &At::backing(parent_fd.as_fd(), backing))
+    }
+
+    /// Looks up the backing entry `at` of `parent`, adding the inode to the table.
+    fn lookup_at(&self, parent: &Inode, at: &At<'_>) -> FsResult<(Arc<Inode>, Attr)> {
         let st = at.stat()?;
         let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         let ino = self.inodes.insert((st.st_dev, st.st_ino), is_dir, || {
@@ -141,7 +154,8 @@ impl Core {
         Ok(())
     }
 
-    /// RMDIR. A zone root goes with its marker, and the registry forgets it.
+    /// RMDIR. A zone root goes with its marker (and a directory of a name-encrypted
+    /// zone with its diriv: see [`At::rmdir`]), and the registry forgets it.
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         self.writable_check()?;
         let p = self.inode(parent)?;
@@ -149,35 +163,8 @@ impl Core {
         let at = self.at(&p, &pfd, name, Use::Existing)?;
         let dir = at.open(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
         let st = sys::stat_at(dir.as_fd(), OsStr::new(""))?;
-        let key = (st.st_dev, st.st_ino);
-        let marker_at = At::backing(dir.as_fd(), OsStr::new(MARKER_FILE));
-        if marker_at.stat().is_err() {
-            at.rmdir()?;
-            self.forget_zone_root(key);
-            return Ok(());
-        }
-        // A zone root: empty but for its marker. Remove the marker, then the directory;
-        // if that fails (a file appeared), put the marker back.
-        let marker = resolve::read_small(dir.as_fd(), OsStr::new(MARKER_FILE), 4096);
-        if sys::read_dir(dir.as_fd())?
-            .iter()
-            .any(|(n, _, _)| n != MARKER_FILE)
-        {
-            return Err(errno::ENOTEMPTY);
-        }
-        marker_at.unlink()?;
-        if let Err(e) = at.rmdir() {
-            if let Ok(bytes) = marker {
-                if let Err(e2) = resolve::replace_at(dir.as_fd(), OsStr::new(MARKER_FILE), &bytes, 0o644) {
-                    log::error!(
-                        "{}: could not restore the zone marker: {e2}",
-                        sys::describe(dir.as_fd())
-                    );
-                }
-            }
-            return Err(e.into());
-        }
-        self.forget_zone_root(key);
+        at.rmdir()?;
+        self.forget_zone_root((st.st_dev, st.st_ino));
         Ok(())
     }
 
@@ -207,7 +194,7 @@ impl Core {
         // where the two names are, for the registry, if it has zones that could move
         let places = self
             .zones_may_move()
-            .then(|| (self.rel_of(&p, name), self.rel_of(&np, newname)));
+            .then(|| (self.rel_of(&p, from.name()), self.rel_of(&np, to.name())));
         from.rename_to(&to, flags)?;
         if let Some((Some(from), Some(to))) = places {
             self.note_moved_zones(&from, &to, exchange);

@@ -123,7 +123,7 @@ impl Visitor for JobWalk<'_> {
     }
     fn entry(&mut self, dir: BorrowedFd<'_>, name: &OsStr, rel: &Path, kind: Kind, _: u64, _: &()) {
         let b = name.as_encoded_bytes();
-        if kind != Kind::File || name == crate::zone::MARKER_FILE || crate::backdir::resolve::is_temp(b) {
+        if kind != Kind::File || crate::zone::is_housekeeping(b) || crate::backdir::resolve::is_temp(b) {
             return;
         }
         let Ok(st) = sys::stat_at(dir, name) else { return };
@@ -369,7 +369,7 @@ impl Core {
     /// The zone root's path from the mount root, for status and messages.
     fn shown_root(&self, root: &Root, fallback: &str) -> String {
         root.path()
-            .map(|p| shown(Path::new(&self.relative(&p))))
+            .map(|p| shown(&self.mount_rel(Path::new(&self.relative(&p)))))
             .unwrap_or_else(|| fallback.to_owned())
     }
 
@@ -387,21 +387,37 @@ impl Core {
             status.target_version,
             if status.data { ", with new data keys" } else { "" }
         );
+        // names in a name-encrypted zone are shown as the mount shows them
+        let root_backing = zone
+            .names
+            .as_ref()
+            .and_then(|_| root.path())
+            .map(|p| PathBuf::from(self.relative(&p)));
         let fail = |status: &mut JobStatus, rel: &Path, e: &str| {
-            let shown = format!("{}/{}", status.zone.trim_end_matches('/'), rel.display());
+            let shown = match &root_backing {
+                Some(r) => shown(&self.mount_rel(&r.join(rel))),
+                None => format!("{}/{}", status.zone.trim_end_matches('/'), rel.display()),
+            };
             log::error!("re-encrypting {shown}: {e}");
             status.files_failed += 1;
             if status.failures.len() < MAX_FAILURES {
                 status.failures.push(format!("{shown}: {e}"));
             }
         };
+        let mut end = JobState::Completed;
+        if let Err(e) = self.names_job_start(&zone, status.target_version, status.data) {
+            fail(&mut status, Path::new(""), &job_error_text(&e));
+            end = JobState::Interrupted;
+        }
         // files handled, by backing inode, so that a second walk counts nothing twice
         let mut seen: HashSet<(u64, u64)> = HashSet::new();
         let mut retry: Vec<Target> = Vec::new();
         let mut pass = files;
         let mut round = 0;
-        let mut end = JobState::Completed;
         'rounds: loop {
+            if end != JobState::Completed {
+                break;
+            }
             round += 1;
             let last_round = round >= MAX_ROUNDS;
             for target in pass.drain(..) {
@@ -490,6 +506,20 @@ impl Core {
             again.append(&mut retry);
             pass = again;
         }
+        if end == JobState::Completed && status.data && zone.names.is_some() {
+            match self.names_job_finish(&root, &zone, &stop) {
+                Ok(n) => log::info!(
+                    "zone {}: {n} file name(s) moved to the new name secret",
+                    status.zone
+                ),
+                Err(e) => {
+                    if !matches!(e, JobError::Stopped) {
+                        fail(&mut status, Path::new(""), &job_error_text(&e));
+                    }
+                    end = JobState::Interrupted;
+                }
+            }
+        }
         syncfs(root.fd.as_fd());
         if end == JobState::Interrupted
             && stop.load(Ordering::Acquire)
@@ -574,7 +604,16 @@ impl Core {
         let mut path = None;
         self.keys
             .with_registry(&mut |r| path = r.get(zone_id).map(|z| z.path.clone()));
-        self.resolve_as(caller, &path.ok_or_else(none)?)?;
+        self.resolve_backing_as(caller, &path.ok_or_else(none)?)?;
         self.jobs.get(zone_id).ok_or_else(none)
+    }
+}
+
+/// What a job error says in a job's failures.
+fn job_error_text(e: &JobError) -> String {
+    match e {
+        JobError::Busy => "busy: open in the mount".into(),
+        JobError::Stopped => "stopped".into(),
+        JobError::Failed(s) | JobError::Fatal(s) => format!("file names: {s}"),
     }
 }

@@ -120,6 +120,9 @@ pub struct SetAttr {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
     pub name: OsString,
+    /// The name in the backing dir, where it differs (an encrypted name): a lookup of
+    /// the listed entry then needs no encryption.
+    pub backing: Option<OsString>,
     /// The backing inode number (the node id the entry gets at lookup, as a rule).
     pub ino: u64,
     pub kind: FileKind,

@@ -7,11 +7,13 @@
 //! caller's permissions; what a request counts or lists is what the caller can reach.
 
 use super::core::Core;
+use super::dirfiles;
 use super::error::{FsError, FsResult};
 use super::names::shown;
 use super::zones::dev_ino;
 use crate::backdir::{resolve, sys, Caller};
 use crate::format::header::{read_header, SUITE_NAME};
+use crate::keys::keystore::NameKeys;
 use crate::keys::service::registry;
 use crate::text::hex;
 use crate::zone::usage::scan_zone;
@@ -41,6 +43,9 @@ pub struct ZoneSummary {
     /// Why the zone cannot be used (its files give EIO), if it cannot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broken: Option<String>,
+    /// Whether file names and symlink targets are encrypted too.
+    #[serde(default)]
+    pub encrypt_names: bool,
 }
 
 /// What `zone info` shows for a path (HDFS's getFileEncryptionInfo).
@@ -60,6 +65,9 @@ pub struct PathInfo {
     /// For a zone root: how many of the zone's files use each "key@version".
     #[serde(default)]
     pub files_by_version: BTreeMap<String, u64>,
+    /// Whether the zone encrypts file names and symlink targets too.
+    #[serde(default)]
+    pub encrypt_names: bool,
 }
 
 /// One file of a zone and the key version its EDEK is wrapped with (`zone files`).
@@ -85,9 +93,16 @@ impl Core {
         Ok(None)
     }
 
-    /// Makes the empty directory `rel` a zone under key `key`. `caller` must be root or
-    /// own the directory, and may use the key.
-    pub fn zone_create(&self, rel: &str, key: &str, caller: &Caller) -> FsResult<ZoneSummary> {
+    /// Makes the empty directory `rel` a zone under key `key`, its file names encrypted
+    /// too with `encrypt_names`. `caller` must be root or own the directory, and may
+    /// use the key.
+    pub fn zone_create(
+        &self,
+        rel: &str,
+        key: &str,
+        encrypt_names: bool,
+        caller: &Caller,
+    ) -> FsResult<ZoneSummary> {
         if self.read_only {
             return Err(FsError::ReadOnly);
         }
@@ -125,19 +140,47 @@ impl Core {
         }
         let marker = ZoneMarker::new(key);
         let id = marker.id_hex();
-        let zone = Arc::new(Zone::new(marker.zone_id, key));
+        let mut zone = Zone::new(marker.zone_id, key);
+        let names = match encrypt_names {
+            true => Some(NameKeys {
+                current: crate::zone::names::new_secret(&*self.keys, &marker.zone_id, key, version)?,
+                next: None,
+            }),
+            false => None,
+        };
+        let backing_rel = self.backing_rel(&rel)?;
         // registered first: from here on the directory is a zone whatever its marker says
-        self.keys.register_zone(&id, key, &rel.to_string_lossy())?;
+        self.keys
+            .register_zone(&id, key, &backing_rel.to_string_lossy())?;
         self.zone_roots.0.write().insert(key_ino, id.clone());
+        let undo = || {
+            self.zone_roots.0.write().remove(&key_ino);
+            let _ = self.keys.unregister_zone(&id);
+        };
+        if let Some(names) = names {
+            // the root's diriv (one a parent zone's mkdir gave it stays)
+            let diriv = match dirfiles::read_diriv(dir.as_fd()) {
+                Ok(_) => Ok(()),
+                Err(_) => dirfiles::write_diriv(dir.as_fd()),
+            };
+            if let Err(source) = diriv {
+                undo();
+                return Err(FsError::CannotWriteMarker { at, source });
+            }
+            if let Err(e) = self.keys.set_zone_names(&id, Some(names.clone())) {
+                undo();
+                return Err(e.into());
+            }
+            zone.names = Some(names);
+        }
         let mut bytes = Vec::new();
         self.keys
             .with_marker_keys(&mut |keys| bytes = marker.encode(keys[0]));
         if let Err(source) = resolve::replace_at(dir.as_fd(), OsStr::new(MARKER_FILE), &bytes, 0o644) {
-            self.zone_roots.0.write().remove(&key_ino);
-            let _ = self.keys.unregister_zone(&id);
+            undo();
             return Err(FsError::CannotWriteMarker { at, source });
         }
-        self.set_cached_zone(key_ino, zone);
+        self.set_cached_zone(key_ino, Arc::new(zone));
         Ok(ZoneSummary {
             path: at,
             zone_id: id,
@@ -146,6 +189,7 @@ impl Core {
             files: 0,
             files_by_version: BTreeMap::new(),
             broken: None,
+            encrypt_names,
         })
     }
 
@@ -194,6 +238,7 @@ impl Core {
             edek: None,
             file_id: None,
             files_by_version: BTreeMap::new(),
+            encrypt_names: zone.names.is_some(),
         };
         if is_dir && root == rel {
             let u = caller.run_as(|| scan_zone(fd.as_fd(), &rel))?;
@@ -214,6 +259,7 @@ impl Core {
     /// reach, with the key version each uses; with `version`, only those on it.
     pub fn zone_file_list(&self, rel: &str, version: Option<u32>, caller: &Caller) -> FsResult<Vec<FileUse>> {
         let (fd, rel) = self.resolve_as(caller, rel)?;
+        let backing = self.backing_rel(&rel)?;
         let key = dev_ino(fd.as_fd())?;
         match self.dir_zone(fd.as_fd(), key).filter(|_| self.is_zone_root(key)) {
             Some(z) => {
@@ -247,7 +293,7 @@ impl Core {
                     };
                     if version.is_none_or(|want| want == v) {
                         out.push(FileUse {
-                            path: shown(&rel.join(f.rel)),
+                            path: shown(&self.mount_rel(&backing.join(f.rel))),
                             key,
                             key_version: v,
                         });
@@ -270,7 +316,7 @@ impl Core {
     pub fn zones_visible(&self, caller: &Caller, count: bool) -> Vec<ZoneSummary> {
         let mut out: Vec<ZoneSummary> = Vec::new();
         for (id, e) in registry(&*self.keys) {
-            let Ok((fd, rel)) = self.resolve_as(caller, &e.path) else {
+            let Ok((fd, rel)) = self.resolve_backing_as(caller, &e.path) else {
                 continue;
             };
             let key = dev_ino(fd.as_fd()).ok();
@@ -286,6 +332,7 @@ impl Core {
                     Some(z) => z.broken.clone(),
                     None => Some("not found at its registered path".into()),
                 },
+                encrypt_names: e.names.is_some(),
             };
             if count {
                 if let Ok(u) = caller.run_as(|| scan_zone(fd.as_fd(), &rel)) {

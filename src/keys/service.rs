@@ -6,7 +6,7 @@
 //! a `dyn ZoneKeys`, never the concrete keystore: a new key provider (an external
 //! KMS) plugs in behind [`LocalProvider`] without any change to `fs/`.
 
-use super::keystore::{Body, ZoneEntry};
+use super::keystore::{Body, NameKeys, ZoneEntry};
 use super::{KeyError, KeyProvider, LocalProvider};
 use crate::crypto::Cipher;
 use std::collections::BTreeMap;
@@ -33,6 +33,8 @@ pub trait ZoneKeys: KeyProvider {
     fn with_registry(&self, f: &mut dyn FnMut(&Registry));
     /// Records a new zone, or a zone's new root path.
     fn register_zone(&self, id: &str, key: &str, path: &str) -> Result<(), KeyError>;
+    /// Sets a zone's name secret (`None`: plain names).
+    fn set_zone_names(&self, id: &str, names: Option<NameKeys>) -> Result<(), KeyError>;
     /// Records new root paths of zones a rename moved: (id, key, path) each.
     fn move_zones(&self, moved: &[(String, String, String)]) -> Result<(), KeyError>;
     /// Forgets a zone whose root was removed.
@@ -79,6 +81,10 @@ impl ZoneKeys for LocalProvider {
 
     fn move_zones(&self, moved: &[(String, String, String)]) -> Result<(), KeyError> {
         self.store().write().move_zones(moved)
+    }
+
+    fn set_zone_names(&self, id: &str, names: Option<NameKeys>) -> Result<(), KeyError> {
+        self.store().write().set_zone_names(id, names)
     }
 
     fn unregister_zone(&self, id: &str) -> Result<(), KeyError> {

@@ -4,12 +4,13 @@
 //! zone boundary without being re-encrypted.
 
 pub mod marker;
+pub mod names;
 pub mod usage;
 pub mod walk;
 
 pub use marker::{MarkerError, MarkerRead, ZoneMarker, MARKER_FILE};
 
-use crate::keys::keystore::ZoneEntry;
+use crate::keys::keystore::{NameKeys, ZoneEntry};
 use std::fmt;
 
 /// A zone as the filesystem sees it: which key its files use. `broken` holds why the
@@ -21,6 +22,10 @@ pub struct Zone {
     pub id: [u8; 16],
     pub key: String,
     pub broken: Option<String>,
+    /// A zone whose file names are encrypted: its wrapped name secrets as the registry
+    /// held them when the zone was decided (a mount asks the registry for the live
+    /// ones: a `--data` job changes them).
+    pub names: Option<NameKeys>,
 }
 
 impl Zone {
@@ -30,15 +35,23 @@ impl Zone {
             id,
             key: key.to_owned(),
             broken: None,
+            names: None,
         }
     }
 
     /// A zone that cannot be used, and why.
     pub fn broken(id: [u8; 16], key: &str, why: impl Into<String>) -> Zone {
         Zone {
-            id,
-            key: key.to_owned(),
             broken: Some(why.into()),
+            ..Zone::new(id, key)
+        }
+    }
+
+    /// The same zone with the file-name mode its registry entry records.
+    pub fn with_names(self, entry: &ZoneEntry) -> Zone {
+        Zone {
+            names: entry.names.clone(),
+            ..self
         }
     }
 }
@@ -59,7 +72,7 @@ pub fn decide(
 ) -> Option<Zone> {
     if let Some((id_hex, entry)) = here {
         let id = crate::text::unhex::<16>(id_hex).unwrap_or([0xff; 16]);
-        return Some(match marker {
+        let zone = match marker {
             MarkerRead::Valid(m) if m.id_hex() == id_hex && m.key == entry.key => Zone::new(id, &entry.key),
             MarkerRead::Valid(m) => Zone::broken(
                 id,
@@ -72,7 +85,9 @@ pub fn decide(
             ),
             MarkerRead::Absent => Zone::broken(id, &entry.key, "its zone marker is missing"),
             MarkerRead::Invalid(why) => Zone::broken(id, &entry.key, why),
-        });
+        };
+        // a broken zone keeps its name mode: nothing may be created in it as plain
+        return Some(zone.with_names(entry));
     }
     match marker {
         MarkerRead::Absent => None,
@@ -136,9 +151,21 @@ pub fn is_rekey_temp(name: &[u8]) -> bool {
     name.starts_with(REKEY_TEMP_PREFIX.as_bytes())
 }
 
+/// Files the filesystem keeps in the directories of zones, which are no zone files:
+/// the marker, and in zones that encrypt names a diriv or a long name's sidecar.
+pub fn is_housekeeping(name: &[u8]) -> bool {
+    use crate::format::names::{is_long_entry, DIRIV_FILE, LONG_PREFIX};
+    name == MARKER_FILE.as_bytes()
+        || name == DIRIV_FILE.as_bytes()
+        || (name.starts_with(LONG_PREFIX.as_bytes()) && !is_long_entry(name))
+}
+
 /// Names that the mount never shows and never lets anyone create.
 pub fn is_reserved(name: &[u8], in_root: bool) -> bool {
+    use crate::format::names::{DIRIV_FILE, LONG_PREFIX};
     name == MARKER_FILE.as_bytes()
+        || name == DIRIV_FILE.as_bytes()
+        || name.starts_with(LONG_PREFIX.as_bytes())
         || name.starts_with(REKEY_TEMP_PREFIX.as_bytes())
         || crate::backdir::resolve::is_temp(name)
         || (in_root && name == crate::EZFS_DIR.as_bytes())
@@ -174,6 +201,7 @@ mod tests {
         let entry = ZoneEntry {
             key: "k1".into(),
             path: "z".into(),
+            names: None,
         };
         let m = ZoneMarker {
             zone_id: [7; 16],

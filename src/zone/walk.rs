@@ -94,7 +94,11 @@ pub fn zone_files(
         ) {
             let Some(root) = ctx else { return };
             let b = name.as_encoded_bytes();
-            if kind != Kind::File || name == MARKER_FILE || super::is_rekey_temp(b) || resolve::is_temp(b) {
+            if kind != Kind::File
+                || super::is_housekeeping(b)
+                || super::is_rekey_temp(b)
+                || resolve::is_temp(b)
+            {
                 return;
             }
             (self.visit)(&ZoneFile { dir, name, rel, ino }, root);

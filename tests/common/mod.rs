@@ -530,8 +530,25 @@ impl Fixture {
         self.mount_impl(mnt, extra, pass, &[])
     }
 
+    /// Mounts another backing dir, `backing` (a copy of this fixture's), at this
+    /// fixture's mountpoint with `extra` arguments and this fixture's passphrase.
+    pub fn try_mount_backing(&self, backing: &Path, extra: &[&str]) -> Result<Mount, (Option<i32>, String)> {
+        self.mount_backing_impl(backing, &self.mnt, extra, &self.pass, &[])
+    }
+
     fn mount_impl(
         &self,
+        mnt: &Path,
+        extra: &[&str],
+        pass: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Mount, (Option<i32>, String)> {
+        self.mount_backing_impl(&self.backing, mnt, extra, pass, env)
+    }
+
+    fn mount_backing_impl(
+        &self,
+        backing: &Path,
         mnt: &Path,
         extra: &[&str],
         pass: &Path,
@@ -543,7 +560,7 @@ impl Fixture {
         let was_mounted = is_mounted(mnt);
         let mut cmd = Command::new(EZFS);
         cmd.arg("mount")
-            .arg(&self.backing)
+            .arg(backing)
             .arg(mnt)
             .arg("--passphrase-file")
             .arg(pass)
@@ -602,6 +619,25 @@ impl Fixture {
         ok(
             &self.run(&["zone", "create", "--key", key, p.to_str().unwrap()]),
             &format!("zone create {dir}"),
+        );
+        p
+    }
+
+    /// `mkdir M/dir` (with parents) and `ezfs zone create --key KEY --encrypt-names
+    /// M/dir`: a zone whose file names and symlink targets are encrypted too.
+    pub fn names_zone(&self, dir: &str, key: &str) -> PathBuf {
+        let p = self.m(dir);
+        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+        ok(
+            &self.run(&[
+                "zone",
+                "create",
+                "--key",
+                key,
+                "--encrypt-names",
+                p.to_str().unwrap(),
+            ]),
+            &format!("zone create --encrypt-names {dir}"),
         );
         p
     }

@@ -9,7 +9,8 @@ use ezfs::fs::SetAttr;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-/// The directories of the model: (path, zone). `z1/sub` is inside zone 1.
+/// The directories of the model: (path, zone). `z1/sub` is inside zone 1, whose
+/// names are encrypted.
 const DIRS: [(&str, Option<u8>); 4] = [
     ("plain", None),
     ("z1", Some(1)),
@@ -108,7 +109,8 @@ fn setup() -> Real {
                 .ino,
         );
         if let (Some(z), None) = (zone, path.find('/')) {
-            core.zone_create(path, &format!("k{z}"), &root()).unwrap();
+            // zone 1 encrypts its names (and has a subdirectory), zone 2 does not
+            core.zone_create(path, &format!("k{z}"), z == 1, &root()).unwrap();
         }
     }
     Real { f, dirs }

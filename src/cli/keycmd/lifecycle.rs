@@ -100,6 +100,12 @@ pub(super) fn prune(name: &str, at: &BackingArg, pass: &PassArgs) -> CliResult {
         .collect();
     if !still.is_empty() {
         for v in &still {
+            for zone in ks.body().zones_whose_names_need(name, *v) {
+                eprintln!(
+                    "ezfs: {name}@{v} wraps the file-name secret of zone {zone} (backing path); \
+                     'ezfs zone reencrypt' on it re-wraps that"
+                );
+            }
             let ex = usage
                 .examples
                 .get(name)
@@ -107,6 +113,9 @@ pub(super) fn prune(name: &str, at: &BackingArg, pass: &PassArgs) -> CliResult {
                 .cloned()
                 .unwrap_or_default();
             let n = usage.files(name, *v);
+            if n == 0 {
+                continue;
+            }
             eprintln!(
                 "ezfs: {name}@{v} is still used by {n} file(s): /{}{}",
                 ex.join(", /"),
@@ -118,7 +127,7 @@ pub(super) fn prune(name: &str, at: &BackingArg, pass: &PassArgs) -> CliResult {
             );
         }
         return Err(Failure::op(format!(
-            "kept {} version(s) of {name} that files still use; run 'ezfs zone reencrypt' on their zones first",
+            "kept {} version(s) of {name} that files or file-name secrets still use; run 'ezfs zone reencrypt' on their zones first",
             still.len()
         )));
     }

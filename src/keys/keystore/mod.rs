@@ -26,7 +26,10 @@ mod registry;
 mod sealing;
 mod zone_keys;
 
-pub use model::{Acl, Body, KdfParams, KeyEntry, Principal, VersionEntry, ZoneEntry, KEYSTORE_FORMAT};
+pub use model::{
+    Acl, Body, KdfParams, KeyEntry, NameKeys, Principal, VersionEntry, WrappedSecret, ZoneEntry,
+    KEYSTORE_FORMAT,
+};
 pub use persist::{ezfs_dir, read_body, KEYSTORE_FILE, LOCK_FILE, MAX_KEYSTORE};
 
 use super::KeyError;

@@ -112,6 +112,32 @@ pub struct ZoneEntry {
     pub key: String,
     /// Path of the zone root relative to the backing dir, as last seen.
     pub path: String,
+    /// The name secret of a zone whose file names are encrypted (`zone create
+    /// --encrypt-names`); absent for plain names. Here, in the authenticated registry,
+    /// so that a user cannot turn name encryption off and it survives a lost marker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub names: Option<NameKeys>,
+}
+
+/// A zone's name secret, wrapped by its zone key like a file's DEK (associated data:
+/// `format::names::secret_aad`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NameKeys {
+    /// The secret names are encrypted with.
+    pub current: WrappedSecret,
+    /// While `zone reencrypt --data` moves the names to a new secret: that secret.
+    /// Names are looked up under both until the job ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<WrappedSecret>,
+}
+
+/// A 256-bit secret wrapped by version `version` of its zone's key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WrappedSecret {
+    /// The zone-key version that wraps it.
+    pub version: u32,
+    /// The wrapped secret, hex.
+    pub wrapped: String,
 }
 
 /// What the keystore says, readable without the passphrase (nothing in it is secret:
@@ -128,6 +154,21 @@ pub struct Body {
 }
 
 impl Body {
+    /// Zone roots whose file-name secret is wrapped by `name@version` (the current or
+    /// the next one), as paths from the backing root ("/dir").
+    pub fn zones_whose_names_need(&self, name: &str, version: u32) -> Vec<String> {
+        self.zones
+            .values()
+            .filter(|z| z.key == name)
+            .filter(|z| {
+                z.names.as_ref().is_some_and(|n| {
+                    n.current.version == version || n.next.as_ref().is_some_and(|x| x.version == version)
+                })
+            })
+            .map(|z| format!("/{}", z.path))
+            .collect()
+    }
+
     /// Zone roots that use key `name`, as paths from the mount root ("/dir").
     pub fn zones_using(&self, name: &str) -> Vec<String> {
         self.zones

@@ -110,15 +110,22 @@ impl Keystore {
         })
     }
 
-    /// Drops every version of `name` but the newest for which `in_use` is false;
-    /// returns the dropped versions.
+    /// Drops every version of `name` but the newest for which `in_use` is false and
+    /// that wraps no zone's file-name secret; returns the dropped versions.
     pub fn prune_key(&mut self, name: &str, in_use: &dyn Fn(u32) -> bool) -> Result<Vec<u32>, KeyError> {
         self.update(|ks| {
             let current = ks.current_version(name)?;
+            let names_need = |v: u32| !ks.body.zones_whose_names_need(name, v).is_empty();
+            let keep: Vec<u32> = ks.body.keys[name]
+                .versions
+                .iter()
+                .map(|v| v.version)
+                .filter(|&v| v == current || in_use(v) || names_need(v))
+                .collect();
             let k = ks.body.keys.get_mut(name).expect("checked");
             let mut dropped = Vec::new();
             k.versions.retain(|v| {
-                let keep = v.version == current || in_use(v.version);
+                let keep = keep.contains(&v.version);
                 if !keep {
                     dropped.push(v.version);
                 }
