@@ -2,7 +2,8 @@
 //! compared with `diff -r`, a git repository with commits, `gc` and `fsck --full`,
 //! and SQLite databases written in many transactions and checked with
 //! `PRAGMA integrity_check`. Each is checked again after a remount with cold caches,
-//! so every byte comes back through decryption. The tools are required: a missing
+//! so every byte comes back through decryption. Each runs in a zone that encrypts
+//! names too, where every name comes back through decryption. The tools are required: a missing
 //! one fails the test with a message saying what to install.
 
 mod common;
@@ -80,8 +81,26 @@ fn diff_r(f: &Fixture, a: &Path, b: &Path) {
     ok(&o, &format!("diff -r {} {}", a.display(), b.display()));
 }
 
+/// A zone for a workload: plain names, or (`names`) encrypted names too.
+fn workload_zone(f: &Fixture, dir: &str, names: bool) -> std::path::PathBuf {
+    if names {
+        f.names_zone(dir, "k1")
+    } else {
+        f.zone(dir, "k1")
+    }
+}
+
 #[test]
 fn tarball_of_thousands_of_files_round_trips() {
+    tarball_round_trip(false);
+}
+
+#[test]
+fn tarball_round_trips_in_a_zone_that_encrypts_names() {
+    tarball_round_trip(true);
+}
+
+fn tarball_round_trip(names: bool) {
     require("tar", "--version");
     require("diff", "--version");
     let f = Fixture::new();
@@ -95,7 +114,7 @@ fn tarball_of_thousands_of_files_round_trips() {
     );
     {
         let _m = f.mount();
-        let zone = f.zone("z", "k1");
+        let zone = workload_zone(&f, "z", names);
         ok(&sh_in(&f, &zone, "tar", &["-xf", tar_s]), "tar -x into the zone");
         diff_r(&f, &plain, &zone);
     }
@@ -109,6 +128,14 @@ fn tarball_of_thousands_of_files_round_trips() {
         .expect("a file over 1 KiB")
         .trim_start_matches("./")
         .to_owned();
+    if names {
+        // no name of the tree is in the backing dir, so no path there to look at
+        assert!(
+            !f.b("z").join(&first).exists(),
+            "z/{first} is stored under its name"
+        );
+        return;
+    }
     assert_eq!(
         &f.raw(&format!("z/{first}"))[..8],
         MAGIC,
@@ -133,13 +160,22 @@ fn git(f: &Fixture, repo: &Path, args: &[&str]) -> Output {
 
 #[test]
 fn git_repository_in_a_zone_passes_fsck() {
+    git_repository(false);
+}
+
+#[test]
+fn git_repository_in_a_zone_that_encrypts_names_passes_fsck() {
+    git_repository(true);
+}
+
+fn git_repository(names: bool) {
     require("git", "--version");
     let f = Fixture::new();
     let mut rng = Rng::new(5);
     let head;
     {
         let _m = f.mount();
-        let repo = f.zone("repo", "k1");
+        let repo = workload_zone(&f, "repo", names);
         git(&f, &repo, &["init", "-q"]);
         for c in 0..8 {
             for i in 0..20 {
@@ -168,6 +204,10 @@ fn git_repository_in_a_zone_passes_fsck() {
     // the working tree matches the last commit
     let status = stdout_of(&git(&f, &repo, &["status", "--porcelain"]));
     assert!(status.is_empty(), "working tree differs from HEAD: {status}");
+    if names {
+        assert!(!f.b("repo/.git").exists(), ".git is stored under its name");
+        return;
+    }
     // the packfile is encrypted in the backing dir
     let pack_dir = f.b("repo/.git/objects/pack");
     let pack = std::fs::read_dir(&pack_dir)
@@ -222,12 +262,21 @@ const CHECK: &str = "PRAGMA integrity_check;\nSELECT count(*), sum(n), sum(lengt
 
 #[test]
 fn sqlite_databases_in_a_zone_pass_integrity_check() {
+    sqlite_databases(false);
+}
+
+#[test]
+fn sqlite_databases_in_a_zone_that_encrypts_names_pass_integrity_check() {
+    sqlite_databases(true);
+}
+
+fn sqlite_databases(names: bool) {
     require("sqlite3", "--version");
     let f = Fixture::new();
     let mut summaries = Vec::new();
     {
         let _m = f.mount();
-        let zone = f.zone("db", "k1");
+        let zone = workload_zone(&f, "db", names);
         for journal in ["DELETE", "WAL"] {
             let db = zone.join(format!("{journal}.db"));
             sqlite(&f, &db, &workload(journal));
@@ -247,5 +296,12 @@ fn sqlite_databases_in_a_zone_pass_integrity_check() {
         let out = sqlite(&f, &f.m(&format!("db/{journal}.db")), CHECK);
         assert_eq!(&out, before, "{journal}: database changed across the remount");
     }
-    assert_eq!(&f.raw("db/DELETE.db")[..8], MAGIC);
+    if names {
+        assert!(
+            !f.b("db/DELETE.db").exists(),
+            "DELETE.db is stored under its name"
+        );
+    } else {
+        assert_eq!(&f.raw("db/DELETE.db")[..8], MAGIC);
+    }
 }
