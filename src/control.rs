@@ -48,33 +48,44 @@ pub enum Request {
     Ping,
     /// Re-read the keystore (the command line changed it) and find the zones again.
     Reload,
+    /// Make the empty directory `path` a zone under key `key`.
     ZoneCreate {
+        /// The directory, relative to the mount root.
         path: String,
+        /// The name of the zone's key.
         key: String,
         /// Encrypt the file names in the zone too (absent in older clients: plain).
         #[serde(default)]
         encrypt_names: bool,
     },
+    /// Encryption details of the file or directory `path` in a zone.
     ZoneInfo {
+        /// The file or directory, relative to the mount root.
         path: String,
     },
+    /// The zones the caller can reach.
     ZoneList,
     /// Start re-encrypting the zone rooted at `path`.
     ReencryptStart {
+        /// The zone root, relative to the mount root.
         path: String,
+        /// Also give every file a new data key and re-encrypt its blocks (`--data`).
         data: bool,
     },
     /// Stop the running job of the zone rooted at `path` (resumable).
     ReencryptCancel {
+        /// The zone root, relative to the mount root.
         path: String,
     },
     /// Re-encryption status of every zone, or of the zone rooted at `path`.
     ReencryptStatus {
+        /// The zone root, relative to the mount root; none for every zone.
         path: Option<String>,
     },
     /// The record of the last job on the zone with this id (hex), wherever its root
     /// is now: what `zone reencrypt` polls, since the root may be renamed meanwhile.
     ReencryptJob {
+        /// The zone's id, in hex.
         zone_id: String,
     },
     /// The keystore's public part as the daemon authenticated it.
@@ -83,7 +94,9 @@ pub enum Request {
     Status,
     /// The files of the zone rooted at `path` and their key versions.
     ZoneFiles {
+        /// The zone root, relative to the mount root.
         path: String,
+        /// Only the files whose data key is wrapped with this key version.
         version: Option<u32>,
     },
 }
@@ -91,6 +104,7 @@ pub enum Request {
 /// The daemon's answer: `Ok(data)` or one error sentence.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Response {
+    /// The answer's data, or why the request failed, in one sentence.
     pub result: Result<serde_json::Value, String>,
 }
 
@@ -98,28 +112,38 @@ pub struct Response {
 /// and its counters since mount.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DaemonStatus {
+    /// The daemon's process id.
     pub pid: u32,
+    /// Where the filesystem is mounted.
     pub mountpoint: PathBuf,
+    /// The backing directory.
     pub backing: PathBuf,
     /// Unix seconds.
     pub started: u64,
+    /// Seconds since mount.
     pub uptime_s: u64,
+    /// Whether the mount is read-only.
     pub read_only: bool,
     /// Open file and directory handles.
     pub open_handles: usize,
+    /// The zones the caller can reach.
     pub zones: Vec<ZoneSummary>,
     /// The keys of those zones.
     pub keys_in_use: Vec<String>,
     /// Running, interrupted and cancelled re-encryption jobs.
     pub jobs: Vec<JobStatus>,
+    /// Operation counters since mount.
     pub counters: crate::fs::stats::Counters,
 }
 
 /// What `Ping` answers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MountInfo {
+    /// The daemon's process id.
     pub pid: u32,
+    /// Where the filesystem is mounted.
     pub mountpoint: PathBuf,
+    /// The backing directory.
     pub backing: PathBuf,
 }
 
@@ -314,12 +338,16 @@ impl Server {
 /// Why a request failed, as the daemon answers it.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
+    /// The filesystem refused or failed the request.
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// The request line is longer than `MAX_REQUEST` bytes.
     #[error("request longer than {MAX_REQUEST} bytes")]
     TooLong,
+    /// The request line is not a request in JSON.
     #[error("bad request: {0}")]
     Bad(serde_json::Error),
+    /// `MAX_CLIENTS` connections are being served already.
     #[error("the mount daemon is busy; try again")]
     Busy,
 }
@@ -327,12 +355,16 @@ pub enum RequestError {
 /// Why the control socket could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
+    /// The backing dir's daemon already serves it, at the mountpoint given.
     #[error("{} is already mounted at {}", .0.display(), .1.display())]
     MountedAt(PathBuf, PathBuf),
+    /// Another process holds the socket name but does not answer as a daemon.
     #[error("{} is already mounted", .0.display())]
     Mounted(PathBuf),
+    /// A process that is not the backing dir's daemon holds the socket name.
     #[error("{}", impostor(.0, .1))]
     Impostor(PathBuf, Caller),
+    /// Creating or binding the socket failed.
     #[error("the control socket: {}", crate::text::io_words(.0))]
     Io(#[from] std::io::Error),
 }
@@ -353,12 +385,16 @@ fn json<T: Serialize>(v: &T) -> serde_json::Value {
 /// Why a request could not be answered.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// No daemon listens on the backing dir's socket, or it went away before answering.
     #[error("{0} is not mounted")]
     NotMounted(PathBuf),
+    /// The process holding the socket is not the backing dir's daemon; it is not talked to.
     #[error("{}", impostor(.0, .1))]
     Impostor(PathBuf, Caller),
+    /// The daemon answered with an error: its sentence.
     #[error("{0}")]
     Failed(String),
+    /// Sending the request or reading the answer failed.
     #[error("talking to the mount daemon: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -437,8 +473,11 @@ pub fn forget_daemon(backing: &Path) {
 
 /// Who holds the control socket name of a backing dir.
 pub enum Probe {
+    /// No one answers on the socket name (or not as a daemon).
     Nobody,
+    /// The backing dir's daemon, and what it says of itself.
     Daemon(MountInfo),
+    /// A process that is not the backing dir's daemon, as the kernel names it.
     Impostor(Caller),
 }
 

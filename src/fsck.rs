@@ -57,15 +57,20 @@ pub struct Damage {
 /// What fsck found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
+    /// Usable zones checked (broken ones are in `zone_problems`).
     pub zones: u64,
+    /// Files checked in those zones.
     pub files: u64,
+    /// Blocks checked in those files.
     pub blocks: u64,
+    /// Files found damaged, and what is wrong with each.
     pub damaged: Vec<Damage>,
     /// Problems with zones themselves (markers, registry).
     pub zone_problems: Vec<String>,
 }
 
 impl Report {
+    /// Whether nothing was found wrong.
     pub fn is_clean(&self) -> bool {
         self.damaged.is_empty() && self.zone_problems.is_empty()
     }

@@ -17,6 +17,7 @@
 //! - [`fsck`]: offline verification of every header and block;
 //! - [`cli`]: the `ezfs` command.
 
+#![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod backdir;

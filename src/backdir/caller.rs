@@ -13,14 +13,18 @@
 /// (`SO_PEERCRED`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
+    /// The process's user id.
     pub uid: u32,
+    /// The process's primary group id.
     pub gid: u32,
+    /// The process id (`/proc/PID/status` lists its groups).
     pub pid: u32,
     /// Supplementary groups, when known without asking `/proc` (see [`Caller::groups`]).
     pub groups: Option<Vec<u32>>,
 }
 
 impl Caller {
+    /// A caller whose supplementary groups are read from `/proc` when needed.
     pub fn new(uid: u32, gid: u32, pid: u32) -> Caller {
         Caller {
             uid,
@@ -45,6 +49,7 @@ impl Caller {
         unsafe { Caller::new(libc::geteuid(), libc::getegid(), libc::getpid() as u32) }
     }
 
+    /// Whether the caller is root (uid 0).
     pub fn is_root(&self) -> bool {
         self.uid == 0
     }

@@ -99,12 +99,16 @@ fn einval() -> io::Error {
 /// Why a small control file (zone marker, keystore, status) could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SmallFileError {
+    /// No file has the name.
     #[error("missing")]
     Missing,
+    /// The name is a symlink, FIFO, device or directory.
     #[error("not a regular file")]
     NotRegular,
+    /// The file is larger than the limit given, in bytes.
     #[error("larger than {0} bytes")]
     TooLarge(u64),
+    /// Opening, checking or reading the file failed.
     #[error("{0}")]
     Io(io::Error),
 }

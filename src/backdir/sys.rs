@@ -114,30 +114,35 @@ pub fn path_of(fd: BorrowedFd<'_>) -> io::Result<std::path::PathBuf> {
     std::fs::read_link(fd_link(fd.as_raw_fd()))
 }
 
+/// `mkdirat(dir, name, mode)`.
 pub fn mkdir_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
     let name = cstr(name)?;
     // SAFETY: a valid descriptor and a NUL-terminated name that outlive the call.
     check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
 }
 
+/// `mknodat(dir, name, mode, rdev)`.
 pub fn mknod_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, rdev: u64) -> io::Result<()> {
     let name = cstr(name)?;
     // SAFETY: a valid descriptor and a NUL-terminated name that outlive the call.
     check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
 }
 
+/// `symlinkat(target, dir, name)`: `dir/name` becomes a link to `target`.
 pub fn symlink_at(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     let (target, name) = (cstr(target)?, cstr(name)?);
     // SAFETY: a valid descriptor and NUL-terminated strings that outlive the call.
     check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
 }
 
+/// `unlinkat(dir, name, flags)`; `AT_REMOVEDIR` removes a directory.
 pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr, flags: i32) -> io::Result<()> {
     let name = cstr(name)?;
     // SAFETY: a valid descriptor and a NUL-terminated name that outlive the call.
     check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
 }
 
+/// `renameat2(old_dir, old, new_dir, new, flags)` (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
 pub fn rename_at(
     old_dir: BorrowedFd<'_>,
     old: &OsStr,
@@ -180,6 +185,7 @@ pub fn link_at(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> io::Res
     .map(drop)
 }
 
+/// The target of the symbolic link behind a descriptor (`O_PATH` included).
 pub fn readlink(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize];
     let empty = c"";
@@ -208,6 +214,7 @@ pub fn chown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
     .map(drop)
 }
 
+/// chmod of the file behind a descriptor (`O_PATH` included), through `/proc/self/fd/N`.
 pub fn chmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
     let p = proc_path(fd.as_raw_fd());
     // SAFETY: a NUL-terminated path that outlives the call.
@@ -237,6 +244,7 @@ pub fn utimens(
     check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) }).map(drop)
 }
 
+/// `fstatvfs` of the filesystem holding a descriptor's file.
 pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
     // SAFETY: statvfs is plain integers, for which zero is a value.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -245,6 +253,7 @@ pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
     Ok(s)
 }
 
+/// `fallocate(f, mode, off, len)`.
 pub fn fallocate(f: &File, mode: i32, off: u64, len: u64) -> io::Result<()> {
     // SAFETY: a valid descriptor; no memory is passed.
     check(unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) }).map(drop)
@@ -298,6 +307,7 @@ pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Result<u
     xattr_result(unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
 }
 
+/// `setxattr` through `/proc/self/fd/N`, like [`getxattr`].
 pub fn setxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
     let p = proc_path(fd.as_raw_fd());
     // SAFETY: NUL-terminated strings, and value's pointer with its own length.
@@ -313,12 +323,14 @@ pub fn setxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> io
     .map(drop)
 }
 
+/// `listxattr` through `/proc/self/fd/N`: the names, each NUL-terminated, into `buf`.
 pub fn listxattr(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     let p = proc_path(fd.as_raw_fd());
     // SAFETY: a NUL-terminated path, and buf's pointer with its own length.
     xattr_result(unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
 }
 
+/// `removexattr` through `/proc/self/fd/N`.
 pub fn removexattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     let p = proc_path(fd.as_raw_fd());
     // SAFETY: NUL-terminated strings that outlive the call.

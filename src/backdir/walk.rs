@@ -18,9 +18,13 @@ use std::rc::Rc;
 /// visitor opens it: open with `O_NOFOLLOW` and check).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// A regular file.
     File,
+    /// A directory.
     Dir,
+    /// A symbolic link.
     Symlink,
+    /// Anything else (FIFO, device, socket), or a kind the listing did not give.
     Other,
 }
 
@@ -38,6 +42,7 @@ impl Kind {
 /// A walk's callbacks. `Ctx` is what a directory passes down to its entries (the zone
 /// it is in, say).
 pub trait Visitor {
+    /// What a directory hands its entries.
     type Ctx: Clone;
     /// Entering directory `dir` (at `rel` from the start; `parent` is `None` for the
     /// start itself): the context of its entries, or `None` to skip it.

@@ -29,7 +29,9 @@ pub const TEST_CORE_DIR: &str = "EZFS_TEST_CORE_DIR";
 /// A failed command: the message for stderr and the exit code.
 #[derive(Debug)]
 pub struct Failure {
+    /// The exit status: 1 when the operation failed, 2 for a usage error.
     pub code: i32,
+    /// The message for stderr; empty when the command already said what is wrong.
     pub msg: String,
 }
 
@@ -68,8 +70,10 @@ impl From<crate::control::ClientError> for Failure {
     }
 }
 
+/// What a command returns: done, or the failure to report.
 pub type CliResult = Result<(), Failure>;
 
+/// The `ezfs` command line.
 #[derive(Parser, Debug)]
 #[command(
     name = "ezfs",

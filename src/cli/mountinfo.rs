@@ -24,7 +24,9 @@ fn is_ezfs(fstype: &str, source: &str, options: &str) -> bool {
 /// One ezfs mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EzMount {
+    /// Where the filesystem is mounted.
     pub mountpoint: PathBuf,
+    /// The backing directory (from the mount's source field).
     pub backing: PathBuf,
 }
 

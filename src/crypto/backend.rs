@@ -14,11 +14,13 @@ use super::secret::Secret;
 pub struct RustCryptoGcm(Secret<aes_gcm::Aes256Gcm>);
 
 impl RustCryptoGcm {
+    /// The cipher of the 256-bit key `key`.
     pub fn new(key: &[u8; 32]) -> Self {
         use aes_gcm::KeyInit;
         RustCryptoGcm(Secret::new(aes_gcm::Aes256Gcm::new(key.into())))
     }
 
+    /// Encrypts `buf` in place under `nonce`, authenticating `aad` too; returns the tag.
     pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
         use aes_gcm::aead::AeadInOut;
         let tag = self
@@ -28,6 +30,7 @@ impl RustCryptoGcm {
         tag.into()
     }
 
+    /// Decrypts `buf` in place if `tag` authenticates it with `aad`; on failure `buf` must not be used.
     pub fn open(
         &self,
         nonce: &[u8; NONCE_LEN],
@@ -60,11 +63,13 @@ mod ring_gcm {
     pub struct RingGcm(Secret<LessSafeKey>);
 
     impl RingGcm {
+        /// The cipher of the 256-bit key `key`.
         pub fn new(key: &[u8; 32]) -> Self {
             let k = UnboundKey::new(&AES_256_GCM, key).expect("32-byte key");
             RingGcm(Secret::new(LessSafeKey::new(k)))
         }
 
+        /// Encrypts `buf` in place under `nonce`, authenticating `aad` too; returns the tag.
         pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
             let tag = self
                 .0
@@ -73,6 +78,7 @@ mod ring_gcm {
             tag.as_ref().try_into().expect("16-byte tag")
         }
 
+        /// Decrypts `buf` in place if `tag` authenticates it with `aad`; on failure `buf` must not be used.
         pub fn open(
             &self,
             nonce: &[u8; NONCE_LEN],

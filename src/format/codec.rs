@@ -24,11 +24,15 @@ use std::io;
 /// An error reading or writing blocks.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
+    /// Reading or writing the backing file failed.
     #[error(transparent)]
     Io(#[from] io::Error),
     /// A block's ciphertext, nonce or tag changed, or the block sits at another position.
     #[error("block {block} failed authentication")]
-    Corrupt { block: u64 },
+    Corrupt {
+        /// The block's index in the file.
+        block: u64,
+    },
 }
 
 const ENTRY: usize = ENTRY_LEN as usize;
@@ -119,6 +123,7 @@ fn run_len(lo: u64, hi: u64, size: u64) -> usize {
 }
 
 impl BlockCodec {
+    /// The codec of the file with data key `dek` and id `file_id` (from its header).
     pub fn new(dek: &Key, file_id: [u8; 16]) -> BlockCodec {
         BlockCodec {
             cipher: dek.cipher(),

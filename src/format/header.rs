@@ -38,17 +38,22 @@ const FIXED_LEN: usize = 53;
 /// Why a header could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeaderError {
+    /// The file does not start with [`MAGIC`].
     #[error("not an ezfs encrypted file (bad magic)")]
     BadMagic,
+    /// The format version field is not [`FORMAT_VERSION`].
     #[error("unsupported format version {0}")]
     UnsupportedVersion(u16),
+    /// The cipher suite field is not one this build knows.
     #[error("unsupported cipher suite {0}")]
     UnsupportedSuite(u16),
     /// The block size field is not the one the cipher suite has (4096).
     #[error("unsupported block size {0} (cipher suite 1 has 4096-byte blocks)")]
     UnsupportedBlockSize(u32),
+    /// The file is shorter than a header.
     #[error("header is truncated")]
     Truncated,
+    /// The key name is empty or not UTF-8, or the padding is not zeros.
     #[error("header authentication failed")]
     AuthFailed,
 }
@@ -56,9 +61,13 @@ pub enum HeaderError {
 /// A parsed header: everything needed to find the zone key and unwrap the DEK.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Header {
+    /// The file's random id, bound into every block's associated data.
     pub file_id: [u8; 16],
+    /// The id of the zone the file was created in.
     pub zone_id: [u8; 16],
+    /// The name of the zone key that wraps the data key.
     pub key_name: String,
+    /// The version of that key.
     pub key_version: u32,
     /// The file's data key, wrapped by `key_name@key_version`.
     pub edek: [u8; WRAPPED_KEY_LEN],

@@ -291,7 +291,9 @@ impl Drop for MetaCache {
 
 /// A backing file whose metadata entries are read through a [`MetaCache`].
 pub struct CachedMeta<'a, B: Backing> {
+    /// The file read.
     pub inner: B,
+    /// The cache its entry areas are read through.
     pub cache: &'a MetaCache,
 }
 

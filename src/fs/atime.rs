@@ -26,7 +26,9 @@ pub enum Mode {
 /// The policy of a mount, for files and for directories.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
+    /// When reads of regular files set the atime.
     pub files: Mode,
+    /// When listings of directories set the atime.
     pub dirs: Mode,
 }
 

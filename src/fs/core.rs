@@ -59,6 +59,7 @@ pub(super) type CachedCiphers = (
 
 /// The filesystem state shared by the FUSE request loops and the control socket.
 pub struct Core {
+    /// The inodes the kernel knows, by node id.
     pub inodes: InodeTable,
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
@@ -66,6 +67,7 @@ pub struct Core {
     pub keys: Arc<dyn ZoneKeys>,
     /// The backing dir (canonical).
     pub backing: PathBuf,
+    /// The mount is read-only (`ro`): requests that change files get EROFS.
     pub read_only: bool,
     /// Use the kernel's writeback cache: writes return once in the page cache and reach
     /// us in large batches; the kernel then owns the file size while pages are dirty.

@@ -435,6 +435,7 @@ impl EncFile {
         )?)
     }
 
+    /// Flushes the backing file to disk: its data only (`fdatasync`) or with its metadata.
     pub fn sync(&self, data_only: bool) -> FsResult<()> {
         Ok(if data_only {
             self.file.sync_data()

@@ -40,9 +40,11 @@ struct Shared {
 
 /// One known backing file.
 pub struct Inode {
+    /// Node id the kernel knows the file by.
     pub id: u64,
     /// (st_dev, st_ino) of the backing file.
     pub key: (u64, u64),
+    /// Whether the backing file is a directory.
     pub is_dir: bool,
     /// The zone this entry's contents (file) or children (directory) belong to.
     pub zone: RwLock<Option<Arc<Zone>>>,
@@ -158,6 +160,7 @@ impl Inode {
         Ok(InodeFd(fd))
     }
 
+    /// The zone this entry's contents or children belong to, if any.
     pub fn zone(&self) -> Option<Arc<Zone>> {
         self.zone.read().clone()
     }
@@ -266,7 +269,9 @@ struct Remembered {
 /// to its directory of its own).
 #[derive(Clone)]
 pub struct Forgotten {
+    /// The backing file's handle (`name_to_handle_at`).
     pub handle: Box<[u8]>,
+    /// For a non-directory: its directory's handle, and its name there.
     pub place: Option<(Box<[u8]>, std::ffi::OsString)>,
 }
 

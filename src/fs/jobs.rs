@@ -12,12 +12,15 @@ use std::path::{Path, PathBuf};
 /// File of the job status records, inside `.ezfs`.
 const STATUS_FILE: &str = "reencrypt.json";
 
+/// Where a zone's re-encryption job stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// No job has run on this zone.
     None,
+    /// The job is working through the zone's files.
     Running,
+    /// The job went through every file (some may have failed: see `files_failed`).
     Completed,
     /// The daemon stopped (or was unmounted) while the job ran: run it again to finish.
     Interrupted,
@@ -37,12 +40,15 @@ impl JobState {
 pub struct JobStatus {
     /// Zone root, relative to the mount root ("/dir").
     pub zone: String,
+    /// The zone's id, in hex: the job's key in the records.
     pub zone_id: String,
+    /// The name of the zone's key.
     pub key: String,
     /// The key version files are brought to.
     pub target_version: u32,
     /// New DEKs and re-encrypted blocks, not just re-wrapped EDEKs.
     pub data: bool,
+    /// Where the job stands.
     pub state: JobState,
     /// Files in the zone when the job started.
     pub files_total: u64,
@@ -50,12 +56,15 @@ pub struct JobStatus {
     pub files_done: u64,
     /// Files that already used the target version (or were empty).
     pub files_current: u64,
+    /// Files that failed (the first few are in `failures`).
     pub files_failed: u64,
     /// "path: why", the first few.
     pub failures: Vec<String>,
     /// Unix seconds.
     pub started: u64,
+    /// Unix seconds when the run ended; none while it runs.
     pub finished: Option<u64>,
+    /// Milliseconds this run took (updated at checkpoints while it runs).
     pub elapsed_ms: u64,
 }
 

@@ -36,14 +36,21 @@ pub fn eio() {
 /// The counters now.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Counters {
+    /// Read requests served.
     pub reads: u64,
+    /// Write requests served.
     pub writes: u64,
+    /// Bytes returned by reads.
     pub bytes_read: u64,
+    /// Bytes written by write requests.
     pub bytes_written: u64,
+    /// Blocks and headers that failed authentication.
     pub auth_failures: u64,
+    /// Reads and opens answered with EIO.
     pub eio: u64,
 }
 
+/// The counters now, for `ezfs status`.
 pub fn snapshot() -> Counters {
     Counters {
         reads: READS.load(Ordering::Relaxed),

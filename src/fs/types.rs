@@ -8,12 +8,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// What kind of file a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
+    /// A regular file.
     File,
+    /// A directory.
     Dir,
+    /// A symbolic link.
     Symlink,
+    /// A named pipe.
     Fifo,
+    /// A character device.
     CharDevice,
+    /// A block device.
     BlockDevice,
+    /// A Unix socket.
     Socket,
 }
 
@@ -51,18 +58,27 @@ impl FileKind {
 pub struct Attr {
     /// Node id.
     pub ino: u64,
+    /// Bytes a reader sees: the plaintext size of an encrypted file.
     pub size: u64,
     /// 512-byte blocks the backing file takes.
     pub blocks: u64,
+    /// Last access.
     pub atime: SystemTime,
+    /// Last change of the contents.
     pub mtime: SystemTime,
+    /// Last change of the inode.
     pub ctime: SystemTime,
+    /// What kind of file the node is.
     pub kind: FileKind,
     /// Permission bits (and set-id, sticky).
     pub perm: u16,
+    /// Hard links to the backing file.
     pub nlink: u32,
+    /// Owner's uid.
     pub uid: u32,
+    /// Group's gid.
     pub gid: u32,
+    /// Device number of a device file.
     pub rdev: u32,
 }
 
@@ -78,7 +94,9 @@ pub fn system_time(sec: i64, nsec: i64) -> SystemTime {
 /// A time to set: now, or a given one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetTime {
+    /// The current time.
     Now,
+    /// The time given.
     At(SystemTime),
 }
 
@@ -108,29 +126,38 @@ impl SetTime {
 /// The changes of one `setattr`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SetAttr {
+    /// New mode (only its permission, set-id and sticky bits are used).
     pub mode: Option<u32>,
+    /// New owner.
     pub uid: Option<u32>,
+    /// New group.
     pub gid: Option<u32>,
+    /// New size in bytes (plaintext, for an encrypted file).
     pub size: Option<u64>,
+    /// New access time.
     pub atime: Option<SetTime>,
+    /// New modification time.
     pub mtime: Option<SetTime>,
 }
 
 /// One entry of a directory listing, as the mount shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
+    /// The entry's name.
     pub name: OsString,
     /// The name in the backing dir, where it differs (an encrypted name): a lookup of
     /// the listed entry then needs no encryption.
     pub backing: Option<OsString>,
     /// The backing inode number (the node id the entry gets at lookup, as a rule).
     pub ino: u64,
+    /// What kind of file the entry is.
     pub kind: FileKind,
 }
 
 /// A file handle the core opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Opened {
+    /// The handle's id, for later requests on it.
     pub fh: u64,
     /// The kernel may keep the pages it cached for the file (see
     /// `Inode::unchanged_since_open`).
@@ -140,20 +167,30 @@ pub struct Opened {
 /// Space on the backing filesystem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StatFs {
+    /// Total blocks, in `frsize` units.
     pub blocks: u64,
+    /// Free blocks.
     pub bfree: u64,
+    /// Free blocks an unprivileged user may take.
     pub bavail: u64,
+    /// Total inodes.
     pub files: u64,
+    /// Free inodes.
     pub ffree: u64,
+    /// Preferred I/O size in bytes.
     pub bsize: u32,
+    /// Longest name, in bytes.
     pub namelen: u32,
+    /// Fragment size in bytes: the unit of the block counts.
     pub frsize: u32,
 }
 
 /// What `fallocate` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Allocate {
+    /// Where the range starts, in bytes of the file as the mount shows it.
     pub offset: u64,
+    /// Bytes in the range.
     pub length: u64,
     /// The `FALLOC_FL_*` mode bits.
     pub mode: i32,

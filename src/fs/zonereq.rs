@@ -31,7 +31,9 @@ use std::sync::Arc;
 pub struct ZoneSummary {
     /// Path of the zone root relative to the mount root.
     pub path: String,
+    /// The zone's id, in hex.
     pub zone_id: String,
+    /// The name of the zone's key.
     pub key: String,
     /// Newest version of the zone key (what new files get).
     pub key_version: u32,
@@ -51,16 +53,21 @@ pub struct ZoneSummary {
 /// What `zone info` shows for a path (HDFS's getFileEncryptionInfo).
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PathInfo {
+    /// The path asked about, relative to the mount root.
     pub path: String,
     /// Zone root relative to the mount root.
     pub zone: String,
+    /// The zone's id, in hex.
     pub zone_id: String,
+    /// The name of the zone's key.
     pub key: String,
     /// The key version this file's EDEK is wrapped with (for a directory: the newest).
     pub key_version: u32,
+    /// The file format's cipher suite, in words ("AES-256-GCM/4KiB").
     pub cipher_suite: String,
     /// Hex; absent for directories and for empty files that have no header yet.
     pub edek: Option<String>,
+    /// The file's id from its header, in hex; absent when `edek` is.
     pub file_id: Option<String>,
     /// For a zone root: how many of the zone's files use each "key@version".
     #[serde(default)]
@@ -75,6 +82,7 @@ pub struct PathInfo {
 pub struct FileUse {
     /// Path from the mount root.
     pub path: String,
+    /// The name of the key the file's EDEK is wrapped with.
     pub key: String,
     /// 0 for an empty file without a header (it gets the newest version when written).
     pub key_version: u32,

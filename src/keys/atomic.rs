@@ -53,6 +53,7 @@ pub fn read_file(path: &Path, max: u64) -> io::Result<Vec<u8>> {
 pub struct FileLock(File);
 
 impl FileLock {
+    /// Opens (creating if needed) the lock file `path` and waits for the lock.
     pub fn acquire(path: &Path) -> io::Result<FileLock> {
         let (dir, name) = parent_of(path)?;
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK;

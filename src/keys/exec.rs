@@ -243,6 +243,7 @@ impl ExecProvider {
         Self::version_of(self.call(&json!({"op": "roll", "key": name}))?)
     }
 
+    /// Asks the provider to wrap `dek` with `name@version`, binding `aad`; returns the EDEK.
     pub fn wrap(
         &self,
         name: &str,
@@ -272,6 +273,7 @@ impl ExecProvider {
         Ok(*edek)
     }
 
+    /// Asks the provider to unwrap `edek`, made with `name@version` and `aad`; returns the DEK.
     pub fn unwrap(
         &self,
         name: &str,

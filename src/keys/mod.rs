@@ -19,38 +19,63 @@ use std::path::PathBuf;
 /// contain key material.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    /// The passphrase does not unseal the keystore's master key.
     #[error("wrong passphrase")]
     WrongPassphrase,
+    /// The keystore holds no key of this name.
     #[error("no key named '{0}'")]
     NoSuchKey(String),
+    /// The key has no such version.
     #[error("key '{0}' has no version {1}")]
     NoSuchVersion(String, u32),
+    /// A key to create has the name of one the keystore holds.
     #[error("a key named '{0}' already exists")]
     KeyExists(String),
+    /// A key to delete is the key of zones.
     #[error("key '{name}' is still used by {} zone(s) ({}); remove those zones first", zones.len(), zones.join(", "))]
-    KeyInUse { name: String, zones: Vec<String> },
+    KeyInUse {
+        /// The key's name.
+        name: String,
+        /// The roots of the zones that use it, relative to the mount root.
+        zones: Vec<String>,
+    },
+    /// A key name breaks [`validate_key_name`].
     #[error("invalid key name '{}': use 1 to 64 characters from A-Z a-z 0-9 . _ -", crate::text::shorten(.0, 80))]
     BadName(String),
+    /// The keystore file does not parse or authenticate.
     #[error("keystore {path} is corrupt: {why}")]
-    Corrupt { path: PathBuf, why: String },
+    Corrupt {
+        /// The file read: the keystore, or a copy of it.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The backing dir has no `.ezfs` directory.
     #[error("{0} is not an ezfs backing directory (no .ezfs); run 'ezfs init' first")]
     NotInitialized(PathBuf),
+    /// `.ezfs` exists but holds no keystore file.
     #[error(
         "{0}/.ezfs exists but its keystore.json is missing: restore it from a backup ('ezfs keystore \
          backup' makes one; see ezfs(1), BACKUP AND RECOVERY), or remove {0}/.ezfs to start over (files \
          in zones then cannot be read)"
     )]
     KeystoreMissing(PathBuf),
+    /// The keystore file's format version is not this program's.
     #[error("unsupported keystore format version {0}")]
     UnsupportedFormat(u32),
+    /// The key version does not unwrap a file's data key (a damaged or foreign header).
     #[error("cannot unwrap the data key with {0}@{1}: header authentication failed")]
     Unwrap(String, u32),
+    /// A file operation on keys failed.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done.
         context: String,
+        /// What the system call returned.
         #[source]
         source: std::io::Error,
     },
+    /// Anything else, in one sentence (a key provider's failure, a bad setting).
     #[error("{0}")]
     Other(String),
 }

@@ -41,6 +41,7 @@ pub struct LocalProvider {
 }
 
 impl LocalProvider {
+    /// A provider over the unlocked keystore `store`.
     pub fn new(store: Keystore) -> LocalProvider {
         LocalProvider {
             store: RwLock::new(store),

@@ -21,8 +21,11 @@ const SECRET_BY_MASTER: &[u8] = b"ezfs-secret-by-master\0";
 /// The recovery slot as the keystore file holds it (hex of 60-byte wraps).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Slot {
+    /// `S` wrapped by the recovery key.
     pub secret_by_recovery: String,
+    /// The master key wrapped by `S`.
     pub master_by_secret: String,
+    /// `S` wrapped by the master key, so a new master key can be given the same slot.
     pub secret_by_master: String,
 }
 

@@ -20,7 +20,9 @@ const MARKER_FORMAT: u32 = 1;
 /// A zone's identity as recorded in its marker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZoneMarker {
+    /// The zone's random id.
     pub zone_id: [u8; 16],
+    /// The name of the zone's key.
     pub key: String,
 }
 
@@ -35,10 +37,13 @@ struct MarkerFile {
 /// Why a marker cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MarkerError {
+    /// The marker is not JSON of the expected shape, or a field does not decode.
     #[error("zone marker is unreadable: {0}")]
     Malformed(String),
+    /// The marker's format version is not this build's.
     #[error("unsupported zone marker format {0}")]
     UnsupportedFormat(u32),
+    /// The marker's MAC verifies under none of the master keys given.
     #[error("zone marker failed authentication (edited, or from another keystore)")]
     AuthFailed,
 }
@@ -61,6 +66,7 @@ pub enum MarkerRead {
     Absent,
     /// Something is there but it is no authentic marker: why.
     Invalid(String),
+    /// An authentic marker.
     Valid(ZoneMarker),
 }
 

@@ -19,8 +19,11 @@ use std::fmt;
 /// plaintext.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Zone {
+    /// The zone's random id (in its marker and every file header).
     pub id: [u8; 16],
+    /// The name of the zone's key.
     pub key: String,
+    /// Why the zone cannot be used; `None` for a usable zone.
     pub broken: Option<String>,
     /// A zone whose file names are encrypted: its wrapped name secrets as the registry
     /// held them when the zone was decided (a mount asks the registry for the live

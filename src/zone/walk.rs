@@ -29,6 +29,7 @@ pub fn has_marker(dir: BorrowedFd<'_>) -> bool {
 pub struct ZoneFile<'a> {
     /// The directory holding it.
     pub dir: BorrowedFd<'a>,
+    /// Its name in `dir`.
     pub name: &'a OsStr,
     /// Its path from the walk's start.
     pub rel: &'a Path,

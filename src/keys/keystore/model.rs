@@ -45,7 +45,9 @@ pub(super) struct Kdf {
 /// (empty for keys an external provider holds).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VersionEntry {
+    /// The version number (1 for a key's first).
     pub version: u32,
+    /// When the version was made, in Unix seconds.
     pub created: u64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub(super) sealed: String,
@@ -56,13 +58,16 @@ pub struct VersionEntry {
 /// existed keep authenticating.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Acl {
+    /// Uids that may use the key.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub users: BTreeSet<u32>,
+    /// Gids whose members may use the key (primary or supplementary group).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub groups: BTreeSet<u32>,
 }
 
 impl Acl {
+    /// Whether the list names no one (only the owner and root may use the key).
     pub fn is_empty(&self) -> bool {
         self.users.is_empty() && self.groups.is_empty()
     }
@@ -71,16 +76,22 @@ impl Acl {
 /// A user or a group in a key's access list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Principal {
+    /// A user, by uid.
     User(u32),
+    /// A group, by gid.
     Group(u32),
 }
 
 /// A zone key: its versions (newest last), who created it and who may use it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct KeyEntry {
+    /// The uid that created the key.
     pub owner: u32,
+    /// When the key was made, in Unix seconds.
     pub created: u64,
+    /// The key's versions, oldest first.
     pub versions: Vec<VersionEntry>,
+    /// Who else may use the key.
     #[serde(default, skip_serializing_if = "Acl::is_empty")]
     pub acl: Acl,
     /// The material lives in the external key provider, not here.
@@ -109,6 +120,7 @@ impl KeyEntry {
 /// removed zone marker is noticed).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ZoneEntry {
+    /// The name of the zone's key.
     pub key: String,
     /// Path of the zone root relative to the backing dir, as last seen.
     pub path: String,
@@ -144,6 +156,7 @@ pub struct WrappedSecret {
 /// key material is sealed).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Body {
+    /// Key name to key.
     pub keys: BTreeMap<String, KeyEntry>,
     /// Zone id (hex) to zone.
     pub zones: BTreeMap<String, ZoneEntry>,
