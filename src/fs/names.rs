@@ -453,7 +453,7 @@ impl Core {
     /// through the mount: beneath the backing root, through no symlink, with the
     /// caller's permissions; reserved names (the marker, `.ezfs`) are refused. Returns
     /// its descriptor (`O_PATH`) and its path from the mount root (names in
-    /// name-encrypted zones are translated on the way: see [`Core::backing_rel`]).
+    /// name-encrypted zones are translated on the way: see `Core::backing_rel`).
     pub fn resolve_as(&self, caller: &Caller, rel: &str) -> FsResult<(OwnedFd, PathBuf)> {
         let rel = normalize(rel)?;
         let shown = shown(&rel);

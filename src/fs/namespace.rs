@@ -155,7 +155,7 @@ impl Core {
     }
 
     /// RMDIR. A zone root goes with its marker (and a directory of a name-encrypted
-    /// zone with its diriv: see [`At::rmdir`]), and the registry forgets it.
+    /// zone with its diriv: see `At::rmdir`), and the registry forgets it.
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         self.writable_check()?;
         let p = self.inode(parent)?;
