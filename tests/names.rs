@@ -641,9 +641,9 @@ fn directory_rename_renames_no_child() {
     check("back", 1);
 }
 
-/// A copy of the backing dir made with `cp -a` and one made with `tar -c | tar -x`
-/// (no xattr options) mount and show every name, content and symlink target of the
-/// name-encrypted zone.
+/// Copies of the backing dir made with `cp -a`, with `tar -c | tar -x` (no xattr
+/// options) and with `rsync -aH` mount and show every name, content and symlink
+/// target of the name-encrypted zone.
 #[test]
 fn copies_of_the_backing_dir_keep_the_zone_readable() {
     let f = Fixture::new();
@@ -666,7 +666,13 @@ fn copies_of_the_backing_dir_keep_the_zone_readable() {
 
     let cp = f.root.join("copy-cp");
     let tar = f.root.join("copy-tar");
+    let rsync = f.root.join("copy-rsync");
     ok(&f.sh("cp", &[Path::new("-a"), &f.backing, &cp]), "cp -a");
+    bash(
+        &f,
+        // -H: hard links stay links (rsync -a alone copies them apart)
+        &format!("rsync -aH '{}/' '{}/'", f.backing.display(), rsync.display()),
+    );
     fs::create_dir(&tar).unwrap();
     bash(
         &f,
@@ -677,7 +683,7 @@ fn copies_of_the_backing_dir_keep_the_zone_readable() {
         ),
     );
 
-    for copy in [&cp, &tar] {
+    for copy in [&cp, &tar, &rsync] {
         // the copy holds the same backing names (no plaintext) and every diriv
         assert_backing_encrypted(
             &copy.join("z"),
@@ -1131,11 +1137,13 @@ fn symlink_targets_up_to_3039_bytes() {
     assert_eq!(fs::symlink_metadata(f.m("z/longest")).unwrap().len(), 3039);
 }
 
-/// Every stored name below `root` in the backing dir (housekeeping files left out).
+/// Every stored name below `root` in the backing dir (housekeeping files and the
+/// plain-named "nested-file" of a nested zone left out).
 fn stored_names(root: &Path) -> BTreeSet<OsString> {
     walk(root)
         .iter()
         .filter_map(|p| p.file_name().map(OsStr::to_owned))
+        .filter(|n| n != "nested-file")
         .filter(|n| {
             n != DIRIV
                 && n != MARKER
@@ -1162,6 +1170,10 @@ fn reencrypt_moves_names_to_a_new_secret_and_survives_an_interruption() {
         fs::write(z.join(p), format!("content {i}")).unwrap();
     }
     symlink("dir/deeper/c", z.join("link")).unwrap();
+    // a nested zone (plain names) whose root's own name moves with the rest
+    ok(&f.key("create", "k2"), "key create k2");
+    let inner = f.zone("z/dir/inner", "k2");
+    fs::write(inner.join("nested-file"), b"nested").unwrap();
     let tree = snapshot(&z);
     let names_v1 = stored_names(&f.b("z"));
 
@@ -1205,5 +1217,70 @@ fn reencrypt_moves_names_to_a_new_secret_and_survives_an_interruption() {
     assert_eq!(snapshot(&z), tree, "after the move");
     ok(&f.key("prune", "k1"), "prune after the move");
     assert_eq!(snapshot(&z), tree, "after prune");
+    // the registry followed the nested zone's root to its new backing name
+    drop(_m);
+    let _m = f.mount();
+    assert_eq!(snapshot(&z), tree, "after a remount");
+    let o = f.run(&["zone", "info", "--json", inner.to_str().unwrap()]);
+    ok(&o, "zone info of the nested zone");
+    assert!(
+        stdout_of(&o).contains("\"encrypt_names\": false"),
+        "{}",
+        stdout_of(&o)
+    );
     assert_backing_encrypted(&f.b("z"), &["content", "deeper", "link"]);
+}
+
+/// `ezfs fsck` reports, by its backing path, an entry of a name-encrypted zone whose
+/// name does not decrypt there (planted, or moved in from another directory), exits 1,
+/// and with `--quarantine` moves it into the zone's lost+found; the diriv and sidecar
+/// files are never reported; afterwards fsck is clean and the mount lists the rest.
+#[test]
+fn fsck_reports_and_quarantines_names_that_do_not_decrypt() {
+    let f = Fixture::new();
+    let m = f.mount();
+    let z = f.names_zone("z", "k1");
+    fs::create_dir(z.join("sub")).unwrap();
+    fs::write(z.join("keep"), b"keep").unwrap();
+    fs::write(z.join("sub/moved"), b"moved").unwrap();
+    fs::write(z.join(long_name("long-", 220)), b"long").unwrap();
+    m.unmount();
+    let fsck = |extra: &[&str]| {
+        let mut args = vec!["fsck", "--passphrase-file", f.pass.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.push(f.backing.to_str().unwrap());
+        f.run(&args)
+    };
+    ok(&fsck(&[]), "fsck of a clean zone");
+    // a planted name, and a name moved from sub/ to the zone root
+    fs::write(f.b("z").join("planted-name"), b"x").unwrap();
+    let sub_backing = name_entries(&f.b("z"))
+        .into_iter()
+        .find(|n| f.b("z").join(n).is_dir())
+        .expect("the backing name of sub");
+    let moved = name_entries(&f.b("z").join(&sub_backing))
+        .into_iter()
+        .next()
+        .expect("sub holds one name");
+    fs::rename(f.b("z").join(&sub_backing).join(&moved), f.b("z").join(&moved)).unwrap();
+    let o = fsck(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout_of(&o));
+    let out = stdout_of(&o);
+    for bad in [OsStr::new("planted-name"), moved.as_os_str()] {
+        let line = format!("DAMAGED /z/{}: name:", bad.to_string_lossy());
+        assert!(out.contains(&line), "no {line:?} in: {out}");
+    }
+    assert!(!out.contains(DIRIV) && !out.contains(".name:"), "{out}");
+    let o = fsck(&["--quarantine"]);
+    assert!(
+        stdout_of(&o).contains("moved to /z/lost+found/"),
+        "{}",
+        stdout_of(&o)
+    );
+    assert!(!f.b("z/planted-name").exists());
+    ok(&fsck(&[]), "fsck after the quarantine");
+    let _m = f.mount();
+    assert_eq!(names_str(&f.m("z/sub")), set(&[]));
+    assert_eq!(fs::read(z.join("keep")).unwrap(), b"keep");
+    assert_eq!(fs::read(z.join(long_name("long-", 220))).unwrap(), b"long");
 }

@@ -175,6 +175,11 @@ impl Core {
             moved += 1;
         }
         let _ = resolve::sync_dir(root.fd.as_fd());
+        // nested zone roots (or directories above them) may have got new names: the
+        // registry follows them by their markers
+        if let Err(e) = self.locate_zones() {
+            log::error!("zone {id}: finding the zones again after moving names: {e}");
+        }
         self.keys
             .set_zone_names(
                 &id,
