@@ -602,9 +602,14 @@ impl Core {
     pub fn reencrypt_job(&self, zone_id: &str, caller: &Caller) -> FsResult<JobStatus> {
         let none = || FsError::NoJobRecord(format!("zone {zone_id}"));
         let mut path = None;
-        self.keys
-            .with_registry(&mut |r| path = r.get(zone_id).map(|z| z.path.clone()));
-        self.resolve_backing_as(caller, &path.ok_or_else(none)?)?;
+        {
+            // no rename between its backing rename and the registry's note of it: the
+            // registered path leads to the root even while the root keeps moving
+            let _renames = self.rename_gate.write();
+            self.keys
+                .with_registry(&mut |r| path = r.get(zone_id).map(|z| z.path.clone()));
+            self.resolve_backing_as(caller, &path.ok_or_else(none)?)?;
+        }
         self.jobs.get(zone_id).ok_or_else(none)
     }
 }
