@@ -7,7 +7,10 @@
 #                         [--targets "ezfs plain gocryptfs"] [--jobs "seqwrite ..."]
 #   --quick     256M file, 5 s per timed job (about one minute per target)
 #   defaults    1G file, 15 s per timed job
-# Environment: EZFS (the ezfs binary; default target/release/ezfs, built if missing)
+#   targets     ezfs (a zone), ezfs-plain (a plain directory of an ezfs mount), plain
+#               (the disk itself), gocryptfs
+# Environment: EZFS (the ezfs binary; default target/release/ezfs, built if missing),
+#              EZFS_MOUNT_OPTS (more `ezfs mount` arguments, e.g. "--passthrough")
 # Run as root so that caches can be dropped before every job (reads start cold).
 # Each target starts once the disk has settled (sync, then up to 60 s until it is idle).
 set -euo pipefail
@@ -48,13 +51,16 @@ setup() {  # TARGET -> sets DIR, the directory to run the jobs in
     mkdir -p "$d/backing" "$d/mnt"
     case $t in
         plain) DIR=$d/backing ;;
-        ezfs)
+        ezfs|ezfs-plain)
             "$EZFS" init "$d/backing" --passphrase-file "$work/pass" >/dev/null
             "$EZFS" key create bench --backing "$d/backing" --passphrase-file "$work/pass" >/dev/null
-            "$EZFS" mount "$d/backing" "$d/mnt" --passphrase-file "$work/pass" >/dev/null 2>"$d/log"
+            # shellcheck disable=SC2086
+            "$EZFS" mount "$d/backing" "$d/mnt" --passphrase-file "$work/pass" ${EZFS_MOUNT_OPTS:-} >/dev/null 2>"$d/log"
             mounts+=("$d/mnt")
             mkdir "$d/mnt/zone"
-            "$EZFS" zone create --key bench "$d/mnt/zone" >/dev/null
+            if [[ $t == ezfs ]]; then
+                "$EZFS" zone create --key bench "$d/mnt/zone" >/dev/null
+            fi
             DIR=$d/mnt/zone ;;
         gocryptfs)
             gocryptfs -init -q -passfile "$work/pass" "$d/backing" >/dev/null

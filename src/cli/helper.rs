@@ -101,6 +101,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
         mountpoint: mountpoint.into(),
         read_only: t.read_only,
         allow_other: t.allow_other,
+        passthrough: false,
         options: t.fuse,
         foreground: false,
         pass: PassArgs {

@@ -31,6 +31,11 @@ pub struct MountArgs {
     /// same as -o allow_other.
     #[arg(long)]
     pub(super) allow_other: bool,
+    /// Plain files (outside zones) do their I/O in the kernel (FUSE passthrough), at
+    /// the backing disk's speed; the kernel then gives no writeback cache, so small
+    /// writes to files in zones are slower. The same as -o passthrough.
+    #[arg(long)]
+    pub(super) passthrough: bool,
     /// FUSE mount options, comma-separated (e.g. -o noatime,nonempty).
     #[arg(short = 'o', value_name = "OPT")]
     pub(super) options: Vec<String>,
@@ -49,6 +54,11 @@ impl MountArgs {
             || self
                 .fuse_options()
                 .any(|o| o == "allow_other" || o == "allow_root")
+    }
+
+    /// Whether plain files use FUSE passthrough (`--passthrough` or `-o passthrough`).
+    fn passthrough(&self) -> bool {
+        self.passthrough || self.fuse_options().any(|o| o == "passthrough")
     }
 
     /// Every `-o` option, one by one (each `-o` may list several, comma-separated).
@@ -79,6 +89,7 @@ fn check_option(o: &str) -> Result<(), Failure> {
         "allow_root",
         "default_permissions",
         "auto_unmount",
+        "passthrough",
     ];
     const VALUED: &[&str] = &[
         "fsname=",
@@ -156,7 +167,7 @@ fn mount_config(a: &MountArgs, backing: &Path) -> Config {
         o.is_empty()
             || matches!(
                 o,
-                "nonempty" | "allow_other" | "allow_root" | "default_permissions"
+                "nonempty" | "allow_other" | "allow_root" | "default_permissions" | "passthrough"
             )
             || (crate::fs::atime_option(o) && o != "noatime")
     };
@@ -253,6 +264,10 @@ pub fn mount(a: MountArgs) -> CliResult {
     let mut core = Core::new(backing.clone(), keys, read_only).map_err(Failure::op)?;
     core.atime = crate::fs::AtimePolicy::from_options(a.fuse_options());
     core.kernel_checks = a.others_get_in();
+    if a.passthrough() && !read_only {
+        core.passthrough = true;
+        core.writeback = false;
+    }
     let core = Arc::new(core);
     let located = core.locate_zones().map_err(Failure::op)?;
     for w in &located.warnings {
@@ -399,7 +414,7 @@ fn serve(core: Arc<Core>, mnt: &Path, config: &Config, mut notify: Option<OwnedF
             return Err(Failure::op(msg));
         }
     };
-    let mut session = match fuser::Session::new(EzFs(core.clone()), mnt, config) {
+    let mut session = match fuser::Session::new(EzFs::new(core.clone()), mnt, config) {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("cannot mount {}: {e}", mnt.display());

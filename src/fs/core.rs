@@ -69,6 +69,10 @@ pub struct Core {
     pub backing: PathBuf,
     /// The mount is read-only (`ro`): requests that change files get EROFS.
     pub read_only: bool,
+    /// Plain files do their I/O in the kernel (FUSE passthrough): the adapter hands the
+    /// kernel each plain file's backing file. Excludes `writeback` (the kernel refuses
+    /// both on one connection).
+    pub passthrough: bool,
     /// Use the kernel's writeback cache: writes return once in the page cache and reach
     /// us in large batches; the kernel then owns the file size while pages are dirty.
     pub writeback: bool,
@@ -133,6 +137,7 @@ impl Core {
             backing,
             read_only,
             writeback: !read_only,
+            passthrough: false,
             me,
             jobs,
             running: Default::default(),

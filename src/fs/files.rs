@@ -132,11 +132,33 @@ impl Core {
         if self.writeback && flags & libc::O_ACCMODE == libc::O_WRONLY {
             flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
         }
-        let f = sys::reopen_noatime(ino.fd()?.as_fd(), flags)?;
+        // passthrough: the kernel uses the first open's backing file for every later
+        // open of the inode, so it is opened read-write where it can be
+        // (and without O_NOATIME: the kernel reads it directly, so the backing file
+        // system's own atime rules apply)
+        let fd = ino.fd()?;
+        let f = match self.passthrough && st.st_mode & libc::S_IFMT == libc::S_IFREG {
+            true => sys::reopen(fd.as_fd(), (flags & !libc::O_ACCMODE) | libc::O_RDWR)
+                .or_else(|_| sys::reopen(fd.as_fd(), flags)),
+            false => sys::reopen_noatime(fd.as_fd(), flags),
+        }?;
         if st.st_mode & libc::S_IFMT == libc::S_IFREG {
             self.refuse_ciphertext(ino, st)?;
         }
         Ok(Handle::plain(f))
+    }
+
+    /// The backing file of the plain regular-file handle `fh`, for FUSE passthrough
+    /// (`None` for any other handle, or when the mount does not pass through).
+    pub fn passthrough_file<R>(&self, fh: u64, f: impl FnOnce(&File) -> R) -> Option<R> {
+        if !self.passthrough {
+            return None;
+        }
+        let h = self.handle(fh).ok()?;
+        match &*h {
+            Handle::Plain(file, ..) if file.metadata().is_ok_and(|m| m.is_file()) => Some(f(file)),
+            _ => None,
+        }
     }
 
     /// An encrypted file outside every zone (copied there in the backing dir, or left

@@ -1,19 +1,23 @@
 //! The FUSE adapter: translation only. Each fuser method turns its arguments into the
 //! core's, calls one core operation, and turns `Result<T, FsError>` into a reply; the
 //! only decisions here are about the protocol (capabilities asked at init, what to
-//! cache for how long, FLUSH not needed). This is the one module of `fs` that sees
+//! cache for how long, FLUSH not needed, the backing ids of plain files the kernel
+//! serves itself with `--passthrough`). This is the one module of `fs` that sees
 //! fuser.
 
 use super::core::{Core, Invalidate};
 use super::error::FsError;
 use super::types::{Allocate, Attr, FileKind, SetAttr, SetTime};
 use crate::backdir::Caller;
+use fuser::BackingId;
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::sync::Arc;
@@ -28,8 +32,82 @@ thread_local! {
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The object handed to fuser.
-pub struct EzFs(pub Arc<Core>);
+/// The object handed to fuser: the core, and the kernel's handles of plain files
+/// opened with FUSE passthrough.
+pub struct EzFs(pub Arc<Core>, Passthrough);
+
+impl EzFs {
+    /// The adapter of `core`.
+    pub fn new(core: Arc<Core>) -> EzFs {
+        EzFs(core, Passthrough::default())
+    }
+}
+
+/// FUSE passthrough of plain files (`Core::passthrough`): the kernel wants one backing
+/// id per inode, shared by all its open handles, until the last is released.
+#[derive(Default)]
+struct Passthrough {
+    /// Whether the kernel agreed at init.
+    on: std::sync::atomic::AtomicBool,
+    /// Logged once: the kernel refused a backing file (it then takes the usual path).
+    refused: std::sync::OnceLock<()>,
+    /// Node id to its backing id and the number of handles using it.
+    ids: Mutex<HashMap<u64, (Arc<BackingId>, usize)>>,
+    /// Handles opened with passthrough, to their node id.
+    handles: Mutex<HashMap<u64, u64>>,
+}
+
+impl Passthrough {
+    /// The backing id for handle `fh` of node `ino`: the node's, or one made with
+    /// `open` from the handle's backing file; `None` if the handle cannot pass through.
+    fn acquire(
+        &self,
+        core: &Core,
+        ino: u64,
+        fh: u64,
+        open: impl FnOnce(&std::fs::File) -> io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        if !self.on.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let mut ids = self.ids.lock();
+        let id = match ids.get_mut(&ino) {
+            Some((id, n)) => {
+                *n += 1;
+                id.clone()
+            }
+            None => match core.passthrough_file(fh, open)? {
+                Ok(id) => {
+                    let id = Arc::new(id);
+                    ids.insert(ino, (id.clone(), 1));
+                    id
+                }
+                Err(e) => {
+                    self.refused.get_or_init(|| {
+                        log::warn!("FUSE passthrough refused ({e}); plain files take the usual path")
+                    });
+                    return None;
+                }
+            },
+        };
+        self.handles.lock().insert(fh, ino);
+        Some(id)
+    }
+
+    /// Handle `fh` is released: its node's backing id goes with the last handle.
+    fn release(&self, fh: u64) {
+        let Some(ino) = self.handles.lock().remove(&fh) else {
+            return;
+        };
+        let mut ids = self.ids.lock();
+        if let Some((_, n)) = ids.get_mut(&ino) {
+            *n -= 1;
+            if *n == 0 {
+                ids.remove(&ino);
+            }
+        }
+    }
+}
 
 impl Invalidate for fuser::Notifier {
     fn entry(&self, parent: u64, name: &OsStr) {
@@ -97,6 +175,19 @@ impl Filesystem for EzFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
+        if self.0.passthrough {
+            // backing files on an ordinary file system (stack depth 1 above it)
+            let on = config.set_max_stack_depth(1).is_ok()
+                && config
+                    .add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH)
+                    .is_ok();
+            if on {
+                log::info!("plain files use FUSE passthrough (no writeback cache on this mount)");
+            } else {
+                log::warn!("the kernel offers no FUSE passthrough; plain files take the usual path");
+            }
+            self.1.on.store(on, std::sync::atomic::Ordering::Relaxed);
+        }
         if self.0.writeback
             && config
                 .add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE)
@@ -248,7 +339,12 @@ impl Filesystem for EzFs {
         } else {
             FopenFlags::empty()
         };
-        reply.opened(FileHandle(o.fh), flags);
+        match self.1.acquire(&self.0, ino.0, o.fh, |f| reply.open_backing(f)) {
+            // no KEEP_CACHE: a passthrough file has no page cache of its own, and the
+            // kernel (6.18 here) fails such an open with EIO
+            Some(id) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id),
+            None => reply.opened(FileHandle(o.fh), flags),
+        }
     }
 
     fn read(
@@ -312,6 +408,7 @@ impl Filesystem for EzFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.1.release(fh.0);
         self.0.release(ino.0, fh.0);
         reply.ok();
     }
@@ -441,13 +538,14 @@ impl Filesystem for EzFs {
             reply,
             self.0.create(&caller(req), parent.0, name, mode, umask, flags)
         );
-        reply.created(
-            &TTL,
-            &file_attr(&attr),
-            Generation(0),
-            FileHandle(o.fh),
-            FopenFlags::empty(),
-        );
+        let (ttl, attr, fh) = (&TTL, &file_attr(&attr), FileHandle(o.fh));
+        match self
+            .1
+            .acquire(&self.0, attr.ino.0, o.fh, |f| reply.open_backing(f))
+        {
+            Some(id) => reply.created_passthrough(ttl, attr, Generation(0), fh, FopenFlags::empty(), &id),
+            None => reply.created(ttl, attr, Generation(0), fh, FopenFlags::empty()),
+        }
     }
 
     fn fallocate(
