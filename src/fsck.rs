@@ -384,7 +384,9 @@ impl Checker<'_> {
     fn bad_name(&self, dir: BorrowedFd<'_>, name: &OsStr, z: &InZone) -> Option<String> {
         let (ciphers, diriv) = z.names.as_ref()?;
         let diriv = diriv.as_ref()?;
-        crate::fs::dirfiles::decrypt_entry(dir, ciphers, diriv, name).err()
+        crate::fs::dirfiles::decrypt_entry(dir, ciphers, diriv, name)
+            .err()
+            .map(|e| e.to_string())
     }
 
     /// Checks the name of directory `dir` (at `rel`) in its parent's zone context

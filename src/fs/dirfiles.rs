@@ -2,7 +2,7 @@
 //! directory's diriv and the sidecars of long names (see [`crate::format::names`]),
 //! and, for `rmdir`, a zone root's marker. Written by root, never shown in the mount.
 
-use crate::backdir::resolve::{self, read_small};
+use crate::backdir::resolve::{self, read_small, SmallFileError};
 use crate::backdir::sys;
 use crate::format::names::{self as encnames, DIRIV_FILE, DIRIV_LEN};
 use crate::zone::names::NameCiphers;
@@ -21,13 +21,32 @@ pub fn write_diriv(dir: BorrowedFd<'_>) -> io::Result<()> {
     f.sync_data()
 }
 
+/// Why a directory's diriv, or a backing entry's name, cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DirFileError {
+    /// The diriv file is missing, no regular file, or too large.
+    #[error("its {DIRIV_FILE} is unusable: {0}")]
+    Diriv(SmallFileError),
+    /// The diriv file holds another number of bytes.
+    #[error("its {DIRIV_FILE} holds {0} bytes, not {DIRIV_LEN}")]
+    DirivLength(usize),
+    /// A long name's sidecar is missing, no regular file, or too large.
+    #[error("its long-name file is unusable: {0}")]
+    Sidecar(SmallFileError),
+    /// A long name's sidecar holds the encoded name of another entry.
+    #[error("its long-name file belongs to another name")]
+    SidecarMismatch,
+    /// The entry's name does not decrypt in this directory.
+    #[error("no name of this directory: {0}")]
+    Name(encnames::NameError),
+}
+
 /// The diriv of directory `dir`; `Err` says why there is none.
-pub fn read_diriv(dir: BorrowedFd<'_>) -> Result<[u8; DIRIV_LEN], String> {
-    let bytes = read_small(dir, OsStr::new(DIRIV_FILE), DIRIV_LEN as u64)
-        .map_err(|e| format!("its {DIRIV_FILE} is unusable: {e}"))?;
+pub fn read_diriv(dir: BorrowedFd<'_>) -> Result<[u8; DIRIV_LEN], DirFileError> {
+    let bytes = read_small(dir, OsStr::new(DIRIV_FILE), DIRIV_LEN as u64).map_err(DirFileError::Diriv)?;
     bytes
         .try_into()
-        .map_err(|b: Vec<u8>| format!("its {DIRIV_FILE} holds {} bytes, not {DIRIV_LEN}", b.len()))
+        .map_err(|b: Vec<u8>| DirFileError::DirivLength(b.len()))
 }
 
 /// Writes the sidecar of the long-name entry `entry` of `dir`: the whole encoded name,
@@ -46,13 +65,13 @@ pub fn remove_sidecar(dir: BorrowedFd<'_>, entry: &OsStr) {
 
 /// The name in the mount of the backing entry `name` of the name-encrypted directory
 /// `dir` (diriv `diriv`): `Ok(None)` for the files the filesystem keeps there,
-/// `Err(why)` for an entry that is no name of this directory.
+/// `Err` for an entry that is no name of this directory.
 pub fn decrypt_entry(
     dir: BorrowedFd<'_>,
     ciphers: &NameCiphers,
     diriv: &[u8; DIRIV_LEN],
     name: &OsStr,
-) -> Result<Option<OsString>, String> {
+) -> Result<Option<OsString>, DirFileError> {
     let bytes = name.as_bytes();
     if bytes == DIRIV_FILE.as_bytes()
         || bytes.starts_with(encnames::LONG_PREFIX.as_bytes()) && !encnames::is_long_entry(bytes)
@@ -62,10 +81,9 @@ pub fn decrypt_entry(
     let encoded;
     let encoded: &[u8] = if encnames::is_long_entry(bytes) {
         let side = encnames::sidecar(&name.to_string_lossy());
-        encoded = read_small(dir, OsStr::new(&side), 4096)
-            .map_err(|e| format!("its long-name file is unusable: {e}"))?;
+        encoded = read_small(dir, OsStr::new(&side), 4096).map_err(DirFileError::Sidecar)?;
         if encnames::long_entry(&String::from_utf8_lossy(&encoded)) != name.to_string_lossy() {
-            return Err("its long-name file belongs to another name".into());
+            return Err(DirFileError::SidecarMismatch);
         }
         &encoded
     } else {
@@ -78,7 +96,7 @@ pub fn decrypt_entry(
                 .as_ref()
                 .map_or(Err(e), |n| encnames::decrypt_name(n, diriv, encoded))
         })
-        .map_err(|e| format!("no name of this directory: {e}"))?;
+        .map_err(DirFileError::Name)?;
     Ok(Some(OsString::from_vec(plain)))
 }
 

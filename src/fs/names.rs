@@ -415,7 +415,7 @@ impl Core {
 
     /// Logs, once per entry, a backing entry of a name-encrypted directory that is no
     /// name of it.
-    fn undecryptable(&self, dir: &Inode, fd: BorrowedFd<'_>, name: &OsStr, why: &str) {
+    fn undecryptable(&self, dir: &Inode, fd: BorrowedFd<'_>, name: &OsStr, why: &dirfiles::DirFileError) {
         let mut seen = self.undecryptable.lock();
         if seen.len() < 10_000 && seen.insert((dir.key, name.to_owned())) {
             log::warn!(
