@@ -208,7 +208,7 @@ impl Core {
                 other => other,
             }
         })?;
-        let (ino, _) = self.created(caller, &p, name)?;
+        let (ino, _) = self.created(caller, &p, &at)?;
         let h = match self.created_handle(&ino, File::from(f), flags) {
             Ok(h) => h,
             Err(e) => {

@@ -20,6 +20,7 @@ use crate::backdir::resolve::{self, open_beneath};
 use crate::backdir::{sys, Caller};
 use crate::crypto::names::NameCipher;
 use crate::format::names::{self as encnames, DIRIV_FILE, DIRIV_LEN};
+use crate::keys::keystore::NameKeys;
 use crate::zone::names::NameCiphers;
 use crate::zone::{self, Zone};
 use std::borrow::Cow;
@@ -337,22 +338,31 @@ impl Core {
     /// change and kept.
     pub(super) fn name_ciphers(&self, zone: &Zone) -> FsResult<Arc<NameCiphers>> {
         let id = crate::text::hex(&zone.id);
-        let mut keys = None;
-        self.keys
-            .with_registry(&mut |r| keys = r.get(&id).and_then(|e| e.names.clone()));
-        let Some(keys) = keys else {
-            log::error!("zone {id}: the registry holds no file-name secret for it");
-            return Err(errno::EIO);
-        };
-        let mut cache = self.name_ciphers.lock();
-        if let Some((k, c)) = cache.get(&zone.id) {
-            if *k == keys {
-                return Ok(c.clone());
+        // the cached ciphers if the registry still holds what they came from (compared
+        // in place: nothing is copied on a lookup); else the secrets to unwrap
+        let mut found: Result<Arc<NameCiphers>, Option<NameKeys>> = Err(None);
+        self.keys.with_registry(&mut |r| {
+            let Some(keys) = r.get(&id).and_then(|e| e.names.as_ref()) else {
+                return;
+            };
+            found = match self.name_ciphers.lock().get(&zone.id) {
+                Some((k, c)) if k == keys => Ok(c.clone()),
+                _ => Err(Some(keys.clone())),
+            };
+        });
+        match found {
+            Ok(c) => Ok(c),
+            Err(None) => {
+                log::error!("zone {id}: the registry holds no file-name secret for it");
+                Err(errno::EIO)
+            }
+            // unwrapped with no lock held: a slow key provider holds up no other zone
+            Err(Some(keys)) => {
+                let c = Arc::new(NameCiphers::unwrap(&*self.keys, &zone.id, &zone.key, &keys)?);
+                self.name_ciphers.lock().insert(zone.id, (keys, c.clone()));
+                Ok(c)
             }
         }
-        let c = Arc::new(NameCiphers::unwrap(&*self.keys, &zone.id, &zone.key, &keys)?);
-        cache.insert(zone.id, (keys, c.clone()));
-        Ok(c)
     }
 
     /// The diriv of directory `dir` (descriptor `fd`) of a name-encrypted zone, read

@@ -45,7 +45,7 @@ impl Core {
     }
 
     /// Looks up the backing entry `at` of `parent`, adding the inode to the table.
-    fn lookup_at(&self, parent: &Inode, at: &At<'_>) -> FsResult<(Arc<Inode>, Attr)> {
+    pub(super) fn lookup_at(&self, parent: &Inode, at: &At<'_>) -> FsResult<(Arc<Inode>, Attr)> {
         let st = at.stat()?;
         let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         let ino = self.inodes.insert((st.st_dev, st.st_ino), is_dir, || {
@@ -82,13 +82,14 @@ impl Core {
     }
 
     /// Finishes a create-like operation: lookup, ownership, fresh attributes.
+    /// `at` is the entry just made: looked up by its backing name, not encrypted again.
     pub(super) fn created(
         &self,
         caller: &Caller,
         parent: &Inode,
-        name: &OsStr,
+        at: &At<'_>,
     ) -> FsResult<(Arc<Inode>, Attr)> {
-        let (ino, attr) = self.lookup_child(parent, name)?;
+        let (ino, attr) = self.lookup_at(parent, at)?;
         if (caller.uid, caller.gid) == self.me {
             return Ok((ino, attr));
         }
@@ -120,7 +121,7 @@ impl Core {
         sys::with_umask(umask, |own| {
             at.mknod(if own { mode } else { mode & !umask }, rdev as u64)
         })?;
-        Ok(self.created(caller, &p, name)?.1)
+        Ok(self.created(caller, &p, &at)?.1)
     }
 
     /// MKDIR.
@@ -132,7 +133,7 @@ impl Core {
         sys::with_umask(umask, |own| {
             at.mkdir((if own { mode } else { mode & !umask }) & 0o7777)
         })?;
-        Ok(self.created(caller, &p, name)?.1)
+        Ok(self.created(caller, &p, &at)?.1)
     }
 
     /// SYMLINK.
@@ -142,7 +143,7 @@ impl Core {
         let at = self.at(&p, &pfd, name, Use::New)?;
         let _gate = self.zone_gate.read();
         at.symlink(target.as_os_str())?;
-        Ok(self.created(caller, &p, name)?.1)
+        Ok(self.created(caller, &p, &at)?.1)
     }
 
     /// UNLINK.
@@ -219,6 +220,6 @@ impl Core {
             return Err(errno::EXDEV);
         }
         to.link_from(i.fd()?.as_fd())?;
-        Ok(self.lookup_child(&np, newname)?.1)
+        Ok(self.lookup_at(&np, &to)?.1)
     }
 }
