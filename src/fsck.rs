@@ -18,14 +18,11 @@
 use crate::backdir::resolve::{ensure_dir, open_beneath};
 use crate::backdir::sys;
 use crate::backdir::walk::{walk, Kind, Visitor};
-use crate::crypto::names::NameCipher;
-use crate::crypto::WRAPPED_KEY_LEN;
 use crate::format::header::{read_header, MAGIC};
 use crate::format::layout::{plain_size, HEADER_LEN};
-use crate::format::names::{secret_aad, DIRIV_LEN};
+use crate::format::names::DIRIV_LEN;
 use crate::format::{Backing, BlockCodec};
-use crate::keys::keystore::WrappedSecret;
-use crate::keys::Keystore;
+use crate::keys::{KeyProvider, LocalProvider};
 use crate::text::hex;
 use crate::zone::names::NameCiphers;
 use crate::zone::{self, MarkerRead, Zone};
@@ -36,7 +33,6 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::Arc;
 
 /// Where quarantined files go, inside their zone root.
 pub const QUARANTINE_DIR: &str = "lost+found";
@@ -97,7 +93,7 @@ fn open_file(dir: BorrowedFd<'_>, name: &OsStr) -> std::io::Result<File> {
 }
 
 /// Checks one file of `zone`; returns the number of blocks and the damage, if any.
-fn check_file(f: &File, zone: &Zone, ks: &Keystore) -> (u64, Option<Problem>) {
+fn check_file(f: &File, zone: &Zone, keys: &LocalProvider) -> (u64, Option<Problem>) {
     let fail = |msg: String| (0, Some((msg, Vec::new())));
     let len = match f.metadata() {
         Ok(m) => m.len(),
@@ -123,12 +119,11 @@ fn check_file(f: &File, zone: &Zone, ks: &Keystore) -> (u64, Option<Problem>) {
             zone.key
         ));
     }
-    let key = match ks.material(&header.key_name, header.key_version) {
-        Ok(k) => k,
+    // through the provider: keystore keys, an exec: program's or the KMS's alike
+    let dek = match crate::keys::dek::unwrap(keys, &header) {
+        Ok(dek) => dek,
+        Err(crate::keys::KeyError::Unwrap(..)) => return fail("header authentication failed".into()),
         Err(e) => return fail(format!("{e} (key {}@{})", header.key_name, header.key_version)),
-    };
-    let Ok(dek) = key.cipher().unwrap_key(&header.own_aad(), &header.edek) else {
-        return fail("header authentication failed".into());
     };
     let codec = BlockCodec::new(&dek, header.file_id);
     let blocks = crate::format::layout::block_count(size);
@@ -203,29 +198,20 @@ struct InZone {
     names: Option<(Rc<NameCiphers>, Option<[u8; DIRIV_LEN]>)>,
 }
 
-/// The name ciphers of `zone` from the keystore's own key material (fsck unwraps
-/// as it does DEKs: local keys only).
-fn name_ciphers(zone: &Zone, ks: &Keystore) -> Result<Option<NameCiphers>, String> {
+/// The name ciphers of `zone`, unwrapped through the provider.
+fn name_ciphers(zone: &Zone, keys: &dyn KeyProvider) -> Result<Option<NameCiphers>, String> {
     let Some(names) = &zone.names else {
         return Ok(None);
     };
-    let unwrap = |w: &WrappedSecret| -> Result<Arc<NameCipher>, String> {
-        let wrapped = crate::text::unhex::<WRAPPED_KEY_LEN>(&w.wrapped).ok_or("a bad wrapped name secret")?;
-        let key = ks.material(&zone.key, w.version).map_err(|e| e.to_string())?;
-        let secret = key
-            .cipher()
-            .unwrap_key(&secret_aad(&zone.id, &zone.key, w.version), &wrapped)
-            .map_err(|_| format!("its name secret does not unwrap with {}@{}", zone.key, w.version))?;
-        Ok(Arc::new(NameCipher::derive(&secret, &zone.id)))
-    };
-    Ok(Some(NameCiphers {
-        current: unwrap(&names.current)?,
-        next: names.next.as_ref().map(unwrap).transpose()?,
-    }))
+    NameCiphers::unwrap(keys, &zone.id, &zone.key, names)
+        .map(Some)
+        .map_err(|e| format!("its name secret does not unwrap with key {}: {e}", zone.key))
 }
 
 struct Checker<'a> {
-    ks: &'a Keystore,
+    keys: &'a LocalProvider,
+    /// The zone registry, read once.
+    registry: Rc<crate::keys::service::Registry>,
     quarantine: bool,
     progress: &'a mut dyn FnMut(u64),
     report: Report,
@@ -250,13 +236,13 @@ impl Visitor for Checker<'_> {
                 return None;
             }
         }
-        let registry = &self.ks.body().zones;
+        let registry = Rc::clone(&self.registry);
         let rel_s = rel.to_string_lossy();
         let here = registry
             .iter()
             .find(|(_, z)| z.path == rel_s)
             .map(|(id, z)| (id.as_str(), z));
-        let marker = zone::marker::read_marker(dir, &self.ks.marker_keys());
+        let marker = zone::marker::read_marker(dir, &self.keys.store().read().marker_keys());
         let invalid = matches!(marker, MarkerRead::Invalid(_));
         let Some(z) = zone::decide(marker, here, |id| registry.contains_key(id)) else {
             let mut ctx = parent.cloned().flatten();
@@ -291,7 +277,7 @@ impl Visitor for Checker<'_> {
             }
         }
         let root = sys::open_at(dir, OsStr::new("."), libc::O_PATH | libc::O_DIRECTORY, 0).ok()?;
-        let names = match name_ciphers(&z, self.ks) {
+        let names = match name_ciphers(&z, self.keys) {
             Ok(n) => n.map(|c| (Rc::new(c), self.diriv_of(dir, rel))),
             Err(why) => {
                 self.report
@@ -343,7 +329,7 @@ impl Visitor for Checker<'_> {
             Some(z) if z.zone.broken.is_some() => return,
             Some(z) => {
                 self.report.files += 1;
-                let (blocks, damage) = check_file(&f, &z.zone, self.ks);
+                let (blocks, damage) = check_file(&f, &z.zone, self.keys);
                 self.report.blocks += blocks;
                 damage
             }
@@ -450,12 +436,14 @@ impl Checker<'_> {
 /// Walks the backing dir. `progress(done_files)` is called after each file.
 pub fn check(
     backing: &Path,
-    ks: &Keystore,
+    keys: &LocalProvider,
     quarantine_damaged: bool,
     progress: &mut dyn FnMut(u64),
 ) -> Report {
+    let registry = keys.store().read().body().zones.clone();
     let mut c = Checker {
-        ks,
+        keys,
+        registry: Rc::new(registry.clone()),
         quarantine: quarantine_damaged,
         progress,
         report: Report::default(),
@@ -470,7 +458,7 @@ pub fn check(
         Ok(root) => {
             walk(root.as_fd(), &mut c);
             // a registered zone whose path leads nowhere (or through a symlink)
-            for (id, z) in &ks.body().zones {
+            for (id, z) in &registry {
                 if c.seen.contains_key(id) {
                     continue;
                 }

@@ -18,7 +18,8 @@ pub fn run(backing: &Path, pass: &PassArgs, json: bool, quarantine: bool) -> Cli
             let _ = std::io::stderr().flush();
         }
     };
-    let report = fsck::check(backing, &ks, quarantine, &mut progress);
+    let keys = crate::keys::LocalProvider::new(ks);
+    let report = fsck::check(backing, &keys, quarantine, &mut progress);
     if tty {
         eprint!("\r");
     }

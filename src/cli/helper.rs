@@ -102,6 +102,10 @@ pub fn run(args: Vec<OsString>) -> i32 {
         read_only: t.read_only,
         allow_other: t.allow_other,
         passthrough: false,
+        // -o edek_pool=… and the like stay in `options`
+        edek_pool: None,
+        edek_pool_low: None,
+        dek_cache_ttl: None,
         options: t.fuse,
         foreground: false,
         pass: PassArgs {

@@ -36,6 +36,19 @@ pub struct MountArgs {
     /// writes to files in zones are slower. The same as -o passthrough.
     #[arg(long)]
     pub(super) passthrough: bool,
+    /// Zones whose key is in a KMS: fresh wrapped data keys kept ready per key version,
+    /// so creates do not wait for the KMS (0: none). The same as -o edek_pool=N.
+    #[arg(long, value_name = "N")]
+    pub(super) edek_pool: Option<usize>,
+    /// Refill the EDEK pool in the background when it falls below this percentage.
+    /// The same as -o edek_pool_low=PCT.
+    #[arg(long, value_name = "PCT")]
+    pub(super) edek_pool_low: Option<u32>,
+    /// Keep the data keys a KMS unwrapped for this many seconds after use, so that
+    /// reopening a file costs no KMS round trip (0, the default: not kept). The same
+    /// as -o dek_cache_ttl=SECS.
+    #[arg(long, value_name = "SECS")]
+    pub(super) dek_cache_ttl: Option<u64>,
     /// FUSE mount options, comma-separated (e.g. -o noatime,nonempty).
     #[arg(short = 'o', value_name = "OPT")]
     pub(super) options: Vec<String>,
@@ -59,6 +72,36 @@ impl MountArgs {
     /// Whether plain files use FUSE passthrough (`--passthrough` or `-o passthrough`).
     fn passthrough(&self) -> bool {
         self.passthrough || self.fuse_options().any(|o| o == "passthrough")
+    }
+
+    /// The KMS client side's options, from the flags or their `-o` forms.
+    fn kms_options(&self) -> Result<crate::keys::kms::KmsOptions, Failure> {
+        let valued = |name: &str| -> Result<Option<u64>, Failure> {
+            let prefix = format!("{name}=");
+            match self.fuse_options().filter_map(|o| o.strip_prefix(&prefix)).last() {
+                None => Ok(None),
+                Some(v) => v
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| Failure::usage(format!("-o {name}= takes a whole number, not '{v}'"))),
+            }
+        };
+        let mut k = crate::keys::kms::KmsOptions::default();
+        if let Some(n) = self.edek_pool.map(|n| n as u64).or(valued("edek_pool")?) {
+            k.pool.size = n as usize;
+        }
+        if let Some(p) = self.edek_pool_low.map(u64::from).or(valued("edek_pool_low")?) {
+            if !(1..=100).contains(&p) {
+                return Err(Failure::usage(format!(
+                    "the EDEK pool's low mark is 1 to 100 (%), not {p}"
+                )));
+            }
+            k.pool.low = p as f64 / 100.0;
+        }
+        if let Some(t) = self.dek_cache_ttl.or(valued("dek_cache_ttl")?) {
+            k.dek_cache_ttl = Duration::from_secs(t);
+        }
+        Ok(k)
     }
 
     /// Every `-o` option, one by one (each `-o` may list several, comma-separated).
@@ -92,6 +135,9 @@ fn check_option(o: &str) -> Result<(), Failure> {
         "passthrough",
     ];
     const VALUED: &[&str] = &[
+        "edek_pool=",
+        "edek_pool_low=",
+        "dek_cache_ttl=",
         "fsname=",
         "max_read=",
         "blksize=",
@@ -169,6 +215,9 @@ fn mount_config(a: &MountArgs, backing: &Path) -> Config {
                 o,
                 "nonempty" | "allow_other" | "allow_root" | "default_permissions" | "passthrough"
             )
+            || ["edek_pool=", "edek_pool_low=", "dek_cache_ttl="]
+                .iter()
+                .any(|p| o.starts_with(p))
             || (crate::fs::atime_option(o) && o != "noatime")
     };
     for o in a.fuse_options().filter(|o| !daemons(o)) {
@@ -208,6 +257,7 @@ pub fn mount(a: MountArgs) -> CliResult {
     for o in a.fuse_options() {
         check_option(o)?;
     }
+    let kms_options = a.kms_options()?;
     let backing = canonical(&a.backing, "backing directory")?;
     clear_dead_mount(&a.mountpoint, &backing)?;
     let mnt = canonical(&a.mountpoint, "mountpoint")?;
@@ -257,7 +307,12 @@ pub fn mount(a: MountArgs) -> CliResult {
         passphrase::obtain(a.pass.passphrase_file.as_deref(), "passphrase", false).map_err(Failure::op)?;
     let keystore = Keystore::unlock(&backing, &pw)?;
     drop(pw);
-    let keys = Arc::new(LocalProvider::new(keystore));
+    let keys = Arc::new(LocalProvider::with_kms_options(keystore, kms_options));
+    if keys.store().read().body().provider.is_some() {
+        // a bad provider setting (a KMS's certificate files) fails the mount, not
+        // every open; nothing connects yet (that happens after the fork)
+        keys.external()?;
+    }
     let read_only = a.read_only || a.fuse_options().any(|o| o == "ro");
     // before the inode table sizes its descriptor budget from the limit
     raise_fd_limit();
@@ -403,6 +458,18 @@ fn report(notify: &mut Option<OwnedFd>, msg: &str) {
 }
 
 /// Mounts and serves until unmounted.
+/// Starts filling the EDEK pools of the zones whose key is in a KMS (in the daemon:
+/// threads do not survive the fork).
+fn warm_kms_pools(core: &Core) {
+    let registry = crate::keys::service::registry(&*core.keys);
+    let keys: std::collections::BTreeSet<&str> = registry.values().map(|z| z.key.as_str()).collect();
+    for key in keys {
+        if let (Ok(Some(kms)), Ok(v)) = (core.keys.kms(key), core.keys.current_version(key)) {
+            kms.warm(key, v);
+        }
+    }
+}
+
 fn serve(core: Arc<Core>, mnt: &Path, config: &Config, mut notify: Option<OwnedFd>) -> CliResult {
     let daemonized = notify.is_some();
     // bound by the daemon itself (after the fork): clients check that the socket's
@@ -423,6 +490,7 @@ fn serve(core: Arc<Core>, mnt: &Path, config: &Config, mut notify: Option<OwnedF
         }
     };
     raise_readahead(mnt);
+    warm_kms_pools(&core);
     let _ = core.invalidate.set(Box::new(session.notifier()));
     let mut unmounter = session.unmount_callable();
     std::thread::Builder::new()

@@ -131,7 +131,11 @@ impl Cipher {
 
     /// Unwraps a key made by [`Cipher::wrap_key`] with the same associated data. The
     /// key is decrypted in place in secret memory.
-    pub fn unwrap_key(&self, aad: &[u8], wrapped: &[u8; WRAPPED_KEY_LEN]) -> Result<Key, AuthError> {
+    /// A `wrapped` of any other length than [`WRAPPED_KEY_LEN`] fails.
+    pub fn unwrap_key(&self, aad: &[u8], wrapped: &[u8]) -> Result<Key, AuthError> {
+        if wrapped.len() != WRAPPED_KEY_LEN {
+            return Err(AuthError);
+        }
         let nonce: [u8; NONCE_LEN] = wrapped[..NONCE_LEN].try_into().expect("length");
         let tag: [u8; TAG_LEN] = wrapped[NONCE_LEN + KEY_LEN..].try_into().expect("length");
         let mut k = Key::zeroed();
@@ -155,6 +159,35 @@ impl Cipher {
         let nonce: [u8; NONCE_LEN] = mac[..NONCE_LEN].try_into().expect("length");
         let tag: [u8; TAG_LEN] = mac[NONCE_LEN..].try_into().expect("length");
         self.open(&nonce, &tag, data, &mut [])
+    }
+}
+
+/// Length of a header MAC (HMAC-SHA-256).
+pub const HEADER_MAC_LEN: usize = 32;
+
+/// The MAC of a KMS-wrapped file's header (format version 2): HMAC-SHA-256 over `data`
+/// under a key derived from the file's DEK with HKDF-SHA-256. A KMS's wrap may not
+/// bind the header's fields (and pooled EDEKs are made before the file exists), so the
+/// DEK itself authenticates them: only someone who can unwrap the EDEK can forge it.
+pub fn header_mac(dek: &Key, data: &[u8]) -> [u8; HEADER_MAC_LEN] {
+    use hmac::{KeyInit, Mac};
+    let mut mac_key = zeroize::Zeroizing::new([0u8; 32]);
+    hkdf::Hkdf::<sha2::Sha256>::new(None, dek.expose())
+        .expand(b"ezfs header v2 mac", &mut mac_key[..])
+        .expect("32 bytes is a valid HKDF-SHA-256 output length");
+    let mut m = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&mac_key[..]).expect("any key length");
+    m.update(data);
+    m.finalize().into_bytes().into()
+}
+
+/// Checks a [`header_mac`] in constant time.
+pub fn verify_header_mac(dek: &Key, data: &[u8], mac: &[u8; HEADER_MAC_LEN]) -> Result<(), AuthError> {
+    let want = header_mac(dek, data);
+    let diff = want.iter().zip(mac).fold(0u8, |d, (a, b)| d | (a ^ b));
+    if diff == 0 {
+        Ok(())
+    } else {
+        Err(AuthError)
     }
 }
 

@@ -1,5 +1,6 @@
 //! The header at the start of every encrypted file.
 //!
+//! Version 1, for a zone key the keystore (or an `exec:` provider) holds:
 //! ```text
 //! offset  len  field
 //!      0    8  magic "EZFSENC\0"
@@ -16,22 +17,42 @@
 //!  113+N  ...  zeros up to 4096
 //! ```
 //! The wrap's associated data covers every other field, so a changed byte anywhere
-//! makes unwrapping fail; non-zero padding is refused as well. The whole header is
-//! under 512 bytes, so rewriting it (re-wrapping the EDEK) is one sector write.
+//! makes unwrapping fail; non-zero padding is refused as well.
+//!
+//! Version 2, for a zone key a KMS holds (KMIP): the KMS's ciphertext has its own
+//! length, and the header names the KMS's id of the key version. Bytes 0..53+N are as
+//! in version 1 (with version 2), then:
+//! ```text
+//!   53+N    1  key id length I (1..=255)
+//!   54+N    I  the KMS's unique identifier of name@version, UTF-8
+//! 54+N+I    2  EDEK length E (1..=1024), little endian
+//! 56+N+I    E  EDEK: the KMS's ciphertext of the DEK (opaque here)
+//! 56+N+I+E 32  MAC: HMAC-SHA-256 over bytes [0, 56+N+I+E) under
+//!              HKDF-SHA-256(DEK, info "ezfs header v2 mac")
+//!         ...  zeros up to 4096
+//! ```
+//! The EDEKs of a KMS zone are made ahead of time (a pool), before the file id exists,
+//! so the KMS cannot bind the fields; the MAC under the unwrapped DEK does, whatever
+//! the KMS's wrap mode. Either header is under 2 KiB, so rewriting it (re-wrapping the
+//! EDEK) is one write within the first page.
 
 use super::layout::HEADER_LEN;
-use crate::crypto::WRAPPED_KEY_LEN;
+use crate::crypto::{header_mac, verify_header_mac, Key, HEADER_MAC_LEN};
 use crate::text::hex;
 use std::fmt;
 
 /// Magic bytes at the start of every encrypted backing file.
 pub const MAGIC: &[u8; 8] = b"EZFSENC\0";
-/// The only format version this build reads and writes.
+/// The header version of files whose DEK the zone key wraps locally.
 pub const FORMAT_VERSION: u16 = 1;
+/// The header version of files whose DEK a KMS wraps.
+pub const FORMAT_VERSION_KMS: u16 = 2;
 /// AES-256-GCM, 4 KiB blocks, nonces and tags gathered per 128 blocks.
 pub const SUITE_AES256GCM_4K: u16 = 1;
 /// Human name of [`SUITE_AES256GCM_4K`].
 pub const SUITE_NAME: &str = "AES-256-GCM/4KiB";
+/// The longest KMS ciphertext of a DEK a version 2 header holds.
+pub const MAX_KMS_EDEK: usize = 1024;
 
 const FIXED_LEN: usize = 53;
 
@@ -41,7 +62,7 @@ pub enum HeaderError {
     /// The file does not start with [`MAGIC`].
     #[error("not an ezfs encrypted file (bad magic)")]
     BadMagic,
-    /// The format version field is not [`FORMAT_VERSION`].
+    /// The format version field is not one this build reads.
     #[error("unsupported format version {0}")]
     UnsupportedVersion(u16),
     /// The cipher suite field is not one this build knows.
@@ -53,9 +74,18 @@ pub enum HeaderError {
     /// The file is shorter than a header.
     #[error("header is truncated")]
     Truncated,
-    /// The key name is empty or not UTF-8, or the padding is not zeros.
+    /// A length or name is out of range, the padding is not zeros, or the MAC fails.
     #[error("header authentication failed")]
     AuthFailed,
+}
+
+/// How a KMS wrapped a version 2 file's DEK.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KmsWrap {
+    /// The KMS's unique identifier of the zone key's version.
+    pub key_id: String,
+    /// The header MAC (see the module doc).
+    pub mac: [u8; HEADER_MAC_LEN],
 }
 
 /// A parsed header: everything needed to find the zone key and unwrap the DEK.
@@ -69,8 +99,11 @@ pub struct Header {
     pub key_name: String,
     /// The version of that key.
     pub key_version: u32,
-    /// The file's data key, wrapped by `key_name@key_version`.
-    pub edek: [u8; WRAPPED_KEY_LEN],
+    /// The file's data key, wrapped by `key_name@key_version`: 60 bytes of AES-GCM in
+    /// version 1, the KMS's ciphertext in version 2.
+    pub edek: Vec<u8>,
+    /// Version 2: the KMS's key id and the header MAC; `None` in version 1.
+    pub kms: Option<KmsWrap>,
 }
 
 impl fmt::Debug for Header {
@@ -78,53 +111,127 @@ impl fmt::Debug for Header {
         f.debug_struct("Header")
             .field("file_id", &hex(&self.file_id))
             .field("key", &format_args!("{}@{}", self.key_name, self.key_version))
+            .field("kms_key_id", &self.kms.as_ref().map(|k| &k.key_id))
             .finish_non_exhaustive()
     }
 }
 
+fn prefix(version: u16, file_id: &[u8; 16], zone_id: &[u8; 16], key_name: &str, key_version: u32) -> Vec<u8> {
+    assert!(
+        !key_name.is_empty() && key_name.len() <= 255,
+        "key names are 1..=255 bytes"
+    );
+    let mut b = Vec::with_capacity(FIXED_LEN + key_name.len() + 128);
+    b.extend_from_slice(MAGIC);
+    b.extend_from_slice(&version.to_le_bytes());
+    b.extend_from_slice(&SUITE_AES256GCM_4K.to_le_bytes());
+    b.extend_from_slice(&(super::layout::BLOCK as u32).to_le_bytes());
+    b.extend_from_slice(file_id);
+    b.extend_from_slice(zone_id);
+    b.extend_from_slice(&key_version.to_le_bytes());
+    b.push(key_name.len() as u8);
+    b.extend_from_slice(key_name.as_bytes());
+    b
+}
+
 impl Header {
-    /// The bytes the EDEK's wrap authenticates: every field before the EDEK.
+    /// The bytes a version 1 EDEK's wrap authenticates: every field before the EDEK.
     /// Build it before wrapping a new DEK, and pass it to unwrap.
     pub fn aad(file_id: &[u8; 16], zone_id: &[u8; 16], key_name: &str, key_version: u32) -> Vec<u8> {
-        assert!(
-            !key_name.is_empty() && key_name.len() <= 255,
-            "key names are 1..=255 bytes"
-        );
-        let mut b = Vec::with_capacity(FIXED_LEN + key_name.len());
-        b.extend_from_slice(MAGIC);
-        b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        b.extend_from_slice(&SUITE_AES256GCM_4K.to_le_bytes());
-        b.extend_from_slice(&(super::layout::BLOCK as u32).to_le_bytes());
-        b.extend_from_slice(file_id);
-        b.extend_from_slice(zone_id);
-        b.extend_from_slice(&key_version.to_le_bytes());
-        b.push(key_name.len() as u8);
-        b.extend_from_slice(key_name.as_bytes());
-        b
+        prefix(FORMAT_VERSION, file_id, zone_id, key_name, key_version)
     }
 
-    /// This header's associated data (see [`Header::aad`]).
+    /// This header's associated data (see [`Header::aad`]); version 1 only.
     pub fn own_aad(&self) -> Vec<u8> {
         Self::aad(&self.file_id, &self.zone_id, &self.key_name, self.key_version)
     }
 
-    /// Length of the header's meaningful prefix (fields and EDEK; the rest is zeros):
-    /// re-wrapping rewrites only these bytes, one sector.
+    /// A version 2 header: `edek` is the KMS's ciphertext of `dek` under key version
+    /// `key_id`; the MAC is computed with `dek`.
+    pub fn kms(
+        file_id: [u8; 16],
+        zone_id: [u8; 16],
+        key_name: String,
+        key_version: u32,
+        key_id: String,
+        edek: Vec<u8>,
+        dek: &Key,
+    ) -> Header {
+        assert!(
+            (1..=255).contains(&key_id.len()) && (1..=MAX_KMS_EDEK).contains(&edek.len()),
+            "KMS key ids are 1..=255 bytes and EDEKs 1..={MAX_KMS_EDEK}"
+        );
+        let mut h = Header {
+            file_id,
+            zone_id,
+            key_name,
+            key_version,
+            edek,
+            kms: Some(KmsWrap {
+                key_id,
+                mac: [0; HEADER_MAC_LEN],
+            }),
+        };
+        let mac = header_mac(dek, &h.mac_input());
+        h.kms.as_mut().expect("set above").mac = mac;
+        h
+    }
+
+    /// The format version this header is written with.
+    pub fn version(&self) -> u16 {
+        match self.kms {
+            None => FORMAT_VERSION,
+            Some(_) => FORMAT_VERSION_KMS,
+        }
+    }
+
+    /// Version 2: every byte the MAC covers. Version 1: the associated data plus EDEK.
+    fn mac_input(&self) -> Vec<u8> {
+        let mut b = prefix(
+            self.version(),
+            &self.file_id,
+            &self.zone_id,
+            &self.key_name,
+            self.key_version,
+        );
+        if let Some(k) = &self.kms {
+            b.push(k.key_id.len() as u8);
+            b.extend_from_slice(k.key_id.as_bytes());
+            b.extend_from_slice(&(self.edek.len() as u16).to_le_bytes());
+        }
+        b.extend_from_slice(&self.edek);
+        b
+    }
+
+    /// Checks a version 2 header's MAC with the unwrapped `dek` (version 1 headers are
+    /// authenticated by the unwrap itself).
+    pub fn check_mac(&self, dek: &Key) -> Result<(), HeaderError> {
+        match &self.kms {
+            None => Ok(()),
+            Some(k) => verify_header_mac(dek, &self.mac_input(), &k.mac).map_err(|_| HeaderError::AuthFailed),
+        }
+    }
+
+    /// Length of the header's meaningful prefix (fields, EDEK and MAC; the rest is
+    /// zeros): re-wrapping rewrites only these bytes.
     pub fn used_len(&self) -> usize {
-        FIXED_LEN + self.key_name.len() + WRAPPED_KEY_LEN
+        self.mac_input().len() + self.kms.as_ref().map_or(0, |_| HEADER_MAC_LEN)
     }
 
     /// The full 4096-byte header block (on the stack: one is written per new file).
     pub fn encode(&self) -> [u8; HEADER_LEN as usize] {
-        let aad = self.own_aad();
+        let body = self.mac_input();
         let mut b = [0u8; HEADER_LEN as usize];
-        b[..aad.len()].copy_from_slice(&aad);
-        b[aad.len()..aad.len() + self.edek.len()].copy_from_slice(&self.edek);
+        b[..body.len()].copy_from_slice(&body);
+        if let Some(k) = &self.kms {
+            b[body.len()..body.len() + HEADER_MAC_LEN].copy_from_slice(&k.mac);
+        }
         b
     }
 
-    /// Parses a header block. Authentication happens when the EDEK is unwrapped with
-    /// [`Header::own_aad`]; this checks structure, version, suite and padding.
+    /// Parses a header block. Authentication happens when the EDEK is unwrapped
+    /// (version 1) or the MAC is checked with the DEK (version 2, [`Header::check_mac`]);
+    /// this checks structure, version, suite, lengths and padding.
     pub fn decode(bytes: &[u8]) -> Result<Header, HeaderError> {
         if bytes.len() < MAGIC.len() {
             return Err(HeaderError::Truncated);
@@ -135,10 +242,11 @@ impl Header {
         if bytes.len() < HEADER_LEN as usize {
             return Err(HeaderError::Truncated);
         }
+        let bytes = &bytes[..HEADER_LEN as usize];
         let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]);
         let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
         let version = u16_at(8);
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_KMS {
             return Err(HeaderError::UnsupportedVersion(version));
         }
         let suite = u16_at(10);
@@ -150,20 +258,47 @@ impl Header {
             return Err(HeaderError::UnsupportedBlockSize(block_size));
         }
         let name_len = bytes[52] as usize;
-        let edek_at = FIXED_LEN + name_len;
-        let end = edek_at + WRAPPED_KEY_LEN;
-        if name_len == 0 || bytes[end..HEADER_LEN as usize].iter().any(|&b| b != 0) {
+        if name_len == 0 {
             return Err(HeaderError::AuthFailed);
         }
-        let key_name = std::str::from_utf8(&bytes[FIXED_LEN..edek_at])
-            .map_err(|_| HeaderError::AuthFailed)?
-            .to_owned();
+        let text = |r: std::ops::Range<usize>| {
+            std::str::from_utf8(&bytes[r])
+                .map(str::to_owned)
+                .map_err(|_| HeaderError::AuthFailed)
+        };
+        let key_name = text(FIXED_LEN..FIXED_LEN + name_len)?;
+        let mut at = FIXED_LEN + name_len;
+        let (edek, kms, end) = if version == FORMAT_VERSION {
+            let end = at + crate::crypto::WRAPPED_KEY_LEN;
+            (bytes[at..end].to_vec(), None, end)
+        } else {
+            let id_len = bytes[at] as usize;
+            at += 1;
+            if id_len == 0 {
+                return Err(HeaderError::AuthFailed);
+            }
+            let key_id = text(at..at + id_len)?;
+            at += id_len;
+            let edek_len = u16_at(at) as usize;
+            at += 2;
+            if edek_len == 0 || edek_len > MAX_KMS_EDEK {
+                return Err(HeaderError::AuthFailed);
+            }
+            let edek = bytes[at..at + edek_len].to_vec();
+            at += edek_len;
+            let mac = bytes[at..at + HEADER_MAC_LEN].try_into().expect("32 bytes");
+            (edek, Some(KmsWrap { key_id, mac }), at + HEADER_MAC_LEN)
+        };
+        if bytes[end..].iter().any(|&b| b != 0) {
+            return Err(HeaderError::AuthFailed);
+        }
         Ok(Header {
             file_id: bytes[16..32].try_into().expect("16 bytes"),
             zone_id: bytes[32..48].try_into().expect("16 bytes"),
             key_version: u32_at(48),
             key_name,
-            edek: bytes[edek_at..end].try_into().expect("60 bytes"),
+            edek,
+            kms,
         })
     }
 }
@@ -186,13 +321,15 @@ mod tests {
         let (file_id, zone_id) = ([1u8; 16], [2u8; 16]);
         let edek = kek
             .cipher()
-            .wrap_key(&Header::aad(&file_id, &zone_id, "k1", 3), &dek);
+            .wrap_key(&Header::aad(&file_id, &zone_id, "k1", 3), &dek)
+            .to_vec();
         let h = Header {
             file_id,
             zone_id,
             key_name: "k1".into(),
             key_version: 3,
             edek,
+            kms: None,
         };
         (h, kek, dek)
     }
@@ -255,5 +392,85 @@ mod tests {
         let b = h.encode();
         assert_eq!(&b[..16], b"EZFSENC\0\x01\x00\x01\x00\x00\x10\x00\x00");
         assert_eq!(&b[48..55], b"\x03\x00\x00\x00\x02k1");
+    }
+
+    fn kat_v2() -> (Header, Key) {
+        let dek = Key::from_slice(&[0x11; 32]).unwrap();
+        let h = Header::kms(
+            *b"ezfs-kat-file-id",
+            *b"ezfs-kat-zone-id",
+            "k1".into(),
+            3,
+            "42".into(),
+            b"opaque-kms-ciphertext".to_vec(),
+            &dek,
+        );
+        (h, dek)
+    }
+
+    /// Version 2 pinned: the layout and the MAC (HKDF-SHA-256 then HMAC-SHA-256),
+    /// computed independently of this code (Python's hmac/hashlib).
+    #[test]
+    fn known_bytes_v2() {
+        let (h, dek) = kat_v2();
+        let b = h.encode();
+        assert_eq!(
+            hex(&b[..81]),
+            "455a4653454e43000200010000100000657a66732d6b61742d66696c652d6964657a66732d6b61742d7a6f6e652d6964\
+             03000000026b3102343215006f70617175652d6b6d732d63697068657274657874"
+        );
+        assert_eq!(
+            hex(&b[81..113]),
+            "ae06343742657592813f9999eb557152728c34b47f3d3e8f859ee967c26754ab"
+        );
+        assert!(b[113..].iter().all(|&x| x == 0));
+        assert_eq!(h.used_len(), 113);
+        let back = Header::decode(&b).unwrap();
+        assert_eq!(back, h);
+        assert_eq!(back.version(), 2);
+        back.check_mac(&dek).unwrap();
+        assert_eq!(back.check_mac(&Key::random()), Err(HeaderError::AuthFailed));
+    }
+
+    #[test]
+    fn every_changed_byte_of_a_v2_header_is_detected() {
+        let (h, dek) = kat_v2();
+        let bytes = h.encode();
+        for i in 0..bytes.len() {
+            let mut b = bytes;
+            b[i] ^= 0x01;
+            let ok = match Header::decode(&b) {
+                Err(_) => false,
+                // the EDEK is the KMS's to check: a changed EDEK byte fails there, and
+                // the MAC covers it as well
+                Ok(p) => p.check_mac(&dek).is_ok(),
+            };
+            assert!(!ok, "flip at byte {i} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn v2_lengths_are_checked() {
+        let (h, _) = kat_v2();
+        let mut b = h.encode();
+        b[58..60].copy_from_slice(&0u16.to_le_bytes());
+        assert_eq!(Header::decode(&b), Err(HeaderError::AuthFailed), "empty EDEK");
+        let mut b = h.encode();
+        b[58..60].copy_from_slice(&2000u16.to_le_bytes());
+        assert_eq!(Header::decode(&b), Err(HeaderError::AuthFailed), "EDEK too long");
+        let mut b = h.encode();
+        b[55] = 0;
+        assert_eq!(Header::decode(&b), Err(HeaderError::AuthFailed), "empty key id");
+        // the largest header of all still fits in the block
+        let long = Header::kms(
+            [1; 16],
+            [2; 16],
+            "k".repeat(255),
+            1,
+            "i".repeat(255),
+            vec![7; MAX_KMS_EDEK],
+            &Key::random(),
+        );
+        assert_eq!(Header::decode(&long.encode()).unwrap(), long);
     }
 }

@@ -5,7 +5,6 @@
 use super::error::{errno, FsError, FsResult};
 use super::{direct, readaround, writebehind};
 use crate::backdir::sys;
-use crate::crypto::{random_bytes, Key};
 use crate::format::header::read_header;
 use crate::format::layout::{self, plain_size};
 use crate::format::{Around, BlockCodec, CachedMeta, CodecError, Header, MetaCache};
@@ -152,21 +151,11 @@ impl Drop for StripeGuards<'_> {
 }
 
 /// Creates a header for a new file in `zone`: a fresh DEK wrapped by the zone key's
-/// newest version.
+/// newest version (by the KMS, for a zone whose key is there).
 pub fn new_header(zone: &Zone, keys: &dyn KeyProvider) -> Result<(Header, BlockCodec), KeyError> {
-    let version = keys.current_version(&zone.key)?;
-    let file_id = random_bytes::<16>();
-    let dek = Key::random();
-    let aad = Header::aad(&file_id, &zone.id, &zone.key, version);
-    let edek = keys.wrap(&zone.key, version, &aad, &dek)?;
-    let header = Header {
-        file_id,
-        zone_id: zone.id,
-        key_name: zone.key.clone(),
-        key_version: version,
-        edek,
-    };
-    Ok((header, BlockCodec::new(&dek, file_id)))
+    let (header, dek) = crate::keys::dek::new_file(keys, zone.id, &zone.key)?;
+    let codec = BlockCodec::new(&dek, header.file_id);
+    Ok((header, codec))
 }
 
 impl EncFile {
@@ -228,14 +217,7 @@ impl EncFile {
                 ),
             ));
         }
-        let dek = keys
-            .unwrap(
-                &header.key_name,
-                header.key_version,
-                &header.own_aad(),
-                &header.edek,
-            )
-            .map_err(|e| fail(&file, e.to_string()))?;
+        let dek = crate::keys::dek::unwrap(keys, &header).map_err(|e| fail(&file, e.to_string()))?;
         let codec = BlockCodec::new(&dek, header.file_id);
         // before any write: entries a crash left past the end would turn holes into EIO
         // (only a file opened for writing can grow; a failure here fails no read)

@@ -94,6 +94,8 @@ impl Core {
 
     /// OPEN of node `ino` with `flags` (`O_*`).
     pub fn open(&self, caller: &Caller, ino: u64, flags: i32) -> FsResult<Opened> {
+        // a KMS unwrap this open makes is audited as the caller's
+        let _audit = crate::keys::audit::acting_for(caller.uid, caller.pid);
         let i = self.inode(ino)?;
         let st = self.stat(&i)?;
         let h = self.open_backing(caller, &i, flags, &st)?;

@@ -74,8 +74,7 @@ fn failed(e: impl std::fmt::Display) -> JobError {
 }
 
 fn unwrap_dek(keys: &dyn KeyProvider, h: &Header) -> Result<Key, JobError> {
-    keys.unwrap(&h.key_name, h.key_version, &h.own_aad(), &h.edek)
-        .map_err(failed)
+    crate::keys::dek::unwrap(keys, h).map_err(failed)
 }
 
 /// Refuses a header that does not belong to `zone`: its EDEK must never be re-wrapped
@@ -98,15 +97,7 @@ fn wrapped_header(
     file_id: [u8; 16],
     dek: &Key,
 ) -> Result<Header, JobError> {
-    let aad = Header::aad(&file_id, &zone.id, &zone.key, version);
-    let edek = keys.wrap(&zone.key, version, &aad, dek).map_err(failed)?;
-    Ok(Header {
-        file_id,
-        zone_id: zone.id,
-        key_name: zone.key.clone(),
-        key_version: version,
-        edek,
-    })
+    crate::keys::dek::rewrap(keys, file_id, zone.id, &zone.key, version, dek).map_err(failed)
 }
 
 /// What [`Core::copy_reencrypted`] did.

@@ -2,8 +2,12 @@
 //! a passphrase-sealed keystore file in `BACKING/.ezfs/`.
 
 pub mod atomic;
+pub mod audit;
+pub mod dek;
 pub mod exec;
+pub mod external;
 pub mod keystore;
+pub mod kms;
 pub mod passphrase;
 pub mod provider;
 pub mod recovery;
@@ -75,6 +79,10 @@ pub enum KeyError {
         #[source]
         source: std::io::Error,
     },
+    /// No KMS endpoint answered (network, TLS or timeout): files whose DEK is not in
+    /// memory cannot be opened until one does.
+    #[error("KMS unavailable: {0}")]
+    KmsUnavailable(String),
     /// Anything else, in one sentence (a key provider's failure, a bad setting).
     #[error("{0}")]
     Other(String),

@@ -10,7 +10,7 @@
 //! recovery key: the master key changes, the recovery key stays valid. Each wrap binds
 //! its role in the associated data.
 
-use crate::crypto::{Cipher, Key};
+use crate::crypto::{Cipher, Key, WRAPPED_KEY_LEN};
 use crate::text::{hex, unhex, unhex_into};
 use serde::{Deserialize, Serialize};
 
@@ -46,11 +46,17 @@ pub fn new_slot(master: &Key) -> (Slot, Key) {
 pub fn master_from(slot: &Slot, recovery: &Key) -> Option<Key> {
     let secret = recovery
         .cipher()
-        .unwrap_key(SECRET_BY_RECOVERY, &unhex(&slot.secret_by_recovery)?)
+        .unwrap_key(
+            SECRET_BY_RECOVERY,
+            &unhex::<WRAPPED_KEY_LEN>(&slot.secret_by_recovery)?,
+        )
         .ok()?;
     secret
         .cipher()
-        .unwrap_key(MASTER_BY_SECRET, &unhex(&slot.master_by_secret)?)
+        .unwrap_key(
+            MASTER_BY_SECRET,
+            &unhex::<WRAPPED_KEY_LEN>(&slot.master_by_secret)?,
+        )
         .ok()
 }
 
@@ -58,7 +64,10 @@ pub fn master_from(slot: &Slot, recovery: &Key) -> Option<Key> {
 /// recovery key opens it.
 pub fn rewrap(slot: &Slot, old: &Cipher, new: &Key) -> Option<Slot> {
     let secret = old
-        .unwrap_key(SECRET_BY_MASTER, &unhex(&slot.secret_by_master)?)
+        .unwrap_key(
+            SECRET_BY_MASTER,
+            &unhex::<WRAPPED_KEY_LEN>(&slot.secret_by_master)?,
+        )
         .ok()?;
     Some(Slot {
         secret_by_recovery: slot.secret_by_recovery.clone(),

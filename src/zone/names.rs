@@ -2,7 +2,7 @@
 //! the registry, unwrapped through the key provider; and making and re-wrapping them.
 
 use crate::crypto::names::NameCipher;
-use crate::crypto::{Key, WRAPPED_KEY_LEN};
+use crate::crypto::Key;
 use crate::format::names::secret_aad;
 use crate::keys::keystore::{NameKeys, WrappedSecret};
 use crate::keys::{KeyError, KeyProvider};
@@ -60,7 +60,7 @@ fn unwrap_raw(
     key: &str,
     w: &WrappedSecret,
 ) -> Result<Key, KeyError> {
-    let wrapped = crate::text::unhex::<WRAPPED_KEY_LEN>(&w.wrapped)
+    let wrapped = crate::text::unhex_vec(&w.wrapped)
         .ok_or_else(|| KeyError::Other("the registry holds a bad wrapped name secret".into()))?;
     provider.unwrap(key, w.version, &secret_aad(zone_id, key, w.version), &wrapped)
 }

@@ -35,11 +35,19 @@ pub(super) fn change(name: &str, who: &WhoArg, at: &BackingArg, pass: &PassArgs,
     let backing = at.resolve()?;
     let (p, shown) = who.resolve()?;
     let mut ks = unlock(&backing, pass)?;
-    let changed = if grant {
-        ks.grant(name, p)?
-    } else {
-        ks.revoke(name, p)?
-    };
+    let op = if grant { "GRANT" } else { "REVOKE" };
+    let changed = super::lifecycle::Auditor::of(&ks).run(
+        op,
+        name,
+        |_| None,
+        || {
+            Ok(if grant {
+                ks.grant(name, p)?
+            } else {
+                ks.revoke(name, p)?
+            })
+        },
+    )?;
     notify_mount(&backing)?;
     match (grant, changed) {
         (true, true) => println!("granted {shown} the use of key {name}"),

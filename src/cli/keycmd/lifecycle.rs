@@ -1,10 +1,13 @@
 //! `ezfs key create|roll|prune|delete`: a key's life, in the local keystore or, for
-//! keys it holds, through the external key provider (whose versions the keystore
-//! records).
+//! keys it holds, through the external key provider (a program or a KMS, whose
+//! versions the keystore records). With a KMS, every key operation is also written
+//! to the audit log.
 
 use super::super::backing::{notify_mount, scan_usage, unlock, BackingArg};
 use super::super::{CliResult, Failure, PassArgs};
-use crate::keys::exec::ExecProvider;
+use crate::keys::audit::record_command;
+use crate::keys::external::External;
+use crate::keys::kms::KmsOptions;
 use crate::keys::{KeyError, Keystore};
 
 fn real_uid() -> u32 {
@@ -12,34 +15,82 @@ fn real_uid() -> u32 {
     unsafe { libc::getuid() }
 }
 
-/// The external key provider, when the keystore names one.
-fn external(ks: &Keystore) -> Result<Option<ExecProvider>, Failure> {
+/// The external key provider, when the keystore names one. Its pool stays empty: a
+/// command makes no files.
+fn external(ks: &Keystore) -> Result<Option<External>, Failure> {
+    let mut options = KmsOptions::default();
+    options.pool.size = 0;
     Ok(ks
         .body()
         .provider
         .as_deref()
-        .map(ExecProvider::from_setting)
+        .map(|s| External::from_setting(s, ks.dir(), &options))
         .transpose()?)
+}
+
+/// Whether the keystore's provider is a KMS (whose key operations are audited).
+fn audited(ks: &Keystore) -> bool {
+    ks.body()
+        .provider
+        .as_deref()
+        .is_some_and(|p| p.starts_with(crate::keys::external::KMIP_PREFIX))
+}
+
+/// Where a key command's audit lines go: the keystore's audit log, when a KMS holds
+/// keys.
+pub(super) struct Auditor(Option<std::path::PathBuf>);
+
+impl Auditor {
+    /// The auditor of keystore `ks`'s key commands.
+    pub(super) fn of(ks: &Keystore) -> Auditor {
+        Auditor(audited(ks).then(|| ks.dir().to_path_buf()))
+    }
+
+    /// Runs `f` (operation `op` on key `name`) and records how it went.
+    pub(super) fn run<T>(
+        &self,
+        op: &str,
+        name: &str,
+        version: impl Fn(&T) -> Option<u32>,
+        f: impl FnOnce() -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        let r = f();
+        if let Some(dir) = &self.0 {
+            let v = r.as_ref().ok().and_then(&version);
+            record_command(dir, op, name, v, &r.as_ref().map_err(|e| e.msg.clone()));
+        }
+        r
+    }
 }
 
 pub(super) fn create(name: &str, at: &BackingArg, pass: &PassArgs) -> CliResult {
     let backing = at.resolve()?;
     crate::keys::validate_key_name(name)?;
     let mut ks = unlock(&backing, pass)?;
-    let version = match external(&ks)? {
-        Some(p) => {
-            if ks.body().keys.contains_key(name) {
-                return Err(KeyError::KeyExists(name.into()).into());
+    let ext = external(&ks)?;
+    let version = Auditor::of(&ks).run(
+        "CREATE",
+        name,
+        |v| Some(*v),
+        || match ext {
+            Some(p) => {
+                if ks.body().keys.contains_key(name) {
+                    return Err(KeyError::KeyExists(name.into()).into());
+                }
+                let versions = p.create(name)?;
+                let (first, rest) = versions.split_first().expect("a created key has a version");
+                ks.create_external_key(name, real_uid(), *first)?;
+                for v in rest {
+                    ks.add_external_version(name, *v)?;
+                }
+                Ok(*versions.last().expect("a version"))
             }
-            let v = p.create(name)?;
-            ks.create_external_key(name, real_uid(), v)?;
-            v
-        }
-        None => {
-            ks.create_key(name, real_uid())?;
-            1
-        }
-    };
+            None => {
+                ks.create_key(name, real_uid())?;
+                Ok(1)
+            }
+        },
+    )?;
     notify_mount(&backing)?;
     println!("created key {name}@{version}");
     Ok(())
@@ -48,14 +99,22 @@ pub(super) fn create(name: &str, at: &BackingArg, pass: &PassArgs) -> CliResult 
 pub(super) fn roll(name: &str, at: &BackingArg, pass: &PassArgs) -> CliResult {
     let backing = at.resolve()?;
     let mut ks = unlock(&backing, pass)?;
-    let v = if ks.key(name)?.external {
-        let p = external(&ks)?.ok_or_else(|| Failure::op("no external key provider is configured"))?;
-        let v = p.roll(name)?;
-        ks.add_external_version(name, v)?;
-        v
-    } else {
-        ks.roll_key(name)?
-    };
+    let v = Auditor::of(&ks).run(
+        "ROLL",
+        name,
+        |v| Some(*v),
+        || {
+            Ok(if ks.key(name)?.external {
+                let p =
+                    external(&ks)?.ok_or_else(|| Failure::op("no external key provider is configured"))?;
+                let v = p.roll(name, ks.current_version(name)?)?;
+                ks.add_external_version(name, v)?;
+                v
+            } else {
+                ks.roll_key(name)?
+            })
+        },
+    )?;
     notify_mount(&backing)?;
     println!("rolled key {name} to version {v}; new files use {name}@{v}");
     Ok(())
@@ -83,6 +142,7 @@ pub(super) fn prune(name: &str, at: &BackingArg, pass: &PassArgs) -> CliResult {
         );
     }
     let dropped = ks.prune_key(name, &|v| usage.files(name, v) > 0)?;
+    retire_in_kms(&ks, "PRUNE", name, &dropped)?;
     notify_mount(&backing)?;
     let current = ks.current_version(name)?;
     if dropped.is_empty() {
@@ -136,8 +196,35 @@ pub(super) fn prune(name: &str, at: &BackingArg, pass: &PassArgs) -> CliResult {
 
 pub(super) fn delete(name: &str, at: &BackingArg, pass: &PassArgs) -> CliResult {
     let backing = at.resolve()?;
-    unlock(&backing, pass)?.delete_key(name)?;
+    let mut ks = unlock(&backing, pass)?;
+    let entry = ks.key(name)?.clone();
+    ks.delete_key(name)?;
     notify_mount(&backing)?;
+    if entry.external {
+        let versions: Vec<u32> = entry.versions.iter().map(|v| v.version).collect();
+        retire_in_kms(&ks, "DELETE", name, &versions)?;
+    }
     println!("deleted key {name}");
+    Ok(())
+}
+
+/// Revokes and destroys `versions` of key `name` in the KMS, if a KMS holds it (its
+/// material is gone: files still under those versions can never be read again, which
+/// is why prune and delete refuse while any is).
+fn retire_in_kms(ks: &Keystore, op: &str, name: &str, versions: &[u32]) -> CliResult {
+    if !audited(ks) || versions.is_empty() {
+        return Ok(());
+    }
+    let Some(p) = external(ks)? else { return Ok(()) };
+    for &v in versions {
+        Auditor::of(ks)
+            .run(op, name, |_| Some(v), || Ok(p.retire(name, v)?))
+            .map_err(|e| {
+                Failure::op(format!(
+                    "{name}@{v} is gone from the keystore, but the KMS still holds it: {}",
+                    e.msg
+                ))
+            })?;
+    }
     Ok(())
 }

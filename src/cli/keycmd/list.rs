@@ -3,7 +3,9 @@
 
 use super::super::backing::{authentic_body, scan_usage, BackingArg};
 use super::super::{CliResult, PassArgs};
+use crate::keys::external::{External, KMIP_PREFIX};
 use crate::keys::keystore::Body;
+use crate::keys::kms::KmsOptions;
 use crate::zone::usage::Usage;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -26,6 +28,10 @@ struct VersionView {
     created: u64,
     /// Files whose EDEK is wrapped with this version.
     files: u64,
+    /// For a key in a KMS: the state of this version there (`Active`, `Deactivated`,
+    /// `Destroyed`, `missing`, …); the KMS is the source of truth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kms_state: Option<String>,
 }
 
 /// A zone of a key and how many of its files use each version.
@@ -35,7 +41,7 @@ struct ZoneUse {
     files_by_version: BTreeMap<u32, u64>,
 }
 
-fn key_views<'a>(body: &'a Body, usage: &Usage) -> Vec<KeyView<'a>> {
+fn key_views<'a>(body: &'a Body, usage: &Usage, kms: Option<&External>) -> Vec<KeyView<'a>> {
     body.keys
         .iter()
         .map(|(name, k)| KeyView {
@@ -48,6 +54,7 @@ fn key_views<'a>(body: &'a Body, usage: &Usage) -> Vec<KeyView<'a>> {
                     version: v.version,
                     created: v.created,
                     files: usage.files(name, v.version),
+                    kms_state: kms.filter(|_| k.external).and_then(|x| x.state(name, v.version)),
                 })
                 .collect(),
             owner: k.owner,
@@ -95,7 +102,19 @@ pub(super) fn run(at: &BackingArg, pass: &PassArgs, json: bool) -> CliResult {
         &backing,
         &body.zones.values().map(|z| z.path.clone()).collect::<Vec<_>>(),
     );
-    let views = key_views(&body, &usage);
+    let kms = match body.provider.as_deref() {
+        Some(p) if p.starts_with(KMIP_PREFIX) => {
+            let mut options = KmsOptions::default();
+            options.pool.size = 0;
+            Some(External::from_setting(
+                p,
+                &crate::keys::keystore::ezfs_dir(&backing),
+                &options,
+            )?)
+        }
+        _ => None,
+    };
+    let views = key_views(&body, &usage, kms.as_ref());
     if json {
         println!("{}", serde_json::to_string_pretty(&views).expect("serializes"));
     } else if views.is_empty() {
@@ -107,6 +126,12 @@ pub(super) fn run(at: &BackingArg, pass: &PassArgs, json: bool) -> CliResult {
         );
         for k in views {
             let files: BTreeMap<u32, u64> = k.versions.iter().map(|v| (v.version, v.files)).collect();
+            let states: BTreeMap<u32, &str> = k
+                .versions
+                .iter()
+                .filter_map(|v| Some((v.version, v.kms_state.as_deref()?)))
+                .filter(|(_, s)| *s != "Active")
+                .collect();
             let zones = if k.zones.is_empty() {
                 "-".to_string()
             } else {
@@ -118,7 +143,10 @@ pub(super) fn run(at: &BackingArg, pass: &PassArgs, json: bool) -> CliResult {
             };
             let versions = files
                 .iter()
-                .map(|(v, n)| format!("@{v}:{n}"))
+                .map(|(v, n)| match states.get(v) {
+                    Some(s) => format!("@{v}:{n}({s})"),
+                    None => format!("@{v}:{n}"),
+                })
                 .collect::<Vec<_>>()
                 .join(" ");
             println!(

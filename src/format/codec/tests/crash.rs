@@ -37,7 +37,8 @@ fn header(version: u32) -> Header {
         zone_id: ZONE_ID,
         key_name: key_name(),
         key_version: version,
-        edek: zone_key(version).cipher().wrap_key(&aad, &dek()),
+        edek: zone_key(version).cipher().wrap_key(&aad, &dek()).to_vec(),
+        kms: None,
     }
 }
 

@@ -1,0 +1,324 @@
+//! The EDEK pool: fresh (DEK, EDEK) pairs made ahead of time per key version, so a
+//! create in a KMS zone takes one from memory instead of waiting for the KMS.
+//!
+//! HDFS keeps 500 per key and refills in the background when a key's queue falls
+//! below 30 %; so does this, with a few worker threads that ask the KMS in batches.
+//! A pair is handed out once (moved out of the queue), and the queues of a version
+//! that stopped being current are dropped (`key roll` drains them).
+
+use super::super::KeyError;
+use crate::crypto::Key;
+use parking_lot::{Condvar, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// One pre-made data key.
+pub struct Pooled {
+    /// The data key (zeroized when dropped).
+    pub dek: Key,
+    /// The KMS's unique id of the key version that wrapped it.
+    pub key_id: String,
+    /// The KMS's ciphertext of `dek`.
+    pub edek: Vec<u8>,
+}
+
+/// Sizes of the pool.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// Pairs kept per key version (0: no pool; every create asks the KMS).
+    pub size: usize,
+    /// Refill when the queue falls below this fraction of `size`, up to `size`.
+    pub low: f64,
+    /// Background threads that refill.
+    pub workers: usize,
+    /// Pairs one refill asks for before putting them in the queue.
+    pub batch: usize,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            size: 500,
+            low: 0.3,
+            workers: 4,
+            batch: 16,
+        }
+    }
+}
+
+/// Makes `n` pairs under `name@version` (the KMS round trips).
+pub type Fill = Box<dyn Fn(&str, u32, usize) -> Result<Vec<Pooled>, KeyError> + Send + Sync>;
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Pooled>,
+    /// Pairs being made by workers right now.
+    in_flight: usize,
+    /// Below the low mark: refill until full.
+    refilling: bool,
+    /// After a failed refill, not before this.
+    retry_at: Option<Instant>,
+}
+
+/// The pools of every key version in use.
+pub struct EdekPool {
+    options: PoolOptions,
+    queues: Mutex<HashMap<(String, u32), Queue>>,
+    wake: Condvar,
+    fill: Fill,
+    started: std::sync::Once,
+}
+
+/// How long a refill waits after the KMS failed.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+impl EdekPool {
+    /// A pool whose refills call `fill`.
+    pub fn new(options: PoolOptions, fill: Fill) -> Arc<EdekPool> {
+        Arc::new(EdekPool {
+            options,
+            queues: Mutex::new(HashMap::new()),
+            wake: Condvar::new(),
+            fill,
+            started: std::sync::Once::new(),
+        })
+    }
+
+    fn low_mark(&self) -> usize {
+        ((self.options.size as f64 * self.options.low).ceil() as usize).max(1)
+    }
+
+    fn start_workers(self: &Arc<Self>) {
+        self.started.call_once(|| {
+            for i in 0..self.options.workers.max(1) {
+                let weak = Arc::downgrade(self);
+                let spawned = std::thread::Builder::new()
+                    .name(format!("ezfs-edek-pool-{i}"))
+                    .spawn(move || worker(weak));
+                if let Err(e) = spawned {
+                    log::error!("cannot start an EDEK pool thread: {e}");
+                }
+            }
+        });
+    }
+
+    /// Starts keeping a pool for `name@version`.
+    pub fn warm(self: &Arc<Self>, name: &str, version: u32) {
+        if self.options.size == 0 {
+            return;
+        }
+        self.start_workers();
+        let mut q = self.queues.lock();
+        let queue = q.entry((name.to_owned(), version)).or_default();
+        if queue.items.len() < self.low_mark() {
+            queue.refilling = true;
+        }
+        drop(q);
+        self.wake.notify_all();
+    }
+
+    /// A pair for `name@version`, if the pool has one; starts a refill below the mark.
+    pub fn take(self: &Arc<Self>, name: &str, version: u32) -> Option<Pooled> {
+        if self.options.size == 0 {
+            return None;
+        }
+        let mut q = self.queues.lock();
+        let Some(queue) = q.get_mut(&(name.to_owned(), version)) else {
+            drop(q);
+            self.warm(name, version);
+            return None;
+        };
+        let got = queue.items.pop_front();
+        if queue.items.len() < self.low_mark() && !queue.refilling {
+            queue.refilling = true;
+            drop(q);
+            self.wake.notify_all();
+        }
+        got
+    }
+
+    /// Drops the queues of versions that are not their key's current one (`current`
+    /// says which is; `None`: the key is gone), and starts filling the current one
+    /// instead (`key roll`).
+    pub fn retain_current(self: &Arc<Self>, current: &dyn Fn(&str) -> Option<u32>) {
+        let mut rolled = Vec::new();
+        self.queues.lock().retain(|(name, version), _| {
+            let now = current(name);
+            if now != Some(*version) {
+                rolled.extend(now.map(|v| (name.clone(), v)));
+            }
+            now == Some(*version)
+        });
+        for (name, version) in rolled {
+            self.warm(&name, version);
+        }
+    }
+
+    /// Pairs held now, over every key version.
+    pub fn len(&self) -> usize {
+        self.queues.lock().values().map(|q| q.items.len()).sum()
+    }
+
+    /// Whether no pair is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A refill to do: (key, version, how many), counted as in flight.
+    fn next_job(&self, q: &mut HashMap<(String, u32), Queue>) -> Option<(String, u32, usize)> {
+        let now = Instant::now();
+        for ((name, version), queue) in q.iter_mut() {
+            if !queue.refilling || queue.retry_at.is_some_and(|t| t > now) {
+                continue;
+            }
+            let have = queue.items.len() + queue.in_flight;
+            if have >= self.options.size {
+                if queue.in_flight == 0 {
+                    queue.refilling = false;
+                }
+                continue;
+            }
+            let n = (self.options.size - have).min(self.options.batch.max(1));
+            queue.in_flight += n;
+            return Some((name.clone(), *version, n));
+        }
+        None
+    }
+
+    /// Puts a refill's result in its queue (dropped if the version is no longer kept).
+    fn finish(&self, name: &str, version: u32, n: usize, made: Result<Vec<Pooled>, KeyError>) {
+        let mut q = self.queues.lock();
+        let Some(queue) = q.get_mut(&(name.to_owned(), version)) else {
+            return;
+        };
+        queue.in_flight -= n;
+        match made {
+            Ok(items) => {
+                queue.retry_at = None;
+                queue.items.extend(items);
+                if queue.items.len() >= self.options.size {
+                    queue.refilling = queue.in_flight > 0;
+                }
+            }
+            Err(e) => {
+                log::debug!("EDEK pool refill of {name}@{version} failed: {e}");
+                queue.retry_at = Some(Instant::now() + RETRY_AFTER);
+            }
+        }
+    }
+}
+
+fn worker(pool: Weak<EdekPool>) {
+    loop {
+        let Some(p) = pool.upgrade() else { return };
+        let job = {
+            let mut q = p.queues.lock();
+            match p.next_job(&mut q) {
+                Some(job) => Some(job),
+                None => {
+                    // woken by a take or a warm; the timeout notices a dropped pool and
+                    // the end of a retry wait
+                    p.wake.wait_for(&mut q, Duration::from_millis(500));
+                    None
+                }
+            }
+        };
+        if let Some((name, version, n)) = job {
+            let made = (p.fill)(&name, version, n);
+            p.finish(&name, version, n, made);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    fn pool(size: usize, calls: Arc<AtomicUsize>, fail: Arc<AtomicBool>) -> Arc<EdekPool> {
+        let opts = PoolOptions {
+            size,
+            low: 0.3,
+            workers: 2,
+            batch: 4,
+        };
+        EdekPool::new(
+            opts,
+            Box::new(move |_name: &str, version: u32, n: usize| {
+                calls.fetch_add(n, Ordering::SeqCst);
+                if fail.load(Ordering::SeqCst) {
+                    return Err(KeyError::KmsUnavailable("down".into()));
+                }
+                Ok((0..n)
+                    .map(|_| Pooled {
+                        dek: Key::random(),
+                        key_id: format!("id{version}"),
+                        edek: vec![version as u8; 8],
+                    })
+                    .collect())
+            }),
+        )
+    }
+
+    fn wait_until(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn fills_hands_out_once_and_refills_below_the_mark() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let p = pool(20, calls.clone(), Arc::default());
+        assert!(p.take("k", 1).is_none(), "the first take starts the pool");
+        wait_until("a full pool", || p.len() == 20);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..15 {
+            let got = p.take("k", 1).expect("pooled");
+            assert!(
+                seen.insert(got.dek.expose().to_vec()),
+                "a DEK was handed out twice"
+            );
+        }
+        // 5 left, below 30 % of 20: refilled to full
+        wait_until("a refill", || p.len() == 20);
+        assert_eq!(calls.load(Ordering::SeqCst), 35);
+        for _ in 0..20 {
+            let got = p.take("k", 1).expect("pooled");
+            assert!(
+                seen.insert(got.dek.expose().to_vec()),
+                "a DEK was handed out twice"
+            );
+        }
+    }
+
+    #[test]
+    fn a_roll_drains_the_old_version_and_failures_back_off() {
+        let fail = Arc::new(AtomicBool::new(false));
+        let p = pool(8, Arc::default(), fail.clone());
+        p.warm("k", 1);
+        wait_until("a full pool", || p.len() == 8);
+        fail.store(true, Ordering::SeqCst);
+        p.retain_current(&|_| Some(2));
+        assert_eq!(p.len(), 0, "the old version's pairs are dropped");
+        assert!(p.take("k", 1).is_none());
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(p.take("k", 2).is_none(), "nothing is made while the KMS is down");
+        fail.store(false, Ordering::SeqCst);
+        wait_until("a refill after the outage", || p.len() >= 7);
+        assert_eq!(p.take("k", 2).unwrap().key_id, "id2");
+    }
+
+    #[test]
+    fn size_zero_keeps_no_pool() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let p = pool(0, calls.clone(), Arc::default());
+        p.warm("k", 1);
+        assert!(p.take("k", 1).is_none());
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+    }
+}
