@@ -7,6 +7,7 @@ pub mod dek;
 pub mod exec;
 pub mod external;
 pub mod keystore;
+pub mod kmip;
 pub mod kms;
 pub mod passphrase;
 pub mod provider;
