@@ -4,15 +4,21 @@
 use super::backing::{obtain, open_new_secret_file};
 use super::{CliResult, Failure, PassArgs};
 use crate::keys::exec::EXEC_PREFIX;
+use crate::keys::external::KMIP_PREFIX;
 use crate::keys::{KdfParams, Keystore};
 use std::path::Path;
 
 /// Checks a `--key-provider` setting and makes its program path absolute (the mount
 /// daemon runs from `/`).
 fn provider_setting(setting: &str) -> Result<String, Failure> {
+    if setting.starts_with(KMIP_PREFIX) {
+        // the URL and the certificate files are checked now; the servers when used
+        crate::keys::kms::kmip::check(setting).map_err(Failure::usage)?;
+        return Ok(setting.to_owned());
+    }
     let rest = setting.strip_prefix(EXEC_PREFIX).ok_or_else(|| {
         Failure::usage(format!(
-            "unknown key provider '{setting}': use exec:PROGRAM [ARGS…]"
+            "unknown key provider '{setting}': use exec:PROGRAM [ARGS…] or kmip://HOST:PORT[,HOST:PORT…]?ca=…&cert=…&key=…"
         ))
     })?;
     let mut words = rest.split_whitespace();

@@ -108,8 +108,10 @@ enum Cmd {
         #[command(flatten)]
         pass: PassArgs,
         /// Keep zone keys in an external key provider: exec:PROGRAM [ARGS…] (a program speaking
-        /// ezfs's JSON line protocol, see ezfs(1)); default: the local keystore.
-        #[arg(long, value_name = "exec:PROGRAM")]
+        /// ezfs's JSON line protocol, see ezfs(1)), or a KMIP key manager:
+        /// kmip://HOST:PORT[,HOST:PORT…]?ca=PEM&cert=PEM&key=PEM[&timeout=SECS] (absolute
+        /// paths; the zone keys never leave it). Default: the local keystore.
+        #[arg(long, value_name = "exec:PROGRAM|kmip://…")]
         key_provider: Option<String>,
         /// Write the recovery key (which opens the keystore when the passphrase is lost)
         /// to this new file (mode 0600) instead of printing it once.

@@ -1,10 +1,59 @@
-//! The KMIP client as a [`super::Kms`].
+//! The KMIP client ([`crate::keys::kmip`]) as a [`Kms`]: its errors become key errors,
+//! an unreachable KMS distinctly (the filesystem keeps serving what needs no KMS).
 
 use super::Kms;
+use crate::keys::kmip::client::KmipClient;
+use crate::keys::kmip::{KmipConfig, KmipError};
 use crate::keys::KeyError;
 use std::sync::Arc;
+use zeroize::Zeroizing;
 
-/// Connects (lazily) to the KMIP servers of setting `kmip://…`.
+fn key_error(e: KmipError) -> KeyError {
+    match e {
+        KmipError::Unavailable(why) => KeyError::KmsUnavailable(why),
+        other => KeyError::Other(other.to_string()),
+    }
+}
+
+/// Checks a `kmip://…` setting (the URL and its certificate files) without connecting.
+pub fn check(setting: &str) -> Result<KmipConfig, KeyError> {
+    let cfg = KmipConfig::parse(setting).map_err(key_error)?;
+    KmipClient::new(cfg.clone()).map_err(key_error)?;
+    Ok(cfg)
+}
+
+/// A client of the KMIP servers of setting `kmip://…`; it connects on first use.
 pub fn connect(setting: &str) -> Result<Arc<dyn Kms>, KeyError> {
-    Err(KeyError::Other(format!("KMIP is not built in yet: {setting}")))
+    let cfg = KmipConfig::parse(setting).map_err(key_error)?;
+    Ok(Arc::new(KmipClient::new(cfg).map_err(key_error)?))
+}
+
+impl Kms for KmipClient {
+    fn create_key(&self, name: &str) -> Result<String, KeyError> {
+        KmipClient::create_key(self, name).map_err(key_error)
+    }
+
+    fn locate(&self, name: &str) -> Result<Vec<String>, KeyError> {
+        KmipClient::locate(self, name).map_err(key_error)
+    }
+
+    fn state(&self, uid: &str) -> Result<String, KeyError> {
+        KmipClient::state(self, uid)
+            .map(|s| format!("{s:?}"))
+            .map_err(key_error)
+    }
+
+    fn encrypt(&self, uid: &str, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, KeyError> {
+        KmipClient::encrypt(self, uid, aad, plain).map_err(key_error)
+    }
+
+    fn decrypt(&self, uid: &str, aad: &[u8], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        KmipClient::decrypt(self, uid, aad, blob).map_err(key_error)
+    }
+
+    fn retire(&self, uid: &str) -> Result<(), KeyError> {
+        // KMIP: an active key is revoked (deactivated) before it may be destroyed
+        KmipClient::revoke(self, uid).map_err(key_error)?;
+        KmipClient::destroy(self, uid).map_err(key_error)
+    }
 }
