@@ -20,7 +20,10 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let tmp = tempfile::Builder::new().prefix("ezfs-kmip-").tempdir_in("/tmp").unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("ezfs-kmip-")
+        .tempdir_in("/tmp")
+        .unwrap();
     let pki = KmipPki::new(&tmp.path().join("pki"));
     let db = tmp.path().join("kms.db");
     Setup { _tmp: tmp, pki, db }
@@ -32,7 +35,10 @@ fn client(url: &str) -> KmipClient {
 
 fn refused<T: std::fmt::Debug>(r: Result<T, KmipError>, what: &str) -> String {
     match r {
-        Err(KmipError::Refused(m)) => m,
+        Err(KmipError::Refused(m)) => {
+            eprintln!("{what}: refused: {m}");
+            m
+        }
         other => panic!("{what}: expected Refused, got {other:?}"),
     }
 }
@@ -45,7 +51,7 @@ fn create_activate_locate_state_name() {
     let uid = c.create_key("zone-key-1").unwrap();
     assert_eq!(c.state(&uid).unwrap(), KeyState::Active);
     assert_eq!(c.name_of(&uid).unwrap().as_deref(), Some("zone-key-1"));
-    assert_eq!(c.locate("zone-key-1").unwrap(), [uid.clone()]);
+    assert_eq!(c.locate("zone-key-1").unwrap(), std::slice::from_ref(&uid));
     assert!(c.locate("no-such-key").unwrap().is_empty());
     let other = c.create_key("zone-key-2").unwrap();
     assert_ne!(other, uid);
@@ -91,7 +97,10 @@ fn tampering_wrong_aad_and_wrong_key_are_refused() {
         bad[i] ^= 1;
         refused(c.decrypt(&uid, b"aad-1", &bad), &format!("flipped byte {i}"));
     }
-    refused(c.decrypt(&uid, b"aad-1", &wrapped[..wrapped.len() - 1]), "truncated");
+    refused(
+        c.decrypt(&uid, b"aad-1", &wrapped[..wrapped.len() - 1]),
+        "truncated",
+    );
     refused(c.decrypt(&uid, b"aad-1", &wrapped[..20]), "too short");
     refused(c.decrypt(&other, b"aad-1", &wrapped), "another key");
     refused(c.decrypt("999999", b"aad-1", &wrapped), "unknown uid");
@@ -105,7 +114,9 @@ fn revoke_then_destroy() {
     let server = KmipServer::start(&s.pki, &s.db);
     let c = client(&s.pki.url(&[&server], ""));
     let uid = c.create_key("doomed").unwrap();
-    let wrapped = c.encrypt(&uid, b"a", b"0123456789abcdef0123456789abcdef").unwrap();
+    let wrapped = c
+        .encrypt(&uid, b"a", b"0123456789abcdef0123456789abcdef")
+        .unwrap();
     // An Active key cannot be destroyed.
     refused(c.destroy(&uid), "destroy while active");
     c.revoke(&uid).unwrap();
@@ -142,7 +153,10 @@ fn bad_certificate_files_are_config_errors() {
         s.pki.client_cert.display()
     );
     let e = KmipClient::new(KmipConfig::parse(&url).unwrap()).unwrap_err();
-    assert!(matches!(e, KmipError::Config(ref m) if m.contains("/nonexistent/key.pem")), "{e}");
+    assert!(
+        matches!(e, KmipError::Config(ref m) if m.contains("/nonexistent/key.pem")),
+        "{e}"
+    );
     // The server key does not match the client certificate.
     let url = format!(
         "kmip://127.0.0.1:1?ca={}&cert={}&key={}",
@@ -166,7 +180,7 @@ fn failover_between_two_servers_sharing_a_database() {
     let uid = ca.create_key("shared").unwrap();
     let wrapped = ca.encrypt(&uid, b"aad", &[4u8; 32]).unwrap();
     assert_eq!(*cb.decrypt(&uid, b"aad", &wrapped).unwrap(), [4u8; 32]);
-    assert_eq!(cb.locate("shared").unwrap(), [uid.clone()]);
+    assert_eq!(cb.locate("shared").unwrap(), std::slice::from_ref(&uid));
 
     let both = client(&s.pki.url(&[&a, &b], "&timeout=3"));
     for _ in 0..6 {
@@ -175,14 +189,23 @@ fn failover_between_two_servers_sharing_a_database() {
     a.stop();
     let t = Instant::now();
     for i in 0..20 {
-        let got = both.decrypt(&uid, b"aad", &wrapped).unwrap_or_else(|e| panic!("call {i} after A died: {e}"));
+        let got = both
+            .decrypt(&uid, b"aad", &wrapped)
+            .unwrap_or_else(|e| panic!("call {i} after A died: {e}"));
         assert_eq!(*got, [4u8; 32]);
     }
     let w2 = both.encrypt(&uid, b"aad", &[5u8; 32]).unwrap();
     assert_eq!(*both.decrypt(&uid, b"aad", &w2).unwrap(), [5u8; 32]);
-    assert!(t.elapsed() < Duration::from_secs(60), "failover took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "failover took {:?}",
+        t.elapsed()
+    );
     // A refusal from the live server is not retried elsewhere: it comes back as is.
-    refused(both.decrypt(&uid, b"other", &wrapped), "wrong aad through failover");
+    refused(
+        both.decrypt(&uid, b"other", &wrapped),
+        "wrong aad through failover",
+    );
 }
 
 #[test]
@@ -201,12 +224,19 @@ fn outage_fails_fast_and_recovers_with_the_same_client() {
             Err(KmipError::Unavailable(m)) => {
                 let pa = format!("127.0.0.1:{}", a.port);
                 let pb = format!("127.0.0.1:{}", b.port);
-                assert!(m.contains(&pa) && m.contains(&pb), "call {i}: endpoints not named: {m}");
+                assert!(
+                    m.contains(&pa) && m.contains(&pb),
+                    "call {i}: endpoints not named: {m}"
+                );
                 assert!(!m.contains('\n'), "{m}");
             }
             other => panic!("call {i} with every KMS down: expected Unavailable, got {other:?}"),
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "call {i} took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "call {i} took {:?}",
+            t.elapsed()
+        );
     }
     a.restart();
     b.restart();
@@ -300,5 +330,8 @@ fn measure_decrypt_latency_and_throughput() {
         th.join().unwrap();
     }
     let el = t.elapsed();
-    eprintln!("4 threads x {per} decrypts: {el:?}, {:.0} decrypts/s", (4 * per) as f64 / el.as_secs_f64());
+    eprintln!(
+        "4 threads x {per} decrypts: {el:?}, {:.0} decrypts/s",
+        (4 * per) as f64 / el.as_secs_f64()
+    );
 }

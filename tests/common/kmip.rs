@@ -26,7 +26,9 @@ pub const PYKMIP_SERVER: &str = "/usr/bin/pykmip-server";
 const START_DEADLINE: Duration = Duration::from_secs(90);
 
 fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is openssl installed?)"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is openssl installed?)"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -59,7 +61,17 @@ impl KmipPki {
         let ca_key = dir.join("ca.key");
         genkey(&ca_key);
         run(Command::new("openssl")
-            .args(["req", "-x509", "-new", "-sha256", "-days", "3", "-subj", "/CN=ezfs test CA", "-key"])
+            .args([
+                "req",
+                "-x509",
+                "-new",
+                "-sha256",
+                "-days",
+                "3",
+                "-subj",
+                "/CN=ezfs test CA",
+                "-key",
+            ])
             .arg(&ca_key)
             .arg("-out")
             .arg(&ca)
@@ -88,7 +100,10 @@ impl KmipPki {
     pub fn client(&self, cn: &str) -> (PathBuf, PathBuf) {
         let stem = format!("client-{cn}");
         self.issue(&stem, cn, "extendedKeyUsage=clientAuth\n");
-        (self.dir.join(format!("{stem}.pem")), self.dir.join(format!("{stem}.key")))
+        (
+            self.dir.join(format!("{stem}.pem")),
+            self.dir.join(format!("{stem}.key")),
+        )
     }
 
     fn issue(&self, stem: &str, cn: &str, ext: &str) {
@@ -143,12 +158,23 @@ impl KmipPki {
 
 fn genkey(path: &Path) {
     run(Command::new("openssl")
-        .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
         .arg(path));
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running pykmip-server on 127.0.0.1.
@@ -190,7 +216,12 @@ impl KmipServer {
         )
         .unwrap();
         let log = dir.join("server.log");
-        let mut server = KmipServer { port, dir, log, child: None };
+        let mut server = KmipServer {
+            port,
+            dir,
+            log,
+            child: None,
+        };
         server.spawn();
         server
     }
@@ -220,11 +251,17 @@ impl KmipServer {
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 self.child = None;
-                panic!("pykmip-server exited at start ({status}):\n{}", self.diagnostics());
+                panic!(
+                    "pykmip-server exited at start ({status}):\n{}",
+                    self.diagnostics()
+                );
             }
             if Instant::now() > deadline {
                 self.stop();
-                panic!("pykmip-server did not listen within {START_DEADLINE:?}:\n{}", self.diagnostics());
+                panic!(
+                    "pykmip-server did not listen within {START_DEADLINE:?}:\n{}",
+                    self.diagnostics()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -235,7 +272,11 @@ impl KmipServer {
         let tail = |p: PathBuf| {
             let s = fs::read_to_string(&p).unwrap_or_default();
             let lines: Vec<&str> = s.lines().collect();
-            format!("== {}\n{}", p.display(), lines[lines.len().saturating_sub(40)..].join("\n"))
+            format!(
+                "== {}\n{}",
+                p.display(),
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            )
         };
         format!("{}\n{}", tail(self.dir.join("stderr")), tail(self.log.clone()))
     }

@@ -381,3 +381,9 @@ impl KmipClient {
         self.call(messages::destroy(uid), Operation::Destroy).map(drop)
     }
 }
+
+/// The client is shared between the filesystem's threads.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<KmipClient>();
+};
