@@ -134,6 +134,9 @@ pub struct DaemonStatus {
     pub jobs: Vec<JobStatus>,
     /// Operation counters since mount.
     pub counters: crate::fs::stats::Counters,
+    /// The KMS client side, when zone keys are in a KMS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms: Option<crate::keys::kms::KmsStatus>,
 }
 
 /// What `Ping` answers.
@@ -305,6 +308,7 @@ impl Server {
                     keys_in_use: keys,
                     jobs,
                     counters: crate::fs::stats::snapshot(),
+                    kms: c.keys.kms_status(),
                 }))
             }
             Request::KeyList => {

@@ -45,7 +45,12 @@ impl KmsFixture {
         ]);
         ok(&o, "ezfs init --key-provider kmip://");
         ok(&f.key("create", "k1"), "key create k1 in the KMS");
-        KmsFixture { f, servers, _pki: pki, url }
+        KmsFixture {
+            f,
+            servers,
+            _pki: pki,
+            url,
+        }
     }
 
     fn audit(&self) -> String {
@@ -89,7 +94,12 @@ fn version_states(f: &Fixture, key: &str) -> Vec<(u64, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| (v["version"].as_u64().unwrap(), v["kms_state"].as_str().unwrap_or("").to_owned()))
+        .map(|v| {
+            (
+                v["version"].as_u64().unwrap(),
+                v["kms_state"].as_str().unwrap_or("").to_owned(),
+            )
+        })
         .collect()
 }
 
@@ -99,7 +109,10 @@ fn kmip_zone_round_trip_roll_reencrypt_prune_and_restart() {
     let f = &k.f;
     // no zone key material in the keystore: the KMS holds it
     let ks = fs::read_to_string(f.backing.join(".ezfs/keystore.json")).unwrap();
-    assert!(!ks.contains("\"sealed\""), "the keystore holds key material: {ks}");
+    assert!(
+        !ks.contains("\"sealed\""),
+        "the keystore holds key material: {ks}"
+    );
     assert_eq!(version_states(f, "k1"), vec![(1, "Active".into())]);
     let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
     {
@@ -109,8 +122,23 @@ fn kmip_zone_round_trip_roll_reencrypt_prune_and_restart() {
         fs::write(z.join("small"), b"hello kms").unwrap();
         assert_eq!(fs::read(z.join("a")).unwrap(), data);
         fs::write(f.m("plain"), b"outside").unwrap();
+        // a zone whose names are encrypted: its name secret is wrapped by the KMS
+        let n = f.names_zone("n", "k1");
+        fs::write(n.join("a secret name"), b"named").unwrap();
+        // status shows the KMS side (the pool fills in the background)
+        let o = f.run(&["status", "--json", f.mnt.to_str().unwrap()]);
+        ok(&o, "status");
+        let st = stdout_of(&o).replace([' ', '\n'], "");
+        assert!(
+            st.contains("\"pooled_edeks\":") && st.contains("\"reachable\":true"),
+            "{st}"
+        );
     }
-    assert_eq!(header_version(&f.b("z/a")), 2, "a KMS zone's files have version 2 headers");
+    assert_eq!(
+        header_version(&f.b("z/a")),
+        2,
+        "a KMS zone's files have version 2 headers"
+    );
     // a restart of the daemon, cold: every DEK comes from the KMS again
     let before = k.audit_count("op=UNWRAP key=k1@1");
     {
@@ -118,27 +146,40 @@ fn kmip_zone_round_trip_roll_reencrypt_prune_and_restart() {
         drop_caches();
         assert_eq!(fs::read(f.m("z/a")).unwrap(), data);
         assert_eq!(fs::read(f.m("z/small")).unwrap(), b"hello kms");
+        assert_eq!(fs::read(f.m("n/a secret name")).unwrap(), b"named");
         assert!(k.audit_count("op=UNWRAP key=k1@1") > before, "{}", k.audit());
+        assert!(k.audit_count("op=UNWRAP_NAMES key=k1@1") > 0, "{}", k.audit());
         // roll: new files use version 2, old ones still read
         ok(&f.key("roll", "k1"), "key roll");
         fs::write(f.m("z/new"), b"after the roll").unwrap();
         assert_eq!(fs::read(f.m("z/a")).unwrap(), data);
     }
     let raw = fs::read(f.b("z/new")).unwrap();
-    assert_eq!(u32::from_le_bytes(raw[48..52].try_into().unwrap()), 2, "the new file uses k1@2");
+    assert_eq!(
+        u32::from_le_bytes(raw[48..52].try_into().unwrap()),
+        2,
+        "the new file uses k1@2"
+    );
     {
         let _m = f.mount();
-        let o = f.run(&["zone", "reencrypt", "--json", f.m("z").to_str().unwrap()]);
-        ok(&o, "zone reencrypt");
+        for z in ["z", "n"] {
+            let o = f.run(&["zone", "reencrypt", "--json", f.m(z).to_str().unwrap()]);
+            ok(&o, &format!("zone reencrypt {z}"));
+        }
         ok(&f.key("prune", "k1"), "key prune");
         drop_caches();
         assert_eq!(fs::read(f.m("z/a")).unwrap(), data);
         assert_eq!(fs::read(f.m("z/new")).unwrap(), b"after the roll");
+        assert_eq!(fs::read(f.m("n/a secret name")).unwrap(), b"named");
     }
     // the pruned version is gone from the KMS, not just from the keystore
     assert_eq!(version_states(f, "k1"), vec![(2, "Active".into())]);
-    let client = ezfs::keys::kmip::KmipClient::new(ezfs::keys::kmip::KmipConfig::parse(&k.url).unwrap()).unwrap();
-    assert!(client.locate("ezfs/k1/1").unwrap().is_empty(), "k1@1 is still in the KMS");
+    let client =
+        ezfs::keys::kmip::KmipClient::new(ezfs::keys::kmip::KmipConfig::parse(&k.url).unwrap()).unwrap();
+    assert!(
+        client.locate("ezfs/k1/1").unwrap().is_empty(),
+        "k1@1 is still in the KMS"
+    );
     assert_eq!(client.locate("ezfs/k1/2").unwrap().len(), 1);
     let audit = k.audit();
     for needle in [
@@ -151,7 +192,9 @@ fn kmip_zone_round_trip_roll_reencrypt_prune_and_restart() {
     ] {
         assert!(audit.contains(needle), "audit log lacks {needle}:\n{audit}");
     }
-    let mode = fs::metadata(f.backing.join(".ezfs/audit.log")).unwrap().permissions();
+    let mode = fs::metadata(f.backing.join(".ezfs/audit.log"))
+        .unwrap()
+        .permissions();
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
     // delete: refused while a zone uses the key; the KMS keeps it
     let o = f.key("delete", "k1");
@@ -168,7 +211,8 @@ fn a_deleted_kms_key_is_destroyed_there() {
     ok(&f.key("delete", "k2"), "key delete k2");
     // the KMS objects are revoked and destroyed (PyKMIP then forgets them entirely):
     // a new key of that name starts afresh rather than adopting them
-    let client = ezfs::keys::kmip::KmipClient::new(ezfs::keys::kmip::KmipConfig::parse(&k.url).unwrap()).unwrap();
+    let client =
+        ezfs::keys::kmip::KmipClient::new(ezfs::keys::kmip::KmipConfig::parse(&k.url).unwrap()).unwrap();
     for v in 1..=2 {
         let left = client.locate(&format!("ezfs/k2/{v}")).unwrap();
         assert!(left.is_empty(), "k2@{v} is still in the KMS: {left:?}");
@@ -211,7 +255,8 @@ fn a_kms_server_killed_mid_run_fails_no_operation() {
     );
     let mut k = KmsFixture::new(2);
     let f = &k.f;
-    let _m = f.mount_opts(&["--edek-pool", "20"]);
+    // no DEK cache: every open of fio's goes to the KMS
+    let _m = f.mount_opts(&["--edek-pool", "20", "--dek-cache-ttl", "0"]);
     let z = f.zone("z", "k1");
     let scratch = f.scratch();
     let fio = std::thread::spawn(move || fio_verify(&z, &scratch, &[]));
@@ -232,7 +277,7 @@ fn a_kms_server_killed_mid_run_fails_no_operation() {
     );
     // and again from a cold start, with only the second server left
     drop(_m);
-    let _m = f.mount();
+    let _m = f.mount_opts(&["--dek-cache-ttl", "0"]);
     drop_caches();
     ok(
         &fio_verify(&f.m("z"), &f.scratch(), &["--verify_only"]),
@@ -244,7 +289,8 @@ fn a_kms_server_killed_mid_run_fails_no_operation() {
 fn a_kms_outage_fails_new_opens_only_and_heals_by_itself() {
     let mut k = KmsFixture::new(1);
     let f = &k.f;
-    let _m = f.mount_opts(&["--edek-pool", "50"]);
+    // no DEK cache: "closed", written here, must need the KMS to be opened again
+    let _m = f.mount_opts(&["--edek-pool", "50", "--dek-cache-ttl", "0"]);
     let z = f.zone("z", "k1");
     fs::write(z.join("held"), vec![5u8; 100_000]).unwrap();
     fs::write(z.join("closed"), vec![6u8; 10_000]).unwrap();
@@ -271,7 +317,11 @@ fn a_kms_outage_fails_new_opens_only_and_heals_by_itself() {
     let t = Instant::now();
     let e = fs::read(z.join("closed")).expect_err("read a file with the KMS down");
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
-    assert!(t.elapsed() < Duration::from_secs(60), "the open took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "the open took {:?}",
+        t.elapsed()
+    );
     // the KMS comes back: everything works without a remount
     k.servers[0].restart();
     let t = Instant::now();
@@ -311,7 +361,12 @@ fn put_edek(p: &Path, edek: &[u8]) {
     b[len_at..len_at + 2].copy_from_slice(&(edek.len() as u16).to_le_bytes());
     b[len_at + 2..len_at + 2 + edek.len()].copy_from_slice(edek);
     b[len_at + 2 + edek.len()..len_at + 2 + edek.len() + 32].copy_from_slice(&mac);
-    fs::OpenOptions::new().write(true).open(p).unwrap().write_all_at(&b[..4096], 0).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .write_all_at(&b[..4096], 0)
+        .unwrap();
 }
 
 fn kms_key_id(p: &Path) -> String {
@@ -331,7 +386,8 @@ fn tampered_edeks_and_wrong_kms_answers_give_eio_never_wrong_plaintext() {
             fs::write(z.join(n), format!("secret {n}")).unwrap();
         }
     }
-    let client = ezfs::keys::kmip::KmipClient::new(ezfs::keys::kmip::KmipConfig::parse(&k.url).unwrap()).unwrap();
+    let client =
+        ezfs::keys::kmip::KmipClient::new(ezfs::keys::kmip::KmipConfig::parse(&k.url).unwrap()).unwrap();
     let id = kms_key_id(&f.b("z/flipped"));
     let aad = b"ezfs dek k1@1";
     // a flipped EDEK byte: the KMS refuses it
@@ -348,7 +404,11 @@ fn tampered_edeks_and_wrong_kms_answers_give_eio_never_wrong_plaintext() {
     let other = client.create_key("not-an-ezfs-key").unwrap();
     let mut b = fs::read(f.b("z/wrongid")).unwrap();
     let id_at = 53 + b[52] as usize;
-    assert_eq!(other.len(), b[id_at] as usize, "uids of the same length (test setup)");
+    assert_eq!(
+        other.len(),
+        b[id_at] as usize,
+        "uids of the same length (test setup)"
+    );
     b[id_at + 1..id_at + 1 + other.len()].copy_from_slice(other.as_bytes());
     fs::write(f.b("z/wrongid"), &b).unwrap();
     let _m = f.mount();
@@ -357,7 +417,10 @@ fn tampered_edeks_and_wrong_kms_answers_give_eio_never_wrong_plaintext() {
         assert_eq!(e.raw_os_error(), Some(libc::EIO), "{n}: {e}");
     }
     let audit = k.audit();
-    assert!(audit.contains("result=error"), "failed unwraps are audited:\n{audit}");
+    assert!(
+        audit.contains("result=error"),
+        "failed unwraps are audited:\n{audit}"
+    );
 }
 
 #[test]
@@ -371,7 +434,7 @@ fn concurrent_opens_share_one_unwrap_and_the_dek_cache_is_flushed_by_key_changes
     }
     let unwraps = || k.audit_count("op=UNWRAP key=k1@1");
     {
-        let _m = f.mount();
+        let _m = f.mount_opts(&["--dek-cache-ttl", "0"]);
         let p = f.m("z/f");
         let before = unwraps();
         let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
@@ -392,13 +455,18 @@ fn concurrent_opens_share_one_unwrap_and_the_dek_cache_is_flushed_by_key_changes
         for t in threads {
             assert_eq!(t.join().unwrap(), [1u8; 10]);
         }
-        assert_eq!(unwraps() - before, 1, "8 concurrent opens made one KMS round trip");
+        assert_eq!(
+            unwraps() - before,
+            1,
+            "8 concurrent opens made one KMS round trip"
+        );
         // without the cache, a reopen after close unwraps again
         let before = unwraps();
         fs::read(&p).unwrap();
         fs::read(&p).unwrap();
         assert_eq!(unwraps() - before, 2);
     }
+    // the default cache (30 s); and -o dek_cache_ttl= is the flag's other spelling
     let _m = f.mount_opts(&["-o", "dek_cache_ttl=600"]);
     let p = f.m("z/f");
     let before = unwraps();
@@ -406,6 +474,12 @@ fn concurrent_opens_share_one_unwrap_and_the_dek_cache_is_flushed_by_key_changes
         fs::read(&p).unwrap();
     }
     assert_eq!(unwraps() - before, 1, "the DEK cache serves reopens");
+    // a file created here is read back with no round trip at all
+    fs::write(f.m("z/fresh"), b"new").unwrap();
+    let before_fresh = unwraps();
+    drop_caches();
+    assert_eq!(fs::read(f.m("z/fresh")).unwrap(), b"new");
+    assert_eq!(unwraps(), before_fresh, "a created file's DEK is cached");
     // a key change (here a grant) empties it
     let o = f.run(&[
         "key",
@@ -461,7 +535,9 @@ fn bad_kmip_settings_are_refused_at_init() {
         let err = stderr_of(&o);
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
         assert!(err.contains(needle), "{url}: {err}");
-        assert!(!f.backing.join(".ezfs").exists(), "a refused init left .ezfs behind");
+        assert!(
+            !f.backing.join(".ezfs").exists(),
+            "a refused init left .ezfs behind"
+        );
     }
 }
-

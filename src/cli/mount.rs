@@ -44,9 +44,9 @@ pub struct MountArgs {
     /// The same as -o edek_pool_low=PCT.
     #[arg(long, value_name = "PCT")]
     pub(super) edek_pool_low: Option<u32>,
-    /// Keep the data keys a KMS unwrapped for this many seconds after use, so that
-    /// reopening a file costs no KMS round trip (0, the default: not kept). The same
-    /// as -o dek_cache_ttl=SECS.
+    /// Keep the data keys of files in KMS zones for this many seconds after use, so
+    /// that reopening a file costs no KMS round trip (default 30; 0: not kept). The
+    /// same as -o dek_cache_ttl=SECS.
     #[arg(long, value_name = "SECS")]
     pub(super) dek_cache_ttl: Option<u64>,
     /// FUSE mount options, comma-separated (e.g. -o noatime,nonempty).

@@ -97,6 +97,14 @@ fn print(e: &Entry) {
         c.auth_failures,
         c.eio
     );
+    if let Some(k) = &d.kms {
+        println!(
+            "  KMS {}: {} pre-wrapped data key(s) pooled, {} cached",
+            if k.reachable { "reachable" } else { "UNREACHABLE" },
+            k.pooled_edeks,
+            k.cached_deks
+        );
+    }
     if d.zones.is_empty() {
         println!("  no encryption zones");
     }

@@ -69,6 +69,14 @@ impl LocalProvider {
             .map_err(|e| KeyError::Other(e.clone()))
     }
 
+    /// The KMS client side, if the keystore names a KMS and it has been set up.
+    pub fn kms_client(&self) -> Option<&Arc<KmsKeys>> {
+        match self.external.get() {
+            Some(Ok(External::Kms(k))) => Some(k),
+            _ => None,
+        }
+    }
+
     /// The external program provider, if the keystore names one.
     pub fn exec(&self) -> Result<&ExecProvider, KeyError> {
         match self.external()? {
@@ -91,7 +99,7 @@ impl LocalProvider {
     /// have made stale (key ids, cached DEKs, the pools of versions no longer current).
     pub fn reload(&self) -> Result<(), KeyError> {
         self.store.write().reload()?;
-        if let Some(Ok(External::Kms(k))) = self.external.get() {
+        if let Some(k) = self.kms_client() {
             let store = self.store.read();
             k.flush(&|name| store.current_version(name).ok());
         }

@@ -44,6 +44,10 @@ pub trait ZoneKeys: KeyProvider {
     /// The keys, their versions and ACLs and the registry, without key material
     /// (`ezfs key list` through the mount).
     fn listing(&self) -> Body;
+    /// The KMS client side's state, when keys are in a KMS and it has been used.
+    fn kms_status(&self) -> Option<crate::keys::kms::KmsStatus> {
+        None
+    }
 }
 
 /// A copy of the registry (for walks that must not hold the keys' lock).
@@ -97,5 +101,9 @@ impl ZoneKeys for LocalProvider {
 
     fn listing(&self) -> Body {
         self.store().read().body().clone()
+    }
+
+    fn kms_status(&self) -> Option<crate::keys::kms::KmsStatus> {
+        self.kms_client().map(|k| k.status())
     }
 }

@@ -254,6 +254,13 @@ impl KmipClient {
     /// Sends `request` to the servers in turn until one answers; returns the payload of
     /// its response (zeroized on drop).
     fn call(&self, request: Ttlv, op: Operation) -> Result<Zeroizing<Ttlv>, KmipError> {
+        let resp = self.call_raw(request)?;
+        Ok(Zeroizing::new(messages::parse_response(&resp, op)?))
+    }
+
+    /// Sends `request` to the servers in turn until one answers; returns the whole
+    /// response message (zeroized on drop), unchecked.
+    fn call_raw(&self, request: Ttlv) -> Result<Zeroizing<Ttlv>, KmipError> {
         let request = Zeroizing::new(Zeroizing::new(request).encode());
         let n = self.endpoints.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
@@ -278,7 +285,7 @@ impl KmipClient {
             match ep.roundtrip(&request) {
                 Ok(resp) => {
                     ep.succeeded();
-                    return Ok(Zeroizing::new(messages::parse_response(&resp, op)?));
+                    return Ok(resp);
                 }
                 Err(Attempt::Protocol(m)) => return Err(KmipError::Protocol(format!("{}: {m}", ep.label()))),
                 Err(Attempt::Transport(e)) => {
@@ -292,7 +299,7 @@ impl KmipClient {
             failures.push(format!("{}: skipped after a recent failure", ep.label()));
         }
         Err(KmipError::Unavailable(format!(
-            "no KMS answered {op:?} (timeout {:?}): {}",
+            "no KMS answered (timeout {:?}): {}",
             self.timeout,
             failures.join("; ")
         )))
@@ -343,6 +350,39 @@ impl KmipClient {
             ));
         }
         Ok(wrapped)
+    }
+
+    /// Encrypts each of `plaintexts` with key `uid` like [`KmipClient::encrypt`], in one
+    /// request message (one round trip for the batch).
+    pub fn encrypt_many(
+        &self,
+        uid: &str,
+        aad: &[u8],
+        plaintexts: &[&[u8]],
+    ) -> Result<Vec<Vec<u8>>, KmipError> {
+        if plaintexts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ivs = vec![[0u8; GCM_IV_LEN]; plaintexts.len()];
+        for iv in &mut ivs {
+            getrandom::fill(iv)
+                .map_err(|e| KmipError::Unavailable(format!("the system's random source failed: {e}")))?;
+        }
+        let resp = self.call_raw(messages::encrypt_batch(uid, &ivs, aad, plaintexts))?;
+        let items = messages::parse_batch_response(&resp, Operation::Encrypt, plaintexts.len())?;
+        items
+            .into_iter()
+            .zip(ivs.iter().zip(plaintexts))
+            .map(|(item, (iv, plain))| {
+                let wrapped = messages::payload_wrapped(&item?, iv)?;
+                if wrapped.len() != GCM_IV_LEN + plain.len() + GCM_TAG_LEN {
+                    return Err(KmipError::Protocol(
+                        "the KMS ciphertext is not as long as the plaintext".into(),
+                    ));
+                }
+                Ok(wrapped)
+            })
+            .collect()
     }
 
     /// Decrypts a blob from [`KmipClient::encrypt`] with key `uid` and the same `aad`.

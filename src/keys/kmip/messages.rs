@@ -40,6 +40,7 @@ pub mod tag {
     pub const REVOCATION_REASON_CODE: u32 = 0x420082;
     pub const STATE: u32 = 0x42008D;
     pub const TEMPLATE_ATTRIBUTE: u32 = 0x420091;
+    pub const UNIQUE_BATCH_ITEM_ID: u32 = 0x420093;
     pub const UNIQUE_IDENTIFIER: u32 = 0x420094;
     pub const DATA: u32 = 0x4200C2;
     pub const TAG_LENGTH: u32 = 0x4200CE;
@@ -82,31 +83,36 @@ pub const GCM_TAG_LEN: usize = 16;
 
 /// A whole request message: header (version 1.4, batch count 1) and one batch item.
 pub fn request(op: Operation, payload: Vec<Ttlv>) -> Ttlv {
-    Ttlv::structure(
-        tag::REQUEST_MESSAGE,
+    request_batch(op, vec![payload])
+}
+
+/// A request message with one batch item per payload, all of operation `op`. With
+/// more than one, each item carries a Unique Batch Item ID (its index, 4 bytes big
+/// endian) that the response items echo.
+pub fn request_batch(op: Operation, payloads: Vec<Vec<Ttlv>>) -> Ttlv {
+    let many = payloads.len() > 1;
+    let mut items = vec![Ttlv::structure(
+        tag::REQUEST_HEADER,
         vec![
             Ttlv::structure(
-                tag::REQUEST_HEADER,
+                tag::PROTOCOL_VERSION,
                 vec![
-                    Ttlv::structure(
-                        tag::PROTOCOL_VERSION,
-                        vec![
-                            Ttlv::integer(tag::PROTOCOL_VERSION_MAJOR, 1),
-                            Ttlv::integer(tag::PROTOCOL_VERSION_MINOR, 4),
-                        ],
-                    ),
-                    Ttlv::integer(tag::BATCH_COUNT, 1),
+                    Ttlv::integer(tag::PROTOCOL_VERSION_MAJOR, 1),
+                    Ttlv::integer(tag::PROTOCOL_VERSION_MINOR, 4),
                 ],
             ),
-            Ttlv::structure(
-                tag::BATCH_ITEM,
-                vec![
-                    Ttlv::enumeration(tag::OPERATION, op as u32),
-                    Ttlv::structure(tag::REQUEST_PAYLOAD, payload),
-                ],
-            ),
+            Ttlv::integer(tag::BATCH_COUNT, payloads.len() as i32),
         ],
-    )
+    )];
+    for (i, payload) in payloads.into_iter().enumerate() {
+        let mut item = vec![Ttlv::enumeration(tag::OPERATION, op as u32)];
+        if many {
+            item.push(Ttlv::bytes(tag::UNIQUE_BATCH_ITEM_ID, &(i as u32).to_be_bytes()));
+        }
+        item.push(Ttlv::structure(tag::REQUEST_PAYLOAD, payload));
+        items.push(Ttlv::structure(tag::BATCH_ITEM, item));
+    }
+    Ttlv::structure(tag::REQUEST_MESSAGE, items)
 }
 
 fn attribute(name: &str, value: Ttlv) -> Ttlv {
@@ -217,6 +223,20 @@ fn gcm_parameters() -> Ttlv {
 /// Encrypt `plaintext` under `id` with AES-GCM, nonce `iv`, additional data `aad`
 /// (omitted when empty: GCM treats none and empty alike).
 pub fn encrypt(id: &str, iv: &[u8], aad: &[u8], plaintext: &[u8]) -> Ttlv {
+    request(Operation::Encrypt, encrypt_payload(id, iv, aad, plaintext))
+}
+
+/// One batch of Encrypt requests: `plaintexts[i]` under `id` with nonce `ivs[i]`.
+pub fn encrypt_batch(id: &str, ivs: &[[u8; GCM_IV_LEN]], aad: &[u8], plaintexts: &[&[u8]]) -> Ttlv {
+    let payloads = ivs
+        .iter()
+        .zip(plaintexts)
+        .map(|(iv, p)| encrypt_payload(id, iv, aad, p))
+        .collect();
+    request_batch(Operation::Encrypt, payloads)
+}
+
+fn encrypt_payload(id: &str, iv: &[u8], aad: &[u8], plaintext: &[u8]) -> Vec<Ttlv> {
     let mut payload = vec![
         uid(id),
         gcm_parameters(),
@@ -226,7 +246,7 @@ pub fn encrypt(id: &str, iv: &[u8], aad: &[u8], plaintext: &[u8]) -> Ttlv {
     if !aad.is_empty() {
         payload.push(Ttlv::bytes(tag::AE_ADDITIONAL_DATA, aad));
     }
-    request(Operation::Encrypt, payload)
+    payload
 }
 
 /// Decrypt `ciphertext` under `id` with AES-GCM, nonce `iv`, additional data `aad` and
@@ -298,6 +318,58 @@ pub fn parse_response(resp: &Ttlv, op: Operation) -> Result<Ttlv, KmipError> {
     if items.next().is_some() {
         return Err(protocol("the KMS response has more than one batch item"));
     }
+    parse_item(item, op)
+}
+
+/// The payloads of a response to a [`request_batch`] of `n` items, in request order
+/// (by their Unique Batch Item IDs); each item may have failed on its own.
+pub fn parse_batch_response(
+    resp: &Ttlv,
+    op: Operation,
+    n: usize,
+) -> Result<Vec<Result<Ttlv, KmipError>>, KmipError> {
+    if n == 1 {
+        return Ok(vec![parse_response(resp, op)]);
+    }
+    if resp.tag != tag::RESPONSE_MESSAGE {
+        return Err(protocol(
+            "the KMS answered with something other than a response message",
+        ));
+    }
+    let mut out: Vec<Option<Result<Ttlv, KmipError>>> = (0..n).map(|_| None).collect();
+    for item in resp.children(tag::BATCH_ITEM) {
+        let id = item
+            .child(tag::UNIQUE_BATCH_ITEM_ID)
+            .and_then(Ttlv::as_bytes)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(|b| u32::from_be_bytes(b) as usize)
+            .ok_or_else(|| protocol("a KMS batch response item has no valid batch item id"))?;
+        let slot = out
+            .get_mut(id)
+            .ok_or_else(|| protocol("a KMS batch response item has an unknown batch item id"))?;
+        if slot.is_some() {
+            return Err(protocol("the KMS answered one batch item twice"));
+        }
+        *slot = Some(parse_item(item, op));
+    }
+    // a server that stops at the first failed item (KMIP's default Batch Error
+    // Continuation Option, Stop) answers no further: the batch fails with that item's
+    // error
+    if out.iter().any(Option::is_none) {
+        if let Some(Some(Err(e))) = out
+            .iter_mut()
+            .find(|r| matches!(r, Some(Err(_))))
+            .map(Option::take)
+        {
+            return Err(e);
+        }
+    }
+    out.into_iter()
+        .map(|r| r.ok_or_else(|| protocol("the KMS left a batch item unanswered")))
+        .collect()
+}
+
+fn parse_item(item: &Ttlv, op: Operation) -> Result<Ttlv, KmipError> {
     let status = item
         .child(tag::RESULT_STATUS)
         .and_then(Ttlv::as_enum)

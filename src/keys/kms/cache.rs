@@ -1,7 +1,8 @@
-//! Unwrapped DEKs of recently opened files, kept for a short time so that reopening
-//! a file does not cost a KMS round trip. Off unless a TTL is set: a cached DEK
-//! outlives the KMS's say on it (a revoked key, a changed ACL) by up to the TTL, so
-//! every change of the key state empties the cache.
+//! Unwrapped DEKs of recently created or opened files, kept for a short time (30 s
+//! unless the mount says otherwise; zero turns it off) so that reopening a file does
+//! not cost a KMS round trip. A cached DEK outlives the KMS's say on it (a key revoked
+//! in the KMS alone) by up to the TTL; every change of the key state made through ezfs
+//! (grant, revoke, roll, delete) empties the cache at once.
 
 use crate::crypto::Key;
 use parking_lot::Mutex;

@@ -47,6 +47,10 @@ impl Kms for KmipClient {
         KmipClient::encrypt(self, uid, aad, plain).map_err(key_error)
     }
 
+    fn encrypt_many(&self, uid: &str, aad: &[u8], plains: &[&[u8]]) -> Result<Vec<Vec<u8>>, KeyError> {
+        KmipClient::encrypt_many(self, uid, aad, plains).map_err(key_error)
+    }
+
     fn decrypt(&self, uid: &str, aad: &[u8], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         KmipClient::decrypt(self, uid, aad, blob).map_err(key_error)
     }

@@ -39,11 +39,19 @@ pub trait Kms: Send + Sync {
     fn state(&self, uid: &str) -> Result<String, KeyError>;
     /// Encrypts `plain` under key `uid`, binding `aad`; returns an opaque blob.
     fn encrypt(&self, uid: &str, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, KeyError>;
+    /// Encrypts each of `plains` like [`Kms::encrypt`]; a KMS that takes batches does
+    /// it in one round trip (the pool's refills).
+    fn encrypt_many(&self, uid: &str, aad: &[u8], plains: &[&[u8]]) -> Result<Vec<Vec<u8>>, KeyError> {
+        plains.iter().map(|p| self.encrypt(uid, aad, p)).collect()
+    }
     /// Decrypts a blob made by [`Kms::encrypt`] with the same `aad`.
     fn decrypt(&self, uid: &str, aad: &[u8], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError>;
     /// Revokes and destroys key `uid` (its material is gone from the KMS).
     fn retire(&self, uid: &str) -> Result<(), KeyError>;
 }
+
+/// How long a create waits for a refill under way before asking the KMS itself.
+const POOL_WAIT: Duration = Duration::from_secs(10);
 
 /// The KMS object name of `name@version`.
 pub fn object_name(name: &str, version: u32) -> String {
@@ -55,6 +63,9 @@ pub fn object_name(name: &str, version: u32) -> String {
 fn dek_aad(name: &str, version: u32) -> Vec<u8> {
     format!("ezfs dek {name}@{version}").into_bytes()
 }
+
+/// How long a DEK stays cached after use unless the mount says otherwise.
+pub const DEFAULT_DEK_CACHE_TTL: Duration = Duration::from_secs(30);
 
 /// Options of a mount's KMS client side.
 #[derive(Debug, Clone)]
@@ -71,10 +82,24 @@ impl Default for KmsOptions {
     fn default() -> Self {
         KmsOptions {
             pool: PoolOptions::default(),
-            dek_cache_ttl: Duration::ZERO,
+            // short: long enough that a file read soon after it was written or last
+            // opened costs no round trip, short enough that a key revoked in the KMS
+            // alone stops serving soon (key changes made through ezfs empty it at once)
+            dek_cache_ttl: DEFAULT_DEK_CACHE_TTL,
             dek_cache_max: 10_000,
         }
     }
+}
+
+/// The KMS client side of a mount, for `ezfs status`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct KmsStatus {
+    /// Pre-wrapped data keys ready for creates, over every key version.
+    pub pooled_edeks: usize,
+    /// Unwrapped data keys of closed files held by the DEK cache.
+    pub cached_deks: usize,
+    /// Whether the last KMS request got an answer.
+    pub reachable: bool,
 }
 
 /// The daemon's view of a KMS: wraps, unwraps, pools and audits.
@@ -146,7 +171,14 @@ impl KmsKeys {
         self.note(&found);
         let mut found = found?;
         let id = match found.len() {
-            1 => found.remove(0),
+            // the header has room for ids of 1 to 255 bytes
+            1 if (1..=255).contains(&found[0].len()) => found.remove(0),
+            1 => {
+                return Err(KeyError::Other(format!(
+                    "the KMS's id of {name}@{version} is {} bytes long; ezfs takes 1 to 255",
+                    found[0].len()
+                )))
+            }
             0 => return Err(KeyError::NoSuchVersion(name.into(), version)),
             n => {
                 return Err(KeyError::Other(format!(
@@ -164,19 +196,26 @@ impl KmsKeys {
         let started = Instant::now();
         let r = (|| {
             let key_id = self.key_id(name, version)?;
-            let aad = dek_aad(name, version);
-            let mut out = Vec::with_capacity(n);
-            for _ in 0..n {
-                let dek = Key::random();
-                let r = self.kms.encrypt(&key_id, &aad, dek.expose());
-                self.note(&r);
-                out.push(Pooled {
+            let deks: Vec<Key> = (0..n).map(|_| Key::random()).collect();
+            let plains: Vec<&[u8]> = deks.iter().map(|k| &k.expose()[..]).collect();
+            let r = self.kms.encrypt_many(&key_id, &dek_aad(name, version), &plains);
+            self.note(&r);
+            let edeks = r?;
+            if edeks.len() != n {
+                return Err(KeyError::Other(format!(
+                    "the KMS wrapped {} of {n} data keys",
+                    edeks.len()
+                )));
+            }
+            Ok(deks
+                .into_iter()
+                .zip(edeks)
+                .map(|(dek, edek)| Pooled {
                     dek,
                     key_id: key_id.clone(),
-                    edek: r?,
-                });
-            }
-            Ok(out)
+                    edek,
+                })
+                .collect())
         })();
         let e = Event {
             op: "GENERATE",
@@ -192,11 +231,13 @@ impl KmsKeys {
     /// A fresh DEK and its EDEK for a new file under `name@version`: from the pool,
     /// or, when it is empty, from the KMS now.
     pub fn new_dek(&self, name: &str, version: u32) -> Result<Pooled, KeyError> {
-        if let Some(p) = self.pool.take(name, version) {
-            return Ok(p);
-        }
-        let mut fresh = self.generate(name, version, 1)?;
-        Ok(fresh.pop().expect("one generated"))
+        let p = match self.pool.take(name, version, POOL_WAIT) {
+            Some(p) => p,
+            None => self.generate(name, version, 1)?.pop().expect("one generated"),
+        };
+        // the new file is read back soon, often after it was closed
+        self.cache.put(&p.key_id, &p.edek, &p.dek);
+        Ok(p)
     }
 
     /// `dek` wrapped under `name@version` (a re-wrap keeps the DEK): (key id, EDEK).
@@ -320,8 +361,12 @@ impl KmsKeys {
         self.pool.retain_current(current);
     }
 
-    /// Counters for `ezfs status`: (pooled EDEKs, cached DEKs).
-    pub fn counts(&self) -> (usize, usize) {
-        (self.pool.len(), self.cache.len())
+    /// What `ezfs status` shows of the KMS client side.
+    pub fn status(&self) -> KmsStatus {
+        KmsStatus {
+            pooled_edeks: self.pool.len(),
+            cached_deks: self.cache.len(),
+            reachable: !self.down.load(Ordering::Acquire),
+        }
     }
 }

@@ -41,8 +41,10 @@ impl Default for PoolOptions {
         PoolOptions {
             size: 500,
             low: 0.3,
-            workers: 4,
-            batch: 16,
+            // PyKMIP serves one request at a time: two workers keep it busy, and
+            // batches of 50 wrap 2.3 times as many keys per second as single requests
+            workers: 2,
+            batch: 50,
         }
     }
 }
@@ -65,7 +67,10 @@ struct Queue {
 pub struct EdekPool {
     options: PoolOptions,
     queues: Mutex<HashMap<(String, u32), Queue>>,
+    /// Wakes the workers.
     wake: Condvar,
+    /// Wakes creates waiting for a refill.
+    filled: Condvar,
     fill: Fill,
     started: std::sync::Once,
 }
@@ -80,6 +85,7 @@ impl EdekPool {
             options,
             queues: Mutex::new(HashMap::new()),
             wake: Condvar::new(),
+            filled: Condvar::new(),
             fill,
             started: std::sync::Once::new(),
         })
@@ -119,23 +125,34 @@ impl EdekPool {
     }
 
     /// A pair for `name@version`, if the pool has one; starts a refill below the mark.
-    pub fn take(self: &Arc<Self>, name: &str, version: u32) -> Option<Pooled> {
+    /// An empty queue with a refill under way is waited for (up to `wait`): one batch
+    /// serves many creates, where asking the KMS for one key each would queue behind
+    /// the batches. `None`: nothing is coming (a first use, or the KMS failing); the
+    /// caller asks the KMS itself.
+    pub fn take(self: &Arc<Self>, name: &str, version: u32, wait: Duration) -> Option<Pooled> {
         if self.options.size == 0 {
             return None;
         }
+        let key = (name.to_owned(), version);
+        let deadline = Instant::now() + wait;
         let mut q = self.queues.lock();
-        let Some(queue) = q.get_mut(&(name.to_owned(), version)) else {
-            drop(q);
-            self.warm(name, version);
-            return None;
-        };
-        let got = queue.items.pop_front();
-        if queue.items.len() < self.low_mark() && !queue.refilling {
-            queue.refilling = true;
-            drop(q);
-            self.wake.notify_all();
+        loop {
+            let Some(queue) = q.get_mut(&key) else {
+                drop(q);
+                self.warm(name, version);
+                return None;
+            };
+            let got = queue.items.pop_front();
+            let coming = queue.in_flight > 0;
+            if queue.items.len() < self.low_mark() && !queue.refilling {
+                queue.refilling = true;
+                self.wake.notify_all();
+            }
+            if got.is_some() || !coming || Instant::now() >= deadline {
+                return got;
+            }
+            self.filled.wait_until(&mut q, deadline);
         }
-        got
     }
 
     /// Drops the queues of versions that are not their key's current one (`current`
@@ -206,6 +223,8 @@ impl EdekPool {
                 queue.retry_at = Some(Instant::now() + RETRY_AFTER);
             }
         }
+        drop(q);
+        self.filled.notify_all();
     }
 }
 
@@ -273,11 +292,14 @@ mod tests {
     fn fills_hands_out_once_and_refills_below_the_mark() {
         let calls = Arc::new(AtomicUsize::new(0));
         let p = pool(20, calls.clone(), Arc::default());
-        assert!(p.take("k", 1).is_none(), "the first take starts the pool");
+        assert!(
+            p.take("k", 1, Duration::ZERO).is_none(),
+            "the first take starts the pool"
+        );
         wait_until("a full pool", || p.len() == 20);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..15 {
-            let got = p.take("k", 1).expect("pooled");
+            let got = p.take("k", 1, Duration::ZERO).expect("pooled");
             assert!(
                 seen.insert(got.dek.expose().to_vec()),
                 "a DEK was handed out twice"
@@ -287,7 +309,7 @@ mod tests {
         wait_until("a refill", || p.len() == 20);
         assert_eq!(calls.load(Ordering::SeqCst), 35);
         for _ in 0..20 {
-            let got = p.take("k", 1).expect("pooled");
+            let got = p.take("k", 1, Duration::ZERO).expect("pooled");
             assert!(
                 seen.insert(got.dek.expose().to_vec()),
                 "a DEK was handed out twice"
@@ -304,12 +326,48 @@ mod tests {
         fail.store(true, Ordering::SeqCst);
         p.retain_current(&|_| Some(2));
         assert_eq!(p.len(), 0, "the old version's pairs are dropped");
-        assert!(p.take("k", 1).is_none());
+        assert!(p.take("k", 1, Duration::ZERO).is_none());
         std::thread::sleep(Duration::from_millis(200));
-        assert!(p.take("k", 2).is_none(), "nothing is made while the KMS is down");
+        assert!(
+            p.take("k", 2, Duration::ZERO).is_none(),
+            "nothing is made while the KMS is down"
+        );
         fail.store(false, Ordering::SeqCst);
         wait_until("a refill after the outage", || p.len() >= 7);
-        assert_eq!(p.take("k", 2).unwrap().key_id, "id2");
+        assert_eq!(p.take("k", 2, Duration::ZERO).unwrap().key_id, "id2");
+    }
+
+    #[test]
+    fn a_take_from_an_empty_pool_waits_for_the_refill_under_way() {
+        let opts = PoolOptions {
+            size: 10,
+            low: 0.3,
+            workers: 1,
+            batch: 10,
+        };
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let p = EdekPool::new(
+            opts,
+            Box::new(move |_: &str, _: u32, n: usize| {
+                c.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(300));
+                Ok((0..n)
+                    .map(|_| Pooled {
+                        dek: Key::random(),
+                        key_id: "id".into(),
+                        edek: vec![1],
+                    })
+                    .collect())
+            }),
+        );
+        p.warm("k", 1);
+        wait_until("the refill to start", || calls.load(Ordering::SeqCst) == 1);
+        assert!(
+            p.take("k", 1, Duration::from_secs(60)).is_some(),
+            "waited for the batch"
+        );
+        assert_eq!(p.len(), 9);
     }
 
     #[test]
@@ -317,7 +375,7 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         let p = pool(0, calls.clone(), Arc::default());
         p.warm("k", 1);
-        assert!(p.take("k", 1).is_none());
+        assert!(p.take("k", 1, Duration::ZERO).is_none());
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(calls.load(Ordering::SeqCst), 0);
     }
