@@ -464,9 +464,7 @@ fn warm_kms_pools(core: &Core) {
     let registry = crate::keys::service::registry(&*core.keys);
     let keys: std::collections::BTreeSet<&str> = registry.values().map(|z| z.key.as_str()).collect();
     for key in keys {
-        if let (Ok(Some(kms)), Ok(v)) = (core.keys.kms(key), core.keys.current_version(key)) {
-            kms.warm(key, v);
-        }
+        core.warm_kms_pool(key);
     }
 }
 

@@ -111,6 +111,26 @@ impl Core {
         encrypt_names: bool,
         caller: &Caller,
     ) -> FsResult<ZoneSummary> {
+        let made = self.zone_create_inner(rel, key, encrypt_names, caller)?;
+        // the zone's first files should not wait for the KMS
+        self.warm_kms_pool(key);
+        Ok(made)
+    }
+
+    /// Starts filling the EDEK pool of `key`'s current version, if a KMS holds it.
+    pub fn warm_kms_pool(&self, key: &str) {
+        if let (Ok(Some(kms)), Ok(v)) = (self.keys.kms(key), self.keys.current_version(key)) {
+            kms.warm(key, v);
+        }
+    }
+
+    fn zone_create_inner(
+        &self,
+        rel: &str,
+        key: &str,
+        encrypt_names: bool,
+        caller: &Caller,
+    ) -> FsResult<ZoneSummary> {
         if self.read_only {
             return Err(FsError::ReadOnly);
         }
