@@ -284,23 +284,8 @@ fn fsck_damage(f: &Fixture) -> BTreeMap<String, Vec<(u64, u64)>> {
 }
 
 fn k1_version(f: &Fixture) -> u64 {
-    let o = f.run(&[
-        "key",
-        "list",
-        "--json",
-        "--backing",
-        f.backing.to_str().unwrap(),
-        "--passphrase-file",
-        f.pass.to_str().unwrap(),
-    ]);
-    ok(&o, "key list");
-    let keys: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let k1 = keys
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["name"] == "k1")
-        .expect("key k1 listed");
+    let keys = f.key_list();
+    let k1 = keys.iter().find(|k| k["name"] == "k1").expect("key k1 listed");
     k1["current_version"].as_u64().unwrap()
 }
 

@@ -34,16 +34,7 @@ impl KmsFixture {
         let refs: Vec<&KmipServer> = servers.iter().collect();
         // a short timeout: an outage test waits for it
         let url = pki.url(&refs, "&timeout=3");
-        let o = f.run(&[
-            "init",
-            f.backing.to_str().unwrap(),
-            "--passphrase-file",
-            f.pass.to_str().unwrap(),
-            "--no-recovery-key",
-            "--key-provider",
-            &url,
-        ]);
-        ok(&o, "ezfs init --key-provider kmip://");
+        ok(&init_with(&f, &url), "ezfs init --key-provider kmip://");
         ok(&f.key("create", "k1"), "key create k1 in the KMS");
         KmsFixture {
             f,
@@ -62,34 +53,31 @@ impl KmsFixture {
     }
 }
 
+/// `ezfs init` of `f`'s backing dir with key provider `url`.
+fn init_with(f: &Fixture, url: &str) -> std::process::Output {
+    f.run(&[
+        "init",
+        f.backing.to_str().unwrap(),
+        "--passphrase-file",
+        f.pass.to_str().unwrap(),
+        "--no-recovery-key",
+        "--key-provider",
+        url,
+    ])
+}
+
 /// The format version in a backing file's header.
 fn header_version(p: &Path) -> u16 {
     let b = fs::read(p).unwrap();
     u16::from_le_bytes([b[8], b[9]])
 }
 
-fn key_list(f: &Fixture) -> serde_json::Value {
-    let o = f.run(&[
-        "key",
-        "list",
-        "--json",
-        "--backing",
-        f.backing.to_str().unwrap(),
-        "--passphrase-file",
-        f.pass.to_str().unwrap(),
-    ]);
-    ok(&o, "key list");
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
 fn version_states(f: &Fixture, key: &str) -> Vec<(u64, String)> {
-    let list = key_list(f);
+    let list = f.key_list();
     let k = list
-        .as_array()
-        .unwrap()
         .iter()
         .find(|k| k["name"] == key)
-        .unwrap_or_else(|| panic!("no key {key} in {list}"));
+        .unwrap_or_else(|| panic!("no key {key} in {list:?}"));
     k["versions"]
         .as_array()
         .unwrap()
@@ -522,15 +510,7 @@ fn bad_kmip_settings_are_refused_at_init() {
         ),
     ];
     for (url, needle) in cases {
-        let o = f.run(&[
-            "init",
-            f.backing.to_str().unwrap(),
-            "--passphrase-file",
-            f.pass.to_str().unwrap(),
-            "--no-recovery-key",
-            "--key-provider",
-            &url,
-        ]);
+        let o = init_with(&f, &url);
         assert_eq!(o.status.code(), Some(2), "{url}: {}", stderr_of(&o));
         let err = stderr_of(&o);
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");

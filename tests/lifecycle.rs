@@ -39,17 +39,7 @@ fn keyc(f: &Fixture, args: &[&str]) -> Output {
 
 /// `ezfs key list --json`, parsed.
 fn key_list(f: &Fixture) -> Vec<Value> {
-    let o = f.run(&[
-        "key",
-        "list",
-        "--json",
-        "--backing",
-        f.backing.to_str().unwrap(),
-        "--passphrase-file",
-        f.pass.to_str().unwrap(),
-    ]);
-    ok(&o, "key list --json");
-    serde_json::from_slice(&o.stdout).expect("key list --json is a JSON array")
+    f.key_list()
 }
 
 fn key_entry(f: &Fixture, name: &str) -> Value {

@@ -72,19 +72,9 @@ fn keys_live_in_the_provider_and_files_round_trip() {
     assert_same(&fs::read(f.m("z/big")).unwrap(), &big, "z/big after remount");
     assert_eq!(fs::read(f.m("z/small")).unwrap(), b"hello");
     assert_eq!(fs::read(f.m("z/new")).unwrap(), b"after roll");
-    let o = f.run(&[
-        "key",
-        "list",
-        "--json",
-        "--backing",
-        f.backing.to_str().unwrap(),
-        "--passphrase-file",
-        f.pass.to_str().unwrap(),
-    ]);
-    ok(&o, "key list");
-    let keys: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(keys[0]["external"], true, "{keys}");
-    assert_eq!(keys[0]["current_version"], 2, "{keys}");
+    let keys = f.key_list();
+    assert_eq!(keys[0]["external"], true, "{keys:?}");
+    assert_eq!(keys[0]["current_version"], 2, "{keys:?}");
 }
 
 #[test]

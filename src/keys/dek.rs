@@ -18,15 +18,7 @@ pub fn new_file(keys: &dyn KeyProvider, zone_id: [u8; 16], key: &str) -> Result<
         }
         Some(kms) => {
             let p = kms.new_dek(key, version)?;
-            let h = Header::kms(
-                file_id,
-                zone_id,
-                key.to_owned(),
-                version,
-                p.key_id,
-                p.edek,
-                &p.dek,
-            );
+            let h = Header::kms(file_id, zone_id, key.into(), version, p.key_id, p.edek, &p.dek);
             Ok((h, p.dek))
         }
     }
@@ -68,7 +60,7 @@ pub fn rewrap(
             Ok(Header::kms(
                 file_id,
                 zone_id,
-                key.to_owned(),
+                key.into(),
                 version,
                 key_id,
                 edek,

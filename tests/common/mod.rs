@@ -471,6 +471,21 @@ impl Fixture {
         ])
     }
 
+    /// `ezfs key list --json` of the backing dir, parsed: one object per key.
+    pub fn key_list(&self) -> Vec<serde_json::Value> {
+        let o = self.run(&[
+            "key",
+            "list",
+            "--json",
+            "--backing",
+            self.backing.to_str().unwrap(),
+            "--passphrase-file",
+            self.pass.to_str().unwrap(),
+        ]);
+        ok(&o, "key list --json");
+        serde_json::from_slice(&o.stdout).expect("key list --json is a JSON array")
+    }
+
     /// Path in the mount.
     pub fn m(&self, rel: &str) -> PathBuf {
         self.mnt.join(rel)
