@@ -160,6 +160,19 @@ fn kmip_zone_round_trip_roll_reencrypt_prune_and_restart() {
         assert_eq!(fs::read(f.m("z/new")).unwrap(), b"after the roll");
         assert_eq!(fs::read(f.m("n/a secret name")).unwrap(), b"named");
     }
+    // fsck unwraps through the KMS: every header and block checks out
+    let o = f.run(&[
+        "fsck",
+        f.backing.to_str().unwrap(),
+        "--passphrase-file",
+        f.pass.to_str().unwrap(),
+    ]);
+    ok(&o, "fsck of a backing dir whose keys are in the KMS");
+    assert!(
+        stdout_of(&o).contains("2 zone(s), 4 file(s)"),
+        "fsck checked the zones' files: {}",
+        stdout_of(&o)
+    );
     // the pruned version is gone from the KMS, not just from the keystore
     assert_eq!(version_states(f, "k1"), vec![(2, "Active".into())]);
     let client =
@@ -173,7 +186,8 @@ fn kmip_zone_round_trip_roll_reencrypt_prune_and_restart() {
     for needle in [
         "op=CREATE key=k1@1 uid=0",
         "op=ROLL key=k1@2",
-        "op=PRUNE key=k1@1",
+        "op=PRUNE key=k1 uid=0",
+        "op=DESTROY key=k1@1",
         "op=GENERATE key=k1@1",
         "op=WRAP key=k1@2",
         "result=ok",
@@ -187,6 +201,15 @@ fn kmip_zone_round_trip_roll_reencrypt_prune_and_restart() {
     // delete: refused while a zone uses the key; the KMS keeps it
     let o = f.key("delete", "k1");
     assert!(!o.status.success(), "a key in use was deleted");
+    assert!(
+        k.audit().contains("op=DELETE key=k1 uid=0 pid="),
+        "a refused delete is audited too"
+    );
+    assert!(
+        k.audit().contains("result=error:key_'k1'_is_still_used"),
+        "{}",
+        k.audit()
+    );
     assert_eq!(version_states(f, "k1"), vec![(2, "Active".into())]);
 }
 
@@ -207,7 +230,13 @@ fn a_deleted_kms_key_is_destroyed_there() {
     }
     ok(&f.key("create", "k2"), "key create k2 again");
     assert_eq!(version_states(f, "k2"), vec![(1, "Active".into())]);
-    assert!(k.audit().contains("op=DELETE key=k2@2"), "{}", k.audit());
+    for needle in ["op=DELETE key=k2 ", "op=DESTROY key=k2@1", "op=DESTROY key=k2@2"] {
+        assert!(
+            k.audit().contains(needle),
+            "audit log lacks {needle}:\n{}",
+            k.audit()
+        );
+    }
 }
 
 /// fio's random-write job with verification over `nrfiles` files of which it keeps

@@ -7,8 +7,9 @@
 //! time=2026-12-03T16:44:38.123Z op=UNWRAP key=k1@2 uid=1000 pid=4242 file=9f0c…(32 hex) result=ok ms=3
 //! ```
 //! `op` is UNWRAP (a file's DEK, at open), UNWRAP_NAMES (a zone's name secret), WRAP
-//! (a re-wrap), GENERATE (a batch of pooled EDEKs; `n=` how many) or a key command:
-//! CREATE, ROLL, DELETE, PRUNE, GRANT, REVOKE. `uid`/`pid` are the process the daemon
+//! (a re-wrap), GENERATE (a batch of pooled EDEKs; `n=` how many), a key command
+//! (CREATE, ROLL, DELETE, PRUNE, GRANT, REVOKE) or DESTROY (a version revoked and
+//! destroyed in the KMS by a prune or a delete). `uid`/`pid` are the process the daemon
 //! acted for (0/0 for its own background work); `file` is `-` where no file is
 //! involved; `result` is `ok`, or `error:` and the reason with spaces as `_`. A line is
 //! written with one `write(2)` on a file opened `O_APPEND`, so lines from the daemon

@@ -141,8 +141,13 @@ pub(super) fn prune(name: &str, at: &BackingArg, pass: &PassArgs) -> CliResult {
             usage.unreadable
         );
     }
-    let dropped = ks.prune_key(name, &|v| usage.files(name, v) > 0)?;
-    retire_in_kms(&ks, "PRUNE", name, &dropped)?;
+    let dropped = Auditor::of(&ks).run(
+        "PRUNE",
+        name,
+        |_| None,
+        || Ok(ks.prune_key(name, &|v| usage.files(name, v) > 0)?),
+    )?;
+    retire_in_kms(&ks, name, &dropped)?;
     notify_mount(&backing)?;
     let current = ks.current_version(name)?;
     if dropped.is_empty() {
@@ -198,11 +203,11 @@ pub(super) fn delete(name: &str, at: &BackingArg, pass: &PassArgs) -> CliResult 
     let backing = at.resolve()?;
     let mut ks = unlock(&backing, pass)?;
     let entry = ks.key(name)?.clone();
-    ks.delete_key(name)?;
+    Auditor::of(&ks).run("DELETE", name, |_| None, || Ok(ks.delete_key(name)?))?;
     notify_mount(&backing)?;
     if entry.external {
         let versions: Vec<u32> = entry.versions.iter().map(|v| v.version).collect();
-        retire_in_kms(&ks, "DELETE", name, &versions)?;
+        retire_in_kms(&ks, name, &versions)?;
     }
     println!("deleted key {name}");
     Ok(())
@@ -210,15 +215,15 @@ pub(super) fn delete(name: &str, at: &BackingArg, pass: &PassArgs) -> CliResult 
 
 /// Revokes and destroys `versions` of key `name` in the KMS, if a KMS holds it (its
 /// material is gone: files still under those versions can never be read again, which
-/// is why prune and delete refuse while any is).
-fn retire_in_kms(ks: &Keystore, op: &str, name: &str, versions: &[u32]) -> CliResult {
+/// is why prune and delete refuse while any is). Audited as DESTROY, one per version.
+fn retire_in_kms(ks: &Keystore, name: &str, versions: &[u32]) -> CliResult {
     if !audited(ks) || versions.is_empty() {
         return Ok(());
     }
     let Some(p) = external(ks)? else { return Ok(()) };
     for &v in versions {
         Auditor::of(ks)
-            .run(op, name, |_| Some(v), || Ok(p.retire(name, v)?))
+            .run("DESTROY", name, |_| Some(v), || Ok(p.retire(name, v)?))
             .map_err(|e| {
                 Failure::op(format!(
                     "{name}@{v} is gone from the keystore, but the KMS still holds it: {}",

@@ -252,15 +252,8 @@ fn encrypt_payload(id: &str, iv: &[u8], aad: &[u8], plaintext: &[u8]) -> Vec<Ttl
 /// Decrypt `ciphertext` under `id` with AES-GCM, nonce `iv`, additional data `aad` and
 /// tag `auth_tag`.
 pub fn decrypt(id: &str, iv: &[u8], aad: &[u8], ciphertext: &[u8], auth_tag: &[u8]) -> Ttlv {
-    let mut payload = vec![
-        uid(id),
-        gcm_parameters(),
-        Ttlv::bytes(tag::DATA, ciphertext),
-        Ttlv::bytes(tag::IV_COUNTER_NONCE, iv),
-    ];
-    if !aad.is_empty() {
-        payload.push(Ttlv::bytes(tag::AE_ADDITIONAL_DATA, aad));
-    }
+    // the fields of an Encrypt, in the same order, then the tag
+    let mut payload = encrypt_payload(id, iv, aad, ciphertext);
     payload.push(Ttlv::bytes(tag::AE_TAG, auth_tag));
     request(Operation::Decrypt, payload)
 }
