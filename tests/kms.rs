@@ -550,3 +550,76 @@ fn bad_kmip_settings_are_refused_at_init() {
         );
     }
 }
+
+fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// `cat PATH` as user `uid` (group `uid`, no supplementary groups).
+fn cat_as(f: &Fixture, uid: u32, p: &Path) -> std::process::Output {
+    let u = uid.to_string();
+    run_cmd(
+        Command::new("setpriv")
+            .args(["--reuid", &u, "--regid", &u, "--clear-groups", "--", "cat"])
+            .arg(p),
+        &f.scratch(),
+    )
+}
+
+#[test]
+fn key_acls_gate_kms_zones_and_the_audit_log_names_the_opener() {
+    let k = KmsFixture::new(1);
+    let f = &k.f;
+    chmod(&f.root, 0o755); // other users must reach the mountpoint
+                           // the default DEK cache is on: a cached DEK must not let anyone past the ACL
+    let _m = f.mount_opts(&["--allow-other"]);
+    let z = f.zone("z", "k1");
+    chmod(&z, 0o777);
+    fs::write(z.join("a"), b"secret a").unwrap();
+    chmod(&z.join("a"), 0o666);
+    assert_eq!(
+        fs::read(z.join("a")).unwrap(),
+        b"secret a",
+        "root reads (and the DEK is cached)"
+    );
+    let user = 60001;
+    let o = cat_as(f, user, &z.join("a"));
+    assert!(
+        !o.status.success() && stderr_of(&o).contains("Permission denied"),
+        "a user without a grant read a KMS zone's file: {}",
+        stdout_of(&o)
+    );
+    let keyc = |sub: &str| {
+        f.run(&[
+            "key",
+            sub,
+            "k1",
+            "--user",
+            "60001",
+            "--backing",
+            f.backing.to_str().unwrap(),
+            "--passphrase-file",
+            f.pass.to_str().unwrap(),
+        ])
+    };
+    ok(&keyc("grant"), "key grant");
+    let o = cat_as(f, user, &z.join("a"));
+    ok(&o, "cat after the grant");
+    assert_eq!(stdout_of(&o), "secret a");
+    // the grant emptied the cache: the user's open went to the KMS, and says who
+    assert!(
+        k.audit()
+            .lines()
+            .any(|l| l.contains("op=UNWRAP key=k1@1 uid=60001 pid=") && l.contains("result=ok")),
+        "{}",
+        k.audit()
+    );
+    ok(&keyc("revoke"), "key revoke");
+    let o = cat_as(f, user, &z.join("a"));
+    assert!(
+        !o.status.success() && stderr_of(&o).contains("Permission denied"),
+        "a revoked user still reads: {}",
+        stdout_of(&o)
+    );
+}
