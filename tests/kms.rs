@@ -53,6 +53,14 @@ impl KmsFixture {
     }
 }
 
+/// Pre-wrapped data keys in the pool of `f`'s mount (`ezfs status --json`).
+fn pooled(f: &Fixture) -> u64 {
+    let o = f.run(&["status", "--json", f.mnt.to_str().unwrap()]);
+    ok(&o, "status --json");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status --json is JSON");
+    v[0]["daemon"]["kms"]["pooled_edeks"].as_u64().unwrap_or(0)
+}
+
 /// `ezfs init` of `f`'s backing dir with key provider `url`.
 fn init_with(f: &Fixture, url: &str) -> std::process::Output {
     f.run(&[
@@ -314,7 +322,11 @@ fn a_kms_outage_fails_new_opens_only_and_heals_by_itself() {
     fs::write(f.m("plain"), b"plain").unwrap();
     // the pool fills in the background
     let t0 = Instant::now();
-    while k.audit_count("op=GENERATE") < 3 && t0.elapsed() < Duration::from_secs(120) {
+    while pooled(f) < 40 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the EDEK pool did not fill"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let held = fs::File::open(z.join("held")).unwrap();

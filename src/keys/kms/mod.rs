@@ -233,7 +233,11 @@ impl KmsKeys {
     pub fn new_dek(&self, name: &str, version: u32) -> Result<Pooled, KeyError> {
         let p = match self.pool.take(name, version, POOL_WAIT) {
             Some(p) => p,
-            None => self.generate(name, version, 1)?.pop().expect("one generated"),
+            None => {
+                let p = self.generate(name, version, 1)?.pop().expect("one generated");
+                self.pool.retry_now(name, version);
+                p
+            }
         };
         // the new file is read back soon, often after it was closed
         self.cache.put(&p.key_id, &p.edek, &p.dek);

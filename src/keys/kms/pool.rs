@@ -61,6 +61,8 @@ struct Queue {
     refilling: bool,
     /// After a failed refill, not before this.
     retry_at: Option<Instant>,
+    /// Refills failed in a row (the wait doubles with each, up to [`RETRY_MAX`]).
+    failures: u32,
 }
 
 /// The pools of every key version in use.
@@ -75,8 +77,11 @@ pub struct EdekPool {
     started: std::sync::Once,
 }
 
-/// How long a refill waits after the KMS failed.
+/// How long a refill waits after the KMS failed; doubled after each further failure.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// The longest wait between refills while the KMS keeps failing (each failure is an
+/// audit line).
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 impl EdekPool {
     /// A pool whose refills call `fill`.
@@ -155,6 +160,17 @@ impl EdekPool {
         }
     }
 
+    /// The KMS answered a request for `name@version` made outside the pool: a refill
+    /// waiting out a failure starts now.
+    pub fn retry_now(&self, name: &str, version: u32) {
+        if let Some(queue) = self.queues.lock().get_mut(&(name.to_owned(), version)) {
+            if queue.retry_at.take().is_some() {
+                queue.failures = 0;
+                self.wake.notify_all();
+            }
+        }
+    }
+
     /// Drops the queues of versions that are not their key's current one (`current`
     /// says which is; `None`: the key is gone), and starts filling the current one
     /// instead (`key roll`).
@@ -213,6 +229,7 @@ impl EdekPool {
         match made {
             Ok(items) => {
                 queue.retry_at = None;
+                queue.failures = 0;
                 queue.items.extend(items);
                 if queue.items.len() >= self.options.size {
                     queue.refilling = queue.in_flight > 0;
@@ -220,7 +237,11 @@ impl EdekPool {
             }
             Err(e) => {
                 log::debug!("EDEK pool refill of {name}@{version} failed: {e}");
-                queue.retry_at = Some(Instant::now() + RETRY_AFTER);
+                let wait = RETRY_AFTER
+                    .saturating_mul(1 << queue.failures.min(5))
+                    .min(RETRY_MAX);
+                queue.failures = queue.failures.saturating_add(1);
+                queue.retry_at = Some(Instant::now() + wait);
             }
         }
         drop(q);
