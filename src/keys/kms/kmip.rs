@@ -19,13 +19,30 @@ fn key_error(e: KmipError) -> KeyError {
 pub fn check(setting: &str) -> Result<KmipConfig, KeyError> {
     let cfg = KmipConfig::parse(setting).map_err(key_error)?;
     KmipClient::new(cfg.clone()).map_err(key_error)?;
+    warn_if_exposed(&cfg);
     Ok(cfg)
 }
 
 /// A client of the KMIP servers of setting `kmip://…`; it connects on first use.
 pub fn connect(setting: &str) -> Result<Arc<dyn Kms>, KeyError> {
     let cfg = KmipConfig::parse(setting).map_err(key_error)?;
+    warn_if_exposed(&cfg);
     Ok(Arc::new(KmipClient::new(cfg).map_err(key_error)?))
+}
+
+/// The client key opens the KMS to whoever reads it: say so when others may.
+fn warn_if_exposed(cfg: &KmipConfig) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(&cfg.key) {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            log::warn!(
+                "the KMIP client key {} is readable by other users (mode {mode:03o}): whoever reads \
+                 it can have the KMS unwrap data keys; chmod 600 it",
+                cfg.key.display()
+            );
+        }
+    }
 }
 
 impl Kms for KmipClient {
