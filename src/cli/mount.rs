@@ -37,11 +37,12 @@ pub struct MountArgs {
     #[arg(long)]
     pub(super) passthrough: bool,
     /// Zones whose key is in a KMS: fresh wrapped data keys kept ready per key version,
-    /// so creates do not wait for the KMS (0: none). The same as -o edek_pool=N.
+    /// so creates do not wait for the KMS (default 500; 0: none). The same as
+    /// -o edek_pool=N.
     #[arg(long, value_name = "N")]
     pub(super) edek_pool: Option<usize>,
-    /// Refill the EDEK pool in the background when it falls below this percentage.
-    /// The same as -o edek_pool_low=PCT.
+    /// Refill the EDEK pool in the background when it falls below this percentage
+    /// (default 30). The same as -o edek_pool_low=PCT.
     #[arg(long, value_name = "PCT")]
     pub(super) edek_pool_low: Option<u32>,
     /// Keep the data keys of files in KMS zones for this many seconds after use, so
