@@ -61,6 +61,22 @@ fn pooled(f: &Fixture) -> u64 {
     v[0]["daemon"]["kms"]["pooled_edeks"].as_u64().unwrap_or(0)
 }
 
+/// Waits until `f`'s mount has no open handle: the kernel sends RELEASE after
+/// close(2) returns, so a file just read may still hold its DEK in memory.
+fn wait_closed(f: &Fixture) {
+    let t0 = Instant::now();
+    loop {
+        let o = f.run(&["status", "--json", f.mnt.to_str().unwrap()]);
+        ok(&o, "status --json");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status --json is JSON");
+        if v[0]["daemon"]["open_handles"].as_u64() == Some(0) {
+            return;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "handles stay open: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `ezfs init` of `f`'s backing dir with key provider `url`.
 fn init_with(f: &Fixture, url: &str) -> std::process::Output {
     f.run(&[
@@ -490,8 +506,10 @@ fn concurrent_opens_share_one_unwrap_and_the_dek_cache_is_flushed_by_key_changes
             "8 concurrent opens made one KMS round trip"
         );
         // without the cache, a reopen after close unwraps again
+        wait_closed(f);
         let before = unwraps();
         fs::read(&p).unwrap();
+        wait_closed(f);
         fs::read(&p).unwrap();
         assert_eq!(unwraps() - before, 2);
     }
@@ -522,6 +540,7 @@ fn concurrent_opens_share_one_unwrap_and_the_dek_cache_is_flushed_by_key_changes
         f.pass.to_str().unwrap(),
     ]);
     ok(&o, "key grant");
+    wait_closed(f);
     fs::read(&p).unwrap();
     assert_eq!(unwraps() - before, 2, "the grant flushed the DEK cache");
     assert!(k.audit().contains("op=GRANT key=k1"), "{}", k.audit());
@@ -616,6 +635,7 @@ fn key_acls_gate_kms_zones_and_the_audit_log_names_the_opener() {
         ])
     };
     ok(&keyc("grant"), "key grant");
+    wait_closed(f);
     let o = cat_as(f, user, &z.join("a"));
     ok(&o, "cat after the grant");
     assert_eq!(stdout_of(&o), "secret a");

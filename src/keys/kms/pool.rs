@@ -63,6 +63,9 @@ struct Queue {
     retry_at: Option<Instant>,
     /// Refills failed in a row (the wait doubles with each, up to [`RETRY_MAX`]).
     failures: u32,
+    /// Which queue of this version this is: one dropped by a roll and made again is
+    /// another, and a refill started for the first never counts for the second.
+    generation: u64,
 }
 
 /// The pools of every key version in use.
@@ -75,6 +78,8 @@ pub struct EdekPool {
     filled: Condvar,
     fill: Fill,
     started: std::sync::Once,
+    /// The generation the next new queue gets.
+    generations: std::sync::atomic::AtomicU64,
 }
 
 /// How long a refill waits after the KMS failed; doubled after each further failure.
@@ -93,6 +98,7 @@ impl EdekPool {
             filled: Condvar::new(),
             fill,
             started: std::sync::Once::new(),
+            generations: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -121,7 +127,12 @@ impl EdekPool {
         }
         self.start_workers();
         let mut q = self.queues.lock();
-        let queue = q.entry((name.to_owned(), version)).or_default();
+        let queue = q.entry((name.to_owned(), version)).or_insert_with(|| Queue {
+            generation: self
+                .generations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            ..Queue::default()
+        });
         if queue.items.len() < self.low_mark() {
             queue.refilling = true;
         }
@@ -141,10 +152,15 @@ impl EdekPool {
         let key = (name.to_owned(), version);
         let deadline = Instant::now() + wait;
         let mut q = self.queues.lock();
+        let mut waited = false;
         loop {
             let Some(queue) = q.get_mut(&key) else {
                 drop(q);
-                self.warm(name, version);
+                // a queue dropped while we waited belongs to a rolled-over version:
+                // not one to start again
+                if !waited {
+                    self.warm(name, version);
+                }
                 return None;
             };
             let got = queue.items.pop_front();
@@ -157,6 +173,7 @@ impl EdekPool {
                 return got;
             }
             self.filled.wait_until(&mut q, deadline);
+            waited = true;
         }
     }
 
@@ -186,6 +203,8 @@ impl EdekPool {
         for (name, version) in rolled {
             self.warm(&name, version);
         }
+        // creates waiting for a dropped version's refill give up on it
+        self.filled.notify_all();
     }
 
     /// Pairs held now, over every key version.
@@ -198,8 +217,8 @@ impl EdekPool {
         self.len() == 0
     }
 
-    /// A refill to do: (key, version, how many), counted as in flight.
-    fn next_job(&self, q: &mut HashMap<(String, u32), Queue>) -> Option<(String, u32, usize)> {
+    /// A refill to do: (key, version, how many, queue generation), counted as in flight.
+    fn next_job(&self, q: &mut HashMap<(String, u32), Queue>) -> Option<(String, u32, usize, u64)> {
         let now = Instant::now();
         for ((name, version), queue) in q.iter_mut() {
             if !queue.refilling || queue.retry_at.is_some_and(|t| t > now) {
@@ -214,15 +233,28 @@ impl EdekPool {
             }
             let n = (self.options.size - have).min(self.options.batch.max(1));
             queue.in_flight += n;
-            return Some((name.clone(), *version, n));
+            return Some((name.clone(), *version, n, queue.generation));
         }
         None
     }
 
     /// Puts a refill's result in its queue (dropped if the version is no longer kept).
-    fn finish(&self, name: &str, version: u32, n: usize, made: Result<Vec<Pooled>, KeyError>) {
+    fn finish(
+        &self,
+        name: &str,
+        version: u32,
+        n: usize,
+        generation: u64,
+        made: Result<Vec<Pooled>, KeyError>,
+    ) {
         let mut q = self.queues.lock();
-        let Some(queue) = q.get_mut(&(name.to_owned(), version)) else {
+        let Some(queue) = q
+            .get_mut(&(name.to_owned(), version))
+            .filter(|queue| queue.generation == generation)
+        else {
+            // dropped meanwhile (a roll): its waiters look again
+            drop(q);
+            self.filled.notify_all();
             return;
         };
         queue.in_flight -= n;
@@ -264,9 +296,9 @@ fn worker(pool: Weak<EdekPool>) {
                 }
             }
         };
-        if let Some((name, version, n)) = job {
+        if let Some((name, version, n, generation)) = job {
             let made = (p.fill)(&name, version, n);
-            p.finish(&name, version, n, made);
+            p.finish(&name, version, n, generation, made);
         }
     }
 }
@@ -389,6 +421,79 @@ mod tests {
             "waited for the batch"
         );
         assert_eq!(p.len(), 9);
+    }
+
+    #[test]
+    fn a_take_waiting_through_a_roll_does_not_restart_the_old_version() {
+        let opts = PoolOptions {
+            size: 10,
+            low: 0.3,
+            workers: 1,
+            batch: 10,
+        };
+        let p = EdekPool::new(
+            opts,
+            Box::new(move |_: &str, version: u32, n: usize| {
+                // the old version's refill is slow: a take waits for it
+                if version == 1 {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Ok((0..n)
+                    .map(|_| Pooled {
+                        dek: Key::random(),
+                        key_id: format!("id{version}"),
+                        edek: vec![1],
+                    })
+                    .collect())
+            }),
+        );
+        p.warm("k", 1);
+        std::thread::sleep(Duration::from_millis(100));
+        let taker = {
+            let p = p.clone();
+            std::thread::spawn(move || p.take("k", 1, Duration::from_secs(60)).is_some())
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        p.retain_current(&|_| Some(2));
+        assert!(!taker.join().unwrap(), "the dropped version handed out a key");
+        wait_until("the new version's pool", || p.len() == 10);
+        std::thread::sleep(Duration::from_millis(700));
+        let versions: Vec<u32> = p.queues.lock().keys().map(|(_, v)| *v).collect();
+        assert_eq!(versions, [2], "only the current version is kept");
+    }
+
+    #[test]
+    fn a_refill_of_a_dropped_queue_does_not_count_for_its_successor() {
+        let opts = PoolOptions {
+            size: 10,
+            low: 0.3,
+            workers: 1,
+            batch: 10,
+        };
+        let p = EdekPool::new(
+            opts,
+            Box::new(move |_: &str, version: u32, n: usize| {
+                std::thread::sleep(Duration::from_millis(300));
+                Ok((0..n)
+                    .map(|_| Pooled {
+                        dek: Key::random(),
+                        key_id: format!("id{version}"),
+                        edek: vec![1],
+                    })
+                    .collect())
+            }),
+        );
+        p.warm("k", 1);
+        std::thread::sleep(Duration::from_millis(100));
+        // dropped with its refill under way, then made again (a create that read the
+        // old current version just before a reload)
+        p.retain_current(&|_| None);
+        p.warm("k", 1);
+        wait_until("the new queue to fill", || p.len() == 10);
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(p.len(), 10, "the old refill's keys went to the new queue");
+        let q = p.queues.lock();
+        assert_eq!(q[&("k".to_owned(), 1)].in_flight, 0);
     }
 
     #[test]
