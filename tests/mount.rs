@@ -592,6 +592,34 @@ fn umount_of_a_busy_mount_is_refused_then_works() {
     m.unmount();
 }
 
+/// A hold on the mount that ends within moments (here a process that closes its file
+/// after half a second; in tests, a child forked by another thread before it execs)
+/// does not make `ezfs umount` fail.
+#[test]
+fn umount_waits_out_a_hold_that_ends_at_once() {
+    let f = Fixture::new();
+    let m = f.mount();
+    fs::write(f.m("f"), b"x").unwrap();
+    let mut holder = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("exec 3<\"$1\"; echo held; sleep 0.5")
+        .arg("sh")
+        .arg(f.m("f"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "held\n");
+    // asserts that ezfs umount succeeds, the mount is gone and the daemon exited
+    m.unmount();
+    let _ = holder.wait();
+}
+
 /// The backing tree copied with `cp -a` or `tar` (zone markers included) mounts and
 /// reads like the original, even while the original is mounted.
 #[test]

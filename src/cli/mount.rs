@@ -587,6 +587,9 @@ fn running(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// How long `ezfs umount` retries a busy mount before saying so.
+const UMOUNT_BUSY_WAIT: Duration = Duration::from_secs(2);
+
 pub fn umount(mnt: &Path) -> CliResult {
     let abs = mnt
         .canonicalize()
@@ -601,9 +604,22 @@ pub fn umount(mnt: &Path) -> CliResult {
         .and_then(|v| serde_json::from_value::<MountInfo>(v).ok())
         .map(|i| i.pid);
     let c = std::ffi::CString::new(abs.as_os_str().as_encoded_bytes()).map_err(Failure::op)?;
-    // SAFETY: valid C string.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+    // A file closed a moment ago can still hold the mount: a process forked by another
+    // thread keeps a copy of the descriptor until it execs. Such a hold is gone within
+    // moments, a real one (an open file, a working directory) is not: retry briefly.
+    let deadline = Instant::now() + UMOUNT_BUSY_WAIT;
+    let umounted = loop {
+        // SAFETY: valid C string.
+        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+            break Ok(());
+        }
         let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EBUSY) || Instant::now() >= deadline {
+            break Err(e);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if let Err(e) = umounted {
         match e.raw_os_error() {
             Some(libc::EBUSY) => {
                 return Err(Failure::op(format!(
