@@ -48,6 +48,29 @@ pub fn read_file(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     })
 }
 
+/// Opens `path` for appending, creating it with `mode`: not through a symlink in its
+/// last two components, never waiting on a FIFO, and only a regular file (the audit
+/// log).
+pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
+    let (dir, name) = parent_of(path)?;
+    let flags = libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    let f = File::from(sys::open_at(dir.as_fd(), name, flags, mode)?);
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok(f)
+}
+
+/// Renames `from` to `to`, two names in the directory of `path` (opened as
+/// [`open_append`] does), replacing `to`.
+pub fn rename_beside(path: &Path, from: &std::ffi::OsStr, to: &std::ffi::OsStr) -> io::Result<()> {
+    let (dir, _) = parent_of(path)?;
+    sys::rename_at(dir.as_fd(), from, dir.as_fd(), to, 0)
+}
+
 /// An exclusive advisory lock on a file, released on drop (serializes keystore updates
 /// between the mount daemon and the command line).
 pub struct FileLock(File);

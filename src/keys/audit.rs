@@ -19,9 +19,8 @@
 
 use parking_lot::Mutex;
 use std::cell::Cell;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -72,12 +71,8 @@ pub struct AuditLog {
 }
 
 fn open_log(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(path)
+    // not through a symlink planted in `.ezfs` or as the log: see keys::atomic
+    super::atomic::open_append(path, 0o600)
 }
 
 /// `t` as an ISO 8601 UTC time with milliseconds.
@@ -167,14 +162,14 @@ impl AuditLog {
 
     /// Shifts `audit.log` to `.1`, `.1` to `.2`, …, dropping the oldest.
     fn rotate(&self) -> std::io::Result<()> {
-        let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
+        let numbered = |n: u32| std::ffi::OsString::from(format!("{AUDIT_LOG}.{n}"));
         for n in (1..KEEP).rev() {
-            match std::fs::rename(numbered(n), numbered(n + 1)) {
+            match super::atomic::rename_beside(&self.path, &numbered(n), &numbered(n + 1)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
                 _ => {}
             }
         }
-        std::fs::rename(&self.path, numbered(1))
+        super::atomic::rename_beside(&self.path, AUDIT_LOG.as_ref(), &numbered(1))
     }
 }
 
@@ -203,6 +198,7 @@ pub fn record_command<T, E: std::fmt::Display>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
     use std::time::Duration;
 
     #[test]
@@ -276,5 +272,32 @@ mod tests {
             std::fs::metadata(d.path().join("audit.log.1")).unwrap().len(),
             ROTATE_AT
         );
+    }
+
+    #[test]
+    fn the_log_is_never_written_through_a_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let e = Event {
+            op: "CREATE",
+            key: "k",
+            version: None,
+            file: None,
+            extra: String::new(),
+        };
+        // `.ezfs` itself replaced by a symlink
+        std::os::unix::fs::symlink(&real, d.path().join("link")).unwrap();
+        AuditLog::new(&d.path().join("link")).record::<(), &str>(&e, Instant::now(), &Ok(()));
+        assert!(
+            !real.join(AUDIT_LOG).exists(),
+            "written through a symlinked directory"
+        );
+        // the log replaced by a symlink
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, b"untouched").unwrap();
+        std::os::unix::fs::symlink(&victim, real.join(AUDIT_LOG)).unwrap();
+        AuditLog::new(&real).record::<(), &str>(&e, Instant::now(), &Ok(()));
+        assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
     }
 }

@@ -322,13 +322,37 @@ mod tests {
                 if fail.load(Ordering::SeqCst) {
                     return Err(KeyError::KmsUnavailable("down".into()));
                 }
-                Ok((0..n)
-                    .map(|_| Pooled {
-                        dek: Key::random(),
-                        key_id: format!("id{version}"),
-                        edek: vec![version as u8; 8],
-                    })
-                    .collect())
+                Ok(made(version, n))
+            }),
+        )
+    }
+
+    /// Keys the fill closures make.
+    fn made(version: u32, n: usize) -> Vec<Pooled> {
+        (0..n)
+            .map(|_| Pooled {
+                dek: Key::random(),
+                key_id: format!("id{version}"),
+                edek: vec![version as u8; 8],
+            })
+            .collect()
+    }
+
+    /// A pool of 10 with one worker filling in one batch, each refill of `version`
+    /// taking `slow(version)`; `calls` counts the refills.
+    fn slow_pool(slow: fn(u32) -> Duration, calls: Arc<AtomicUsize>) -> Arc<EdekPool> {
+        let opts = PoolOptions {
+            size: 10,
+            low: 0.3,
+            workers: 1,
+            batch: 10,
+        };
+        EdekPool::new(
+            opts,
+            Box::new(move |_: &str, version: u32, n: usize| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(slow(version));
+                Ok(made(version, n))
             }),
         )
     }
@@ -392,28 +416,8 @@ mod tests {
 
     #[test]
     fn a_take_from_an_empty_pool_waits_for_the_refill_under_way() {
-        let opts = PoolOptions {
-            size: 10,
-            low: 0.3,
-            workers: 1,
-            batch: 10,
-        };
         let calls = Arc::new(AtomicUsize::new(0));
-        let c = calls.clone();
-        let p = EdekPool::new(
-            opts,
-            Box::new(move |_: &str, _: u32, n: usize| {
-                c.fetch_add(1, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(300));
-                Ok((0..n)
-                    .map(|_| Pooled {
-                        dek: Key::random(),
-                        key_id: "id".into(),
-                        edek: vec![1],
-                    })
-                    .collect())
-            }),
-        );
+        let p = slow_pool(|_| Duration::from_millis(300), calls.clone());
         p.warm("k", 1);
         wait_until("the refill to start", || calls.load(Ordering::SeqCst) == 1);
         assert!(
@@ -425,28 +429,9 @@ mod tests {
 
     #[test]
     fn a_take_waiting_through_a_roll_does_not_restart_the_old_version() {
-        let opts = PoolOptions {
-            size: 10,
-            low: 0.3,
-            workers: 1,
-            batch: 10,
-        };
-        let p = EdekPool::new(
-            opts,
-            Box::new(move |_: &str, version: u32, n: usize| {
-                // the old version's refill is slow: a take waits for it
-                if version == 1 {
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                Ok((0..n)
-                    .map(|_| Pooled {
-                        dek: Key::random(),
-                        key_id: format!("id{version}"),
-                        edek: vec![1],
-                    })
-                    .collect())
-            }),
-        );
+        // the old version's refill is slow: a take waits for it
+        let slow = |v| Duration::from_millis(if v == 1 { 500 } else { 0 });
+        let p = slow_pool(slow, Arc::default());
         p.warm("k", 1);
         std::thread::sleep(Duration::from_millis(100));
         let taker = {
@@ -464,25 +449,7 @@ mod tests {
 
     #[test]
     fn a_refill_of_a_dropped_queue_does_not_count_for_its_successor() {
-        let opts = PoolOptions {
-            size: 10,
-            low: 0.3,
-            workers: 1,
-            batch: 10,
-        };
-        let p = EdekPool::new(
-            opts,
-            Box::new(move |_: &str, version: u32, n: usize| {
-                std::thread::sleep(Duration::from_millis(300));
-                Ok((0..n)
-                    .map(|_| Pooled {
-                        dek: Key::random(),
-                        key_id: format!("id{version}"),
-                        edek: vec![1],
-                    })
-                    .collect())
-            }),
-        );
+        let p = slow_pool(|_| Duration::from_millis(300), Arc::default());
         p.warm("k", 1);
         std::thread::sleep(Duration::from_millis(100));
         // dropped with its refill under way, then made again (a create that read the
