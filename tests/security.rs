@@ -529,7 +529,18 @@ fn a_removed_marker_never_makes_a_plaintext_zone() {
     let (f, m) = shared();
     let z = f.zone("alice/z2", "k1");
     fs::write(z.join("old"), b"old secret").unwrap();
+    // the kernel keeps the zone root cached while a descriptor of it is open, so the
+    // daemon keeps the zone it decided: the marker goes behind its back
+    let held = fs::File::open(&z).unwrap();
     fs::remove_file(f.b("alice/z2/.ezfs-zone")).unwrap();
+    // until the daemon decides the zone again, a new file is still encrypted
+    fs::write(z.join("early"), b"early secret").unwrap();
+    assert!(!common::contains(
+        &fs::read(f.b("alice/z2/early")).unwrap(),
+        b"early secret"
+    ));
+    // a reload of the keystore (any key command does one) decides it again: broken
+    ok(&f.key("create", "k2"), "key create k2");
     drop_caches();
     // new files are never written in plaintext, old ones never served as ciphertext
     let new = fs::write(z.join("new"), b"new secret");
@@ -551,6 +562,7 @@ fn a_removed_marker_never_makes_a_plaintext_zone() {
             "plaintext in the backing dir"
         );
     }
+    drop(held);
     drop(m);
     // offline: marker gone and the directory renamed; mount refuses, naming the zone
     fs::rename(f.b("alice/z2"), f.b("alice/elsewhere")).unwrap();
