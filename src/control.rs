@@ -155,6 +155,21 @@ fn socket_addr(backing: &Path) -> std::io::Result<SocketAddr> {
     SocketAddr::from_abstract_name(format!("ezfs/{}/{}", m.dev(), m.ino()))
 }
 
+/// The socket name of the shared-storage daemon of `backing` mounted at `mountpoint`:
+/// several of them may serve one backing dir on one host. (Each also takes the
+/// backing dir's name if it is free, for the commands that name only the backing dir.)
+fn mount_socket_addr(backing: &Path, mountpoint: &Path) -> std::io::Result<SocketAddr> {
+    let m = std::fs::metadata(backing)?;
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(mountpoint.as_os_str().as_encoded_bytes());
+    SocketAddr::from_abstract_name(format!(
+        "ezfs/{}/{}/{}",
+        m.dev(),
+        m.ino(),
+        crate::text::hex(&digest[..16])
+    ))
+}
+
 /// The process at the other end of `s`, as the kernel saw it connect or bind.
 fn peer(s: &UnixStream) -> Option<Caller> {
     // SAFETY: ucred is plain integers, for which zero is a value.
@@ -176,6 +191,8 @@ fn peer(s: &UnixStream) -> Option<Caller> {
 /// Listens for requests on behalf of the mounted filesystem `core`.
 pub struct Server {
     listener: UnixListener,
+    /// A shared-storage daemon's second name: the backing dir's, if it was free.
+    by_backing: Option<UnixListener>,
     core: Arc<Core>,
     mountpoint: PathBuf,
 }
@@ -184,6 +201,16 @@ impl Server {
     /// Binds the socket; fails if another process holds the name (another daemon of
     /// the same backing dir, or a squatter: the message tells which).
     pub fn bind(core: Arc<Core>, mountpoint: PathBuf) -> Result<Server, BindError> {
+        if core.shared {
+            let own = UnixListener::bind_addr(&mount_socket_addr(&core.backing, &mountpoint)?)?;
+            let by_backing = UnixListener::bind_addr(&socket_addr(&core.backing)?).ok();
+            return Ok(Server {
+                listener: own,
+                by_backing,
+                core,
+                mountpoint,
+            });
+        }
         let addr = socket_addr(&core.backing)?;
         let listener = UnixListener::bind_addr(&addr).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -199,6 +226,7 @@ impl Server {
         })?;
         Ok(Server {
             listener,
+            by_backing: None,
             core,
             mountpoint,
         })
@@ -206,10 +234,22 @@ impl Server {
 
     /// Serves requests until the process exits: each connection in a thread of its
     /// own, at most `MAX_CLIENTS` at once.
-    pub fn run(self) {
+    pub fn run(mut self) {
+        let second = self.by_backing.take();
         let me = Arc::new(self);
         let active = Arc::new(AtomicUsize::new(0));
-        for stream in me.listener.incoming().flatten() {
+        if let Some(l) = second {
+            let (me, active) = (me.clone(), active.clone());
+            let _ = std::thread::Builder::new()
+                .name("ezfs-control".into())
+                .spawn(move || me.accept(&l, &active));
+        }
+        me.accept(&me.listener, &active);
+    }
+
+    fn accept(self: &Arc<Self>, listener: &UnixListener, active: &Arc<AtomicUsize>) {
+        let me = self;
+        for stream in listener.incoming().flatten() {
             let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
             let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
             if active.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
@@ -494,11 +534,27 @@ pub fn probe(backing: &Path) -> Probe {
     }
 }
 
+/// Sends `req` to the daemon of `backing` mounted at `mountpoint` (a shared-storage
+/// daemon by its own name, any other by the backing dir's) and returns its answer.
+pub fn call_mount(
+    backing: &Path,
+    mountpoint: &Path,
+    req: &Request,
+) -> Result<serde_json::Value, ClientError> {
+    match call_addr(backing, &mount_socket_addr(backing, mountpoint)?, req) {
+        Err(ClientError::NotMounted(_)) => call(backing, req),
+        other => other,
+    }
+}
+
 /// Sends `req` to the daemon serving `backing` and returns its answer.
 pub fn call(backing: &Path, req: &Request) -> Result<serde_json::Value, ClientError> {
-    let addr = socket_addr(backing)?;
+    call_addr(backing, &socket_addr(backing)?, req)
+}
+
+fn call_addr(backing: &Path, addr: &SocketAddr, req: &Request) -> Result<serde_json::Value, ClientError> {
     let stream =
-        UnixStream::connect_addr(&addr).map_err(|_| ClientError::NotMounted(backing.to_path_buf()))?;
+        UnixStream::connect_addr(addr).map_err(|_| ClientError::NotMounted(backing.to_path_buf()))?;
     trusted(&stream, backing).map_err(|p| ClientError::Impostor(backing.to_path_buf(), p))?;
     stream.set_read_timeout(Some(Duration::from_secs(600)))?;
     stream.set_write_timeout(Some(Duration::from_secs(60)))?;

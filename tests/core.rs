@@ -6,6 +6,8 @@
 
 #[path = "core/model.rs"]
 mod model;
+#[path = "core/shared.rs"]
+mod shared;
 
 use ezfs::backdir::Caller;
 use ezfs::fs::{Core, FileKind, SetAttr};
@@ -25,7 +27,9 @@ struct Fixture {
     core: Arc<Core>,
 }
 
-fn fixture(read_only: bool) -> Fixture {
+/// A new backing dir in a temporary directory, with a keystore (passphrase
+/// "passphrase", a fast KDF) that has key `k1`.
+fn backing_with_k1() -> (tempfile::TempDir, PathBuf, Keystore) {
     let dir = tempfile::tempdir().unwrap();
     let backing = dir.path().join("backing");
     std::fs::create_dir(&backing).unwrap();
@@ -37,6 +41,11 @@ fn fixture(read_only: bool) -> Fixture {
     };
     let mut ks = Keystore::init(&backing, b"passphrase", fast).unwrap();
     ks.create_key("k1", 0).unwrap();
+    (dir, backing, ks)
+}
+
+fn fixture(read_only: bool) -> Fixture {
+    let (dir, backing, mut ks) = backing_with_k1();
     ks.create_key("k2", 0).unwrap();
     ks.grant("k2", Principal::User(60001)).unwrap();
     ks.grant("k2", Principal::Group(60010)).unwrap();
@@ -79,7 +88,7 @@ impl Fixture {
             .create(&root(), dir, name(file), 0o666, 0, libc::O_RDWR)
             .unwrap();
         assert_eq!(
-            self.core.write(attr.ino, o.fh, 0, data, false).unwrap(),
+            self.core.write(attr.ino, o.fh, 0, data, false, false).unwrap(),
             data.len()
         );
         self.core.release(attr.ino, o.fh);
@@ -184,8 +193,10 @@ fn files_in_a_zone_are_ciphertext_in_the_backing_dir() {
     );
     // writes in the middle, across a block boundary, and past the end
     let o = f.core.open(&root(), ino, libc::O_RDWR).unwrap();
-    f.core.write(ino, o.fh, 4090, b"0123456789", false).unwrap();
-    f.core.write(ino, o.fh, 20_000, b"tail", false).unwrap();
+    f.core
+        .write(ino, o.fh, 4090, b"0123456789", false, false)
+        .unwrap();
+    f.core.write(ino, o.fh, 20_000, b"tail", false, false).unwrap();
     f.core.release(ino, o.fh);
     let mut want = secret.clone();
     want[4090..4100].copy_from_slice(b"0123456789");

@@ -8,10 +8,13 @@
 //!   or blocking on FIFOs, and files replaced through a directory descriptor with an
 //!   unpredictable, exclusively created temporary name;
 //! - [`walk`]: one tree walker over descriptors, for every walk of the backing dir;
+//! - [`ofd`]: byte-range locks of one open of a backing file, for several daemons
+//!   sharing a backing dir (`--shared-storage`);
 //! - [`caller`]: work done with a user's file-system identity, so the kernel checks
 //!   that user's permissions, not root's.
 
 pub mod caller;
+pub mod ofd;
 pub mod resolve;
 pub mod sys;
 pub mod walk;

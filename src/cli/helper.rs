@@ -106,6 +106,9 @@ pub fn run(args: Vec<OsString>) -> i32 {
         edek_pool: None,
         edek_pool_low: None,
         dek_cache_ttl: None,
+        // -o shared_storage and -o attr_timeout= stay in `options` too
+        shared_storage: false,
+        attr_timeout: None,
         options: t.fuse,
         foreground: false,
         pass: PassArgs {

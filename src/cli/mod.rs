@@ -13,6 +13,7 @@ mod logger;
 mod mount;
 pub mod mountinfo;
 mod passwdcmd;
+mod shared;
 mod statuscmd;
 mod users;
 mod zonecmd;

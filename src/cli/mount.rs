@@ -5,7 +5,7 @@
 //! failed, so scripts can use the mount as soon as `ezfs mount` exits 0 and a failure
 //! leaves nothing half-mounted.
 
-use super::{mountinfo, CliResult, Failure, PassArgs};
+use super::{mountinfo, shared, CliResult, Failure, PassArgs};
 use crate::control::{self, MountInfo, Probe, Request, Server};
 use crate::fs::{Core, EzFs};
 use crate::keys::keystore::read_body;
@@ -50,6 +50,18 @@ pub struct MountArgs {
     /// same as -o dek_cache_ttl=SECS.
     #[arg(long, value_name = "SECS")]
     pub(super) dek_cache_ttl: Option<u64>,
+    /// Several hosts (or daemons) serve this backing dir, on a shared file system:
+    /// nothing another host may change is trusted from memory, writes lock what they
+    /// change on the backing files, and applications' locks are forwarded to them.
+    /// Recorded in the backing dir: every later mount of it shares it too. The same
+    /// as -o shared_storage.
+    #[arg(long)]
+    pub(super) shared_storage: bool,
+    /// How long the kernel may cache names and attributes, in seconds (default 1; 0
+    /// on shared storage, where other hosts change them). The same as
+    /// -o attr_timeout=SECS.
+    #[arg(long, value_name = "SECS")]
+    pub(super) attr_timeout: Option<f64>,
     /// FUSE mount options, comma-separated (e.g. -o noatime,nonempty).
     #[arg(short = 'o', value_name = "OPT")]
     pub(super) options: Vec<String>,
@@ -68,6 +80,32 @@ impl MountArgs {
             || self
                 .fuse_options()
                 .any(|o| o == "allow_other" || o == "allow_root")
+    }
+
+    /// Whether the mount was asked to share the backing dir (`--shared-storage`).
+    fn shared_storage(&self) -> bool {
+        self.shared_storage || self.fuse_options().any(|o| o == "shared_storage")
+    }
+
+    /// The kernel's cache lifetime of names and attributes, if given.
+    fn attr_timeout(&self) -> Result<Option<Duration>, Failure> {
+        let given = match self.attr_timeout {
+            Some(t) => Some(t.to_string()),
+            None => self
+                .fuse_options()
+                .filter_map(|o| o.strip_prefix("attr_timeout="))
+                .last()
+                .map(str::to_owned),
+        };
+        let Some(v) = given else {
+            return Ok(None);
+        };
+        match v.parse::<f64>() {
+            Ok(t) if (0.0..=3600.0).contains(&t) => Ok(Some(Duration::from_secs_f64(t))),
+            _ => Err(Failure::usage(format!(
+                "the attribute timeout is 0 to 3600 seconds, not '{v}'"
+            ))),
+        }
     }
 
     /// Whether plain files use FUSE passthrough (`--passthrough` or `-o passthrough`).
@@ -134,8 +172,10 @@ fn check_option(o: &str) -> Result<(), Failure> {
         "default_permissions",
         "auto_unmount",
         "passthrough",
+        "shared_storage",
     ];
     const VALUED: &[&str] = &[
+        "attr_timeout=",
         "edek_pool=",
         "edek_pool_low=",
         "dek_cache_ttl=",
@@ -214,9 +254,14 @@ fn mount_config(a: &MountArgs, backing: &Path) -> Config {
         o.is_empty()
             || matches!(
                 o,
-                "nonempty" | "allow_other" | "allow_root" | "default_permissions" | "passthrough"
+                "nonempty"
+                    | "allow_other"
+                    | "allow_root"
+                    | "default_permissions"
+                    | "passthrough"
+                    | "shared_storage"
             )
-            || ["edek_pool=", "edek_pool_low=", "dek_cache_ttl="]
+            || ["edek_pool=", "edek_pool_low=", "dek_cache_ttl=", "attr_timeout="]
                 .iter()
                 .any(|p| o.starts_with(p))
             || (crate::fs::atime_option(o) && o != "noatime")
@@ -259,6 +304,7 @@ pub fn mount(a: MountArgs) -> CliResult {
         check_option(o)?;
     }
     let kms_options = a.kms_options()?;
+    let attr_timeout = a.attr_timeout()?;
     let backing = canonical(&a.backing, "backing directory")?;
     clear_dead_mount(&a.mountpoint, &backing)?;
     let mnt = canonical(&a.mountpoint, "mountpoint")?;
@@ -284,8 +330,11 @@ pub fn mount(a: MountArgs) -> CliResult {
         return Err(Failure::op(format!("mountpoint {} is not empty", mnt.display())));
     }
     read_body(&backing)?;
+    let shared = a.shared_storage() || shared::recorded(&backing);
     match control::probe(&backing) {
         Probe::Nobody => {}
+        // shared storage: another daemon of it here is fine (the lock below tells)
+        Probe::Daemon(_) if shared => {}
         Probe::Daemon(m) => {
             return Err(Failure::op(format!(
                 "{} is already mounted at {}",
@@ -302,6 +351,19 @@ pub fn mount(a: MountArgs) -> CliResult {
                 p.uid
             )))
         }
+    }
+    // held by the daemon for its whole life: closing it would release the lock
+    let mount_lock = shared::lock_mount(&backing, shared)?;
+    if a.shared_storage() && !shared::recorded(&backing) {
+        shared::record(&backing)?;
+    } else if shared && !a.shared_storage() {
+        log::info!(
+            "{} is recorded as shared storage: mounting it as such",
+            backing.display()
+        );
+    }
+    if shared {
+        shared::warn_about(&backing);
     }
     warn_if_open(&backing);
     let pw =
@@ -324,6 +386,17 @@ pub fn mount(a: MountArgs) -> CliResult {
         core.passthrough = true;
         core.writeback = false;
     }
+    if shared {
+        // the kernel would own file sizes while pages are dirty, and keep them from
+        // other hosts' writes
+        core.shared = true;
+        core.writeback = false;
+        core.ttl = Duration::ZERO;
+        core.jobs = crate::fs::jobs::Jobs::shared(&crate::keys::keystore::ezfs_dir(&backing));
+    }
+    if let Some(t) = attr_timeout {
+        core.ttl = t;
+    }
     let core = Arc::new(core);
     let located = core.locate_zones().map_err(Failure::op)?;
     for w in &located.warnings {
@@ -337,6 +410,8 @@ pub fn mount(a: MountArgs) -> CliResult {
         )));
     }
     let config = mount_config(&a, &backing);
+    // the daemon (after the fork too) keeps the lock's description open until it exits
+    std::mem::forget(mount_lock);
     if a.foreground {
         return serve(core, &mnt, &config, None);
     }
@@ -511,7 +586,11 @@ fn serve(core: Arc<Core>, mnt: &Path, config: &Config, mut notify: Option<OwnedF
             }
         })
         .map_err(Failure::op)?;
-    if let Err(e) = control::record_daemon(&core.backing, mnt) {
+    // several daemons of shared storage (of several hosts) would overwrite each
+    // other's record: clients then trust root's sockets (see control::trusted)
+    if core.shared {
+        shared::watch_keystore(core.clone()).map_err(Failure::op)?;
+    } else if let Err(e) = control::record_daemon(&core.backing, mnt) {
         log::warn!("cannot record the daemon in {}: {e}", core.backing.display());
     }
     report(&mut notify, "OK\n");
@@ -599,7 +678,7 @@ pub fn umount(mnt: &Path) -> CliResult {
         .into_iter()
         .find(|m| m.mountpoint == abs)
         .ok_or_else(|| Failure::op(format!("{} is not an ezfs mount", mnt.display())))?;
-    let pid = control::call(&m.backing, &Request::Ping)
+    let pid = control::call_mount(&m.backing, &m.mountpoint, &Request::Ping)
         .ok()
         .and_then(|v| serde_json::from_value::<MountInfo>(v).ok())
         .map(|i| i.pid);

@@ -34,7 +34,7 @@ fn entry(m: mountinfo::EzMount) -> Entry {
             daemon: None,
         };
     }
-    let (state, error, daemon) = match control::call(&m.backing, &Request::Status)
+    let (state, error, daemon) = match control::call_mount(&m.backing, &m.mountpoint, &Request::Status)
         .map_err(|e| e.to_string())
         .and_then(|v| serde_json::from_value::<DaemonStatus>(v).map_err(|e| e.to_string()))
     {

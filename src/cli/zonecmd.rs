@@ -125,7 +125,11 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
         ZoneCmd::Forget { id, at, pass } => super::zonefix::forget(&id, &at, &pass)?,
         ZoneCmd::Files { dir, version, json } => {
             let (m, rel) = locate(&dir)?;
-            let v = control::call(&m.backing, &Request::ZoneFiles { path: rel, version })?;
+            let v = control::call_mount(
+                &m.backing,
+                &m.mountpoint,
+                &Request::ZoneFiles { path: rel, version },
+            )?;
             let mut files: Vec<FileUse> = serde_json::from_value(v).map_err(Failure::op)?;
             for f in &mut files {
                 f.path = shown(&m, &f.path);
@@ -148,7 +152,7 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
             ..
         } => {
             let (m, rel) = locate(&dir)?;
-            let v = control::call(&m.backing, &Request::ReencryptCancel { path: rel })?;
+            let v = control::call_mount(&m.backing, &m.mountpoint, &Request::ReencryptCancel { path: rel })?;
             let mut job: JobStatus = serde_json::from_value(v).map_err(Failure::op)?;
             job.zone = shown(&m, &job.zone);
             if json {
@@ -170,8 +174,9 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
             dir,
         } => {
             let (m, rel) = locate(&dir)?;
-            let v = control::call(
+            let v = control::call_mount(
                 &m.backing,
+                &m.mountpoint,
                 &Request::ZoneCreate {
                     path: rel,
                     key,
@@ -193,7 +198,7 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
         }
         ZoneCmd::List { mountpoint, json } => {
             let (m, _) = locate(&mountpoint)?;
-            let v = control::call(&m.backing, &Request::ZoneList)?;
+            let v = control::call_mount(&m.backing, &m.mountpoint, &Request::ZoneList)?;
             let mut zones: Vec<ZoneSummary> = serde_json::from_value(v).map_err(Failure::op)?;
             for z in &mut zones {
                 z.path = shown(&m, &z.path);
@@ -237,7 +242,7 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
         }
         ZoneCmd::Info { path, json } => {
             let (m, rel) = locate(&path)?;
-            let v = control::call(&m.backing, &Request::ZoneInfo { path: rel })?;
+            let v = control::call_mount(&m.backing, &m.mountpoint, &Request::ZoneInfo { path: rel })?;
             let mut i: PathInfo = serde_json::from_value(v).map_err(Failure::op)?;
             i.path = shown(&m, &i.path);
             i.zone = shown(&m, &i.zone);
@@ -296,7 +301,7 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
                     (m, None)
                 }
             };
-            let v = control::call(&m.backing, &Request::ReencryptStatus { path: rel })?;
+            let v = control::call_mount(&m.backing, &m.mountpoint, &Request::ReencryptStatus { path: rel })?;
             let mut jobs: Vec<JobStatus> = serde_json::from_value(v).map_err(Failure::op)?;
             for j in &mut jobs {
                 j.zone = shown(&m, &j.zone);
@@ -310,8 +315,9 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
         ZoneCmd::Reencrypt { dir, data, json, .. } => {
             let dir = dir.ok_or_else(|| Failure::usage("give the zone directory"))?;
             let (m, rel) = locate(&dir)?;
-            let v = control::call(
+            let v = control::call_mount(
                 &m.backing,
+                &m.mountpoint,
                 &Request::ReencryptStart {
                     path: rel.clone(),
                     data,
@@ -333,7 +339,7 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
                     eprint!("\r{}", progress_line(&job));
                 }
                 std::thread::sleep(Duration::from_millis(250));
-                job = poll_job(&m.backing, &job.zone_id, &rel)?;
+                job = poll_job(&m.backing, &m.mountpoint, &job.zone_id, &rel)?;
             }
             if tty {
                 eprintln!("\r{}", progress_line(&job));
@@ -377,18 +383,18 @@ pub fn run(cmd: ZoneCmd) -> CliResult {
 /// The status of the running job on zone `zone_id`, asked by zone id, since the root
 /// may be renamed while the job runs; by the root's path `rel` from a daemon older
 /// than that request.
-fn poll_job(backing: &Path, zone_id: &str, rel: &str) -> Result<JobStatus, Failure> {
+fn poll_job(backing: &Path, mountpoint: &Path, zone_id: &str, rel: &str) -> Result<JobStatus, Failure> {
     let by_id = Request::ReencryptJob {
         zone_id: zone_id.to_owned(),
     };
-    if let Ok(v) = control::call(backing, &by_id) {
+    if let Ok(v) = control::call_mount(backing, mountpoint, &by_id) {
         return serde_json::from_value(v).map_err(Failure::op);
     }
     let by_path = Request::ReencryptStatus {
         path: Some(rel.to_owned()),
     };
     let jobs: Vec<JobStatus> =
-        serde_json::from_value(control::call(backing, &by_path)?).map_err(Failure::op)?;
+        serde_json::from_value(control::call_mount(backing, mountpoint, &by_path)?).map_err(Failure::op)?;
     jobs.into_iter()
         .next()
         .ok_or_else(|| Failure::op("the zone disappeared during re-encryption"))

@@ -183,6 +183,15 @@ fn groups_touched(off: u64, len: usize) -> std::ops::RangeInclusive<u64> {
 }
 
 impl MetaCache {
+    /// A cache that never holds anything: every read goes to the file. For a file that
+    /// other daemons may write meanwhile (shared storage), where a copy would go stale.
+    pub fn off() -> MetaCache {
+        static NONE: OnceLock<Pool> = OnceLock::new();
+        MetaCache::with_pool(NONE.get_or_init(|| Pool {
+            free: Mutex::default(),
+        }))
+    }
+
     fn with_pool(pool: &'static Pool) -> MetaCache {
         MetaCache {
             slots: Mutex::default(),
@@ -477,6 +486,24 @@ mod tests {
         assert_eq!(cache.len(), 1);
         assert!(b.write_at(&[3u8; 28], entry_offset(0)).is_err());
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_cache_that_is_off_holds_nothing() {
+        let mem = MemBacking::default();
+        mem.write_at(&[7u8; 28], entry_offset(0)).unwrap();
+        mem.set_len(HEADER_LEN + GROUP_SPAN).unwrap();
+        let cache = MetaCache::off();
+        let b = CachedMeta {
+            inner: &mem,
+            cache: &cache,
+        };
+        let mut buf = [0u8; ENTRY_LEN as usize];
+        b.read_at(&mut buf, meta_offset(0)).unwrap();
+        assert_eq!(buf, [7u8; ENTRY_LEN as usize]);
+        b.read_at(&mut buf, meta_offset(0)).unwrap();
+        assert!(cache.is_empty());
+        assert!(!b.entries_in_memory(meta_offset(0), buf.len()));
     }
 
     #[test]

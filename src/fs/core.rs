@@ -76,6 +76,20 @@ pub struct Core {
     /// Use the kernel's writeback cache: writes return once in the page cache and reach
     /// us in large batches; the kernel then owns the file size while pages are dirty.
     pub writeback: bool,
+    /// Other daemons (other hosts) serve the same backing dir (`--shared-storage`):
+    /// nothing another host can change is trusted from memory, encrypted files lock
+    /// what they read and write on the backing file (see `sharedlock`), and
+    /// applications' locks are forwarded to the backing files (see `applocks`).
+    pub shared: bool,
+    /// How long the kernel may cache attributes and names. On a mount of its own this
+    /// daemon sees every change, so the cache is only as stale as changes made behind
+    /// the mount's back; on shared storage other hosts make changes all the time.
+    pub ttl: std::time::Duration,
+    /// Applications' locks forwarded to backing files (shared storage only).
+    pub(super) app_locks: super::applocks::AppLocks,
+    /// Shared storage: when the keystore was last read again for a zone another host
+    /// made (see `Core::see_new_zone`).
+    pub(super) zone_catch_up: Mutex<Option<std::time::Instant>>,
     /// Effective uid and gid of the daemon: files it creates for them need no chown.
     pub(super) me: (u32, u32),
     /// Re-encryption status records.
@@ -138,6 +152,10 @@ impl Core {
             read_only,
             writeback: !read_only,
             passthrough: false,
+            shared: false,
+            ttl: std::time::Duration::from_secs(1),
+            app_locks: Default::default(),
+            zone_catch_up: Mutex::new(None),
             me,
             jobs,
             running: Default::default(),
@@ -188,7 +206,8 @@ impl Core {
         let kind = FileKind::of_mode(st.st_mode);
         let mut size = st.st_size as u64;
         if kind == FileKind::File && ino.zone.read().is_some() {
-            size = match ino.enc.lock().upgrade() {
+            // shared storage: the backing file's size is the truth (another host writes)
+            size = match ino.enc.lock().upgrade().filter(|_| !self.shared) {
                 Some(enc) => enc.size(),
                 None => plain_size(size).unwrap_or(0),
             };

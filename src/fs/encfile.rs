@@ -3,6 +3,7 @@
 //! unwrapped once per open file, not per request.
 
 use super::error::{errno, FsError, FsResult};
+use super::sharedlock::{tail_block, Held, LockPool};
 use super::{direct, readaround, writebehind};
 use crate::backdir::sys;
 use crate::format::header::read_header;
@@ -38,6 +39,10 @@ pub struct EncFile {
     frontier: writebehind::Frontier,
     /// The metadata entries read so far, so that a read costs one backing read, not two.
     meta: MetaCache,
+    /// Shared storage (other daemons write the backing file too): the locks taken on
+    /// the backing file (see [`super::sharedlock`]); the size is then read from the
+    /// backing file under them, and no metadata entry is kept in memory.
+    shared: Option<LockPool>,
 }
 
 /// The backing file with its writes taken one at a time. The backing filesystem
@@ -160,12 +165,15 @@ pub fn new_header(zone: &Zone, keys: &dyn KeyProvider) -> Result<(Header, BlockC
 
 impl EncFile {
     /// Opens the encrypted file behind `fd`. An empty file gets its header now when
-    /// `writable`; `keys` unwraps the DEK. Failures are logged with the path.
+    /// `writable`; `keys` unwraps the DEK. With `shared`, other daemons may use the
+    /// file at the same time (see [`super::sharedlock`]). Failures are logged with the
+    /// path.
     pub fn open(
         fd: BorrowedFd<'_>,
         zone: &Zone,
         keys: &dyn KeyProvider,
         writable: bool,
+        shared: bool,
     ) -> FsResult<EncFile> {
         if let Some(why) = &zone.broken {
             log::error!("{}: zone unusable: {why}", sys::describe(fd));
@@ -177,11 +185,17 @@ impl EncFile {
             }
             false => sys::reopen_noatime(fd, libc::O_RDONLY),
         }?;
-        Self::from_file(file, zone, keys, writable)
+        Self::from_file(file, zone, keys, writable, shared)
     }
 
     /// Like [`EncFile::open`], on a backing file already open (read-write when `writable`).
-    pub fn from_file(file: File, zone: &Zone, keys: &dyn KeyProvider, writable: bool) -> FsResult<EncFile> {
+    pub fn from_file(
+        file: File,
+        zone: &Zone,
+        keys: &dyn KeyProvider,
+        writable: bool,
+        shared: bool,
+    ) -> FsResult<EncFile> {
         let fail = |file: &File, what: String| {
             log::error!("{}: {what}", sys::describe(file.as_fd()));
             super::stats::eio();
@@ -190,6 +204,18 @@ impl EncFile {
         if let Some(why) = &zone.broken {
             return Err(fail(&file, format!("zone unusable: {why}")));
         }
+        let pool = match shared {
+            // "open here": no other daemon replaces the file meanwhile
+            true => Some(LockPool::new(&file, writable).and_then(|p| p.hold_open().map(|_| p))?),
+            false => None,
+        };
+        // another daemon may be giving an empty file its header (one of them does), or
+        // re-wrapping it; a writer also clears entries past the end (below), alone
+        let (tail, header_lock) = match &pool {
+            Some(p) if writable => (Some(p.blocks(0, None, true)?), Some(p.header(true)?)),
+            Some(p) => (None, Some(p.header(false)?)),
+            None => (None, None),
+        };
         let len = file.metadata()?.len();
         if len == 0 {
             let cipher = if writable {
@@ -199,11 +225,13 @@ impl EncFile {
             } else {
                 None
             };
-            return Ok(EncFile::new(file, cipher, 0));
+            drop((header_lock, tail));
+            return Ok(EncFile::new(file, cipher, 0, pool));
         }
         let size = plain_size(len)
             .map_err(|_| fail(&file, format!("backing size {len} is too short for a header")))?;
         let header = read_header(&file).map_err(|e| fail(&file, e))?;
+        drop(header_lock);
         if header.zone_id != zone.id || header.key_name != zone.key {
             return Err(fail(
                 &file,
@@ -232,7 +260,8 @@ impl EncFile {
             ),
             _ => {}
         }
-        Ok(EncFile::new(file, Some((header, codec)), size))
+        drop(tail);
+        Ok(EncFile::new(file, Some((header, codec)), size, pool))
     }
 
     fn codec_error(&self, e: CodecError) -> FsError {
@@ -259,7 +288,7 @@ impl EncFile {
         self.cipher.as_ref().map(|(_, c)| c).ok_or(errno::EBADF)
     }
 
-    fn new(file: File, cipher: Option<(Header, BlockCodec)>, size: u64) -> EncFile {
+    fn new(file: File, cipher: Option<(Header, BlockCodec)>, size: u64, shared: Option<LockPool>) -> EncFile {
         EncFile {
             file,
             cipher,
@@ -269,7 +298,52 @@ impl EncFile {
             writes: parking_lot::Mutex::new(()),
             direct: Default::default(),
             frontier: writebehind::Frontier::default(),
-            meta: MetaCache::default(),
+            meta: match shared {
+                Some(_) => MetaCache::off(),
+                None => MetaCache::default(),
+            },
+            shared,
+        }
+    }
+
+    /// Shared storage: the plaintext size as the backing file has it now (kept as the
+    /// current size too).
+    fn size_on_disk(&self) -> FsResult<u64> {
+        let len = self.file.metadata()?.len();
+        let size = plain_size(len).map_err(|_| {
+            log::error!(
+                "{}: backing size {len} is too short for a header",
+                sys::describe(self.file.as_fd())
+            );
+            errno::EIO
+        })?;
+        self.size.store(size, Ordering::Release);
+        Ok(size)
+    }
+
+    /// Shared storage: locks blocks `from..` to the end (the tail), lowered to the
+    /// tail of the size found, and returns that size: nobody else changes it while
+    /// the lock is held. `held` (if any) is given up for it.
+    fn lock_tail<'a>(
+        &self,
+        pool: &'a LockPool,
+        held: Option<Held<'a>>,
+        mut from: u64,
+    ) -> FsResult<(Held<'a>, u64)> {
+        let held = match held {
+            Some(h) => {
+                h.relock_tail(from)?;
+                h
+            }
+            None => pool.blocks(from, None, true)?,
+        };
+        loop {
+            let size = self.size_on_disk()?;
+            if tail_block(size) >= from {
+                return Ok((held, size));
+            }
+            from = tail_block(size);
+            held.relock_tail(from)?;
         }
     }
 
@@ -299,13 +373,26 @@ impl EncFile {
         &self.file
     }
 
-    /// Current plaintext size.
+    /// Current plaintext size (shared storage: as of this daemon's last look; see
+    /// [`EncFile::current_size`]).
     pub fn size(&self) -> u64 {
         self.size.load(Ordering::Acquire)
     }
 
+    /// The plaintext size now: from the backing file on shared storage, where other
+    /// daemons may have changed it.
+    pub fn current_size(&self) -> FsResult<u64> {
+        match self.shared {
+            Some(_) => self.size_on_disk(),
+            None => Ok(self.size()),
+        }
+    }
+
     /// Reads up to `out.len()` bytes at `off` into `out`; returns how many.
     pub fn read_into(&self, off: u64, out: &mut [u8]) -> FsResult<usize> {
+        if let Some(pool) = &self.shared {
+            return self.read_shared(pool, off, out);
+        }
         let _layout = self.layout.read();
         // the size is read under the stripe locks: a whole-block write that grew a short
         // last block while we waited must not be read with the old, shorter length
@@ -319,8 +406,72 @@ impl EncFile {
             .map_err(|e| self.codec_error(e))
     }
 
+    /// Shared storage: [`EncFile::read_into`] with the blocks read locked shared on
+    /// the backing file, and the size read under that lock.
+    fn read_shared(&self, pool: &LockPool, off: u64, out: &mut [u8]) -> FsResult<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        let _layout = self.layout.read();
+        let end = off + out.len() as u64;
+        let _g = self.stripes(off, end, false);
+        let _held = pool.blocks(off / layout::BLOCK, Some((end - 1) / layout::BLOCK), false)?;
+        let size = self.size_on_disk()?;
+        if off >= size {
+            return Ok(0);
+        }
+        self.codec()?
+            .read(&self.backing(), size, off, out)
+            .map_err(|e| self.codec_error(e))
+    }
+
+    /// Shared storage: [`EncFile::write`] with the blocks written locked exclusively
+    /// on the backing file, and the tail too when the write changes the size. Writes
+    /// of one file in this daemon are serialized (the layout lock): one lock
+    /// description per file operation is enough to keep them apart.
+    fn write_shared(&self, pool: &LockPool, off: u64, data: &[u8]) -> FsResult<()> {
+        let end = off + data.len() as u64;
+        let _layout = self.layout.write();
+        let mut held = pool.blocks(off / layout::BLOCK, Some((end - 1) / layout::BLOCK), true)?;
+        let mut size = self.size_on_disk()?;
+        if end > size {
+            (held, size) = self.lock_tail(pool, Some(held), (off / layout::BLOCK).min(tail_block(size)))?;
+        }
+        let new_size = self
+            .codec()?
+            .write(&self.backing(), size, off, data)
+            .map_err(|e| self.codec_error(e))?;
+        self.size.store(new_size, Ordering::Release);
+        drop(held);
+        Ok(())
+    }
+
+    /// Shared storage: appends `data` at the end of the file as it is on disk (the
+    /// kernel's idea of the end may be another daemon's write behind); returns where.
+    pub fn append(&self, data: &[u8]) -> FsResult<u64> {
+        let Some(pool) = &self.shared else {
+            let at = self.size();
+            self.write(at, data)?;
+            return Ok(at);
+        };
+        let _layout = self.layout.write();
+        let (_held, size) = self.lock_tail(pool, None, tail_block(self.size()))?;
+        let new_size = self
+            .codec()?
+            .write(&self.backing(), size, size, data)
+            .map_err(|e| self.codec_error(e))?;
+        self.size.store(new_size, Ordering::Release);
+        Ok(size)
+    }
+
     /// Writes `data` at `off`.
     pub fn write(&self, off: u64, data: &[u8]) -> FsResult<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if let Some(pool) = &self.shared {
+            return self.write_shared(pool, off, data);
+        }
         let end = off + data.len() as u64;
         let whole_blocks = off % layout::BLOCK == 0 && data.len() as u64 % layout::BLOCK == 0;
         if whole_blocks {
@@ -371,7 +522,13 @@ impl EncFile {
     /// meanwhile is never cut back.
     fn resize(&self, new_size: u64, grow_only: bool) -> FsResult<()> {
         let _layout = self.layout.write();
-        let size = self.size();
+        let (_held, size) = match &self.shared {
+            Some(pool) => {
+                let (h, s) = self.lock_tail(pool, None, tail_block(new_size.min(self.size())))?;
+                (Some(h), s)
+            }
+            None => (None, self.size()),
+        };
         if (new_size == size || (grow_only && new_size < size)) && self.cipher.is_some() {
             return Ok(());
         }
@@ -385,7 +542,7 @@ impl EncFile {
     /// Makes every range in `[off, off+len)` read as zeros (punch hole / zero range):
     /// the plaintext zeros are encrypted, so the result authenticates like any data.
     pub fn zero_range(&self, off: u64, len: u64, keep_size: bool) -> FsResult<()> {
-        let size = self.size();
+        let size = self.current_size()?;
         let end = if keep_size {
             (off + len).min(size)
         } else {

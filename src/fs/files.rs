@@ -39,6 +39,7 @@ impl Core {
             &zone,
             &*self.keys,
             !self.read_only,
+            self.shared,
         )?);
         *slot = Arc::downgrade(&e);
         Ok(e)
@@ -53,7 +54,7 @@ impl Core {
         let enc = match slot.upgrade() {
             Some(e) => e,
             None => {
-                let e = Arc::new(EncFile::from_file(file, &zone, &*self.keys, true)?);
+                let e = Arc::new(EncFile::from_file(file, &zone, &*self.keys, true, self.shared)?);
                 *slot = Arc::downgrade(&e);
                 e
             }
@@ -101,7 +102,8 @@ impl Core {
         let h = self.open_backing(caller, &i, flags, &st)?;
         // an O_TRUNC open (sent only with atomic_o_trunc) just truncated the file
         let truncated = flags & libc::O_TRUNC != 0;
-        let keep_cache = i.unchanged_since_open(&st) && !truncated;
+        // shared storage: another host may have written the file since (close-to-open)
+        let keep_cache = i.unchanged_since_open(&st) && !truncated && !self.shared;
         i.open_count.fetch_add(1, Ordering::AcqRel);
         Ok(Opened {
             fh: self.add_handle(h),
@@ -254,13 +256,28 @@ impl Core {
 
     /// WRITE of `data` at `offset` through handle `fh` of node `ino`; with
     /// `kill_suidgid` (an unprivileged writer) set-id bits are cleared first.
-    pub fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8], kill_suidgid: bool) -> FsResult<usize> {
+    ///
+    /// On shared storage a write through a handle opened with `O_APPEND` (`append`)
+    /// goes to the end of the file as the backing file has it: the kernel's end may
+    /// be behind another host's appends.
+    pub fn write(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+        append: bool,
+    ) -> FsResult<usize> {
         let h = self.handle(fh)?;
         if kill_suidgid {
             self.kill_suidgid(&*self.inode(ino)?)?;
         }
+        let append = append && self.shared;
         match &*h {
+            Handle::Enc(e, _) if append => drop(e.append(data)?),
             Handle::Enc(e, _) => e.write(offset, data)?,
+            Handle::Plain(f, _, _) if append => append_plain(f, data)?,
             Handle::Plain(f, frontier, _) => {
                 f.write_all_at(data, offset)?;
                 if let Some(w) = frontier.advance(offset, offset + data.len() as u64) {
@@ -380,4 +397,18 @@ impl Core {
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         self.link_target(&*self.inode(ino)?)
     }
+}
+
+/// Shared storage: appends `data` to the plain file `f` at its end on disk, which
+/// another host may have moved: the end is found and written under an exclusive lock
+/// of the daemon's lock range (see `sharedlock`), which every appender through
+/// ezfs takes.
+fn append_plain(f: &File, data: &[u8]) -> FsResult<()> {
+    use crate::backdir::ofd::{self, Kind};
+    let lock = sys::reopen(f.as_fd(), libc::O_RDWR)?;
+    ofd::set(lock.as_fd(), Kind::Write, super::sharedlock::HEADER, 1, true)?;
+    let end = f.metadata()?.len();
+    f.write_all_at(data, end)?;
+    // closing `lock` releases the lock
+    Ok(())
 }

@@ -5,6 +5,7 @@
 //! serves itself with `--passthrough`). This is the one module of `fs` that sees
 //! fuser.
 
+use super::applocks::LockRange;
 use super::core::{Core, Invalidate};
 use super::error::FsError;
 use super::types::{Allocate, Attr, FileKind, SetAttr, SetTime};
@@ -22,10 +23,6 @@ use std::ffi::OsStr;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// How long the kernel may cache attributes and names. Everything goes through this
-/// daemon, so the cache is only as stale as changes made behind the mount's back.
-const TTL: Duration = Duration::from_secs(1);
 
 thread_local! {
     /// A per-thread read buffer: no allocation or zeroing per request.
@@ -188,6 +185,24 @@ impl Filesystem for EzFs {
             }
             self.1.on.store(on, std::sync::atomic::Ordering::Relaxed);
         }
+        if self.0.shared {
+            // AUTO_INVAL_DATA: before a read the kernel looks at the file's attributes
+            // again (the attribute timeout is short here) and drops its cached pages
+            // if another host changed the file (mtime or size), so a process that
+            // keeps a file open (SQLite) reads what another host wrote under a lock.
+            // Applications' locks go to the backing files, where other hosts see them.
+            for flag in [
+                fuser::InitFlags::FUSE_AUTO_INVAL_DATA,
+                fuser::InitFlags::FUSE_POSIX_LOCKS,
+                fuser::InitFlags::FUSE_FLOCK_LOCKS,
+            ] {
+                if config.add_capabilities(flag).is_err() {
+                    log::warn!(
+                        "the kernel does not offer {flag:?}: other hosts' changes or locks may be missed"
+                    );
+                }
+            }
+        }
         if self.0.writeback
             && config
                 .add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE)
@@ -219,7 +234,7 @@ impl Filesystem for EzFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let attr = tri!(reply, self.0.lookup(parent.0, name));
-        reply.entry(&TTL, &file_attr(&attr), Generation(0));
+        reply.entry(&self.0.ttl, &file_attr(&attr), Generation(0));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -228,7 +243,7 @@ impl Filesystem for EzFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let attr = tri!(reply, self.0.getattr(ino.0));
-        reply.attr(&TTL, &file_attr(&attr));
+        reply.attr(&self.0.ttl, &file_attr(&attr));
     }
 
     fn setattr(
@@ -258,7 +273,7 @@ impl Filesystem for EzFs {
             mtime: mtime.map(set_time),
         };
         let attr = tri!(reply, self.0.setattr(&caller(req), ino.0, &s));
-        reply.attr(&TTL, &file_attr(&attr));
+        reply.attr(&self.0.ttl, &file_attr(&attr));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -280,12 +295,12 @@ impl Filesystem for EzFs {
             reply,
             self.0.mknod(&caller(req), parent.0, name, mode, umask, rdev)
         );
-        reply.entry(&TTL, &file_attr(&attr), Generation(0));
+        reply.entry(&self.0.ttl, &file_attr(&attr), Generation(0));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let attr = tri!(reply, self.0.mkdir(&caller(req), parent.0, name, mode, umask));
-        reply.entry(&TTL, &file_attr(&attr), Generation(0));
+        reply.entry(&self.0.ttl, &file_attr(&attr), Generation(0));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -307,7 +322,7 @@ impl Filesystem for EzFs {
         reply: ReplyEntry,
     ) {
         let attr = tri!(reply, self.0.symlink(&caller(req), parent.0, link_name, target));
-        reply.entry(&TTL, &file_attr(&attr), Generation(0));
+        reply.entry(&self.0.ttl, &file_attr(&attr), Generation(0));
     }
 
     fn rename(
@@ -329,7 +344,7 @@ impl Filesystem for EzFs {
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let attr = tri!(reply, self.0.link(ino.0, newparent.0, newname));
-        reply.entry(&TTL, &file_attr(&attr), Generation(0));
+        reply.entry(&self.0.ttl, &file_attr(&attr), Generation(0));
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -375,27 +390,77 @@ impl Filesystem for EzFs {
         offset: u64,
         data: &[u8],
         write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        let n = tri!(reply, self.0.write(ino.0, fh.0, offset, data, kill));
+        let append = flags.0 & libc::O_APPEND != 0;
+        let n = tri!(reply, self.0.write(ino.0, fh.0, offset, data, kill, append));
         reply.written(n as u32);
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
+    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+        if self.0.shared {
+            // a close by a lock owner ends its forwarded POSIX locks of the file
+            self.0.drop_locks(ino.0, lock_owner.0);
+            return reply.ok();
+        }
         // Nothing to do at close, and ENOSYS tells the kernel so: it stops sending
         // FLUSH, saving a round trip per close(2), and still writes back the file's dirty
         // pages at close and reports their errors there.
         reply.error(Errno::ENOSYS);
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: fuser::ReplyLock,
+    ) {
+        let asked = LockRange { start, end, typ };
+        match tri!(reply, self.0.getlk(ino.0, lock_owner.0, asked)) {
+            // the holder is on another host or another owner here: no pid to give
+            Some(l) => reply.locked(l.start, l.end, l.typ, 0),
+            None => reply.locked(start, end, libc::F_UNLCK, pid),
+        }
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let lock = LockRange { start, end, typ };
+        let (core, pid) = (self.0.clone(), req.pid());
+        let set = move || match core.setlk(ino.0, lock_owner.0, lock, sleep, pid) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        };
+        if !sleep {
+            return set();
+        }
+        // a wait must not hold one of the few request threads
+        if let Err(e) = std::thread::Builder::new()
+            .name("ezfs-lock-wait".into())
+            .spawn(set)
+        {
+            log::error!("cannot start a thread to wait for a lock: {e}");
+        }
     }
 
     fn release(
@@ -404,10 +469,14 @@ impl Filesystem for EzFs {
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if let Some(owner) = lock_owner.filter(|_| self.0.shared) {
+            // the last close of a file that holds a flock
+            self.0.drop_locks(ino.0, owner.0);
+        }
         self.1.release(fh.0);
         self.0.release(ino.0, fh.0);
         reply.ok();
@@ -442,7 +511,7 @@ impl Filesystem for EzFs {
         let r = self
             .0
             .readdirplus(ino.0, fh.0, offset, &mut |e, next, attr, counted| {
-                let ttl = if counted { TTL } else { Duration::ZERO };
+                let ttl = if counted { self.0.ttl } else { Duration::ZERO };
                 reply.add(
                     INodeNo(attr.ino),
                     next,
@@ -538,7 +607,7 @@ impl Filesystem for EzFs {
             reply,
             self.0.create(&caller(req), parent.0, name, mode, umask, flags)
         );
-        let (ttl, attr, fh) = (&TTL, &file_attr(&attr), FileHandle(o.fh));
+        let (ttl, attr, fh) = (&self.0.ttl, &file_attr(&attr), FileHandle(o.fh));
         match self
             .1
             .acquire(&self.0, attr.ino.0, o.fh, |f| reply.open_backing(f))

@@ -1,8 +1,15 @@
 //! The records of re-encryption jobs (`zone reencrypt --status`), in memory and in
 //! `BACKING/.ezfs/reencrypt.json`: what each zone's last job did, and whether it can
 //! be resumed. A job that was running when the daemon died shows as interrupted.
+//!
+//! On shared storage the records are shared by every host's daemon: each reads the
+//! file when asked and updates it under `.ezfs/reencrypt.lock`, and a job holds
+//! `.ezfs/job-ZONEID.lock` (an OFD lock, which dies with its host) while it runs, so
+//! one job runs per zone across all hosts and a record that says "running" with no
+//! one holding its lock is a job whose host died: interrupted, and resumable from
+//! any host.
 
-use crate::backdir::sys;
+use crate::backdir::{ofd, sys};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -11,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 /// File of the job status records, inside `.ezfs`.
 const STATUS_FILE: &str = "reencrypt.json";
+/// Shared storage: serializes updates of the records between hosts.
+const STATUS_LOCK: &str = "reencrypt.lock";
 
 /// Where a zone's re-encryption job stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,35 +99,69 @@ impl JobStatus {
 
 /// The status records, in memory and in `.ezfs/reencrypt.json`.
 pub struct Jobs {
+    dir: PathBuf,
     path: PathBuf,
     map: parking_lot::Mutex<BTreeMap<String, JobStatus>>,
+    /// Shared storage: the file is the truth, other hosts run jobs too.
+    shared: bool,
+}
+
+/// A zone's job lock across hosts (shared storage), held while the job runs.
+pub struct JobLock(#[allow(dead_code)] Option<std::fs::File>);
+
+/// The records in `dir`'s status file.
+fn read_records(dir: &Path) -> BTreeMap<String, JobStatus> {
+    sys::open_at(
+        sys::at_cwd(),
+        dir.as_os_str(),
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )
+    .ok()
+    .and_then(|d| crate::backdir::resolve::read_small(d.as_fd(), OsStr::new(STATUS_FILE), 64 << 20).ok())
+    .and_then(|b| serde_json::from_slice(&b).ok())
+    .unwrap_or_default()
 }
 
 impl Jobs {
     /// Loads the records; jobs that were running are marked interrupted.
     pub fn load(ezfs_dir: &Path) -> Jobs {
-        let path = ezfs_dir.join(STATUS_FILE);
-        let mut map: BTreeMap<String, JobStatus> = sys::open_at(
-            sys::at_cwd(),
-            ezfs_dir.as_os_str(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        )
-        .ok()
-        .and_then(|d| crate::backdir::resolve::read_small(d.as_fd(), OsStr::new(STATUS_FILE), 64 << 20).ok())
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
+        let mut map = read_records(ezfs_dir);
         for j in map.values_mut().filter(|j| j.state == JobState::Running) {
             j.state = JobState::Interrupted;
         }
         Jobs {
-            path,
+            dir: ezfs_dir.to_path_buf(),
+            path: ezfs_dir.join(STATUS_FILE),
             map: parking_lot::Mutex::new(map),
+            shared: false,
+        }
+    }
+
+    /// The records of shared storage, read from the file whenever asked.
+    pub fn shared(ezfs_dir: &Path) -> Jobs {
+        Jobs {
+            shared: true,
+            ..Jobs::load(ezfs_dir)
         }
     }
 
     pub(super) fn set(&self, j: &JobStatus) {
         let mut map = self.map.lock();
+        // shared storage: other hosts' records as they are now, this one's updated
+        let _lock = match self.shared {
+            true => match crate::keys::atomic::FileLock::acquire(&self.dir.join(STATUS_LOCK)) {
+                Ok(l) => {
+                    *map = read_records(&self.dir);
+                    Some(l)
+                }
+                Err(e) => {
+                    log::warn!("cannot lock the re-encryption records: {e}");
+                    None
+                }
+            },
+            false => None,
+        };
         map.insert(j.zone_id.clone(), j.clone());
         let data = serde_json::to_vec_pretty(&*map).expect("serializes");
         if let Err(e) = crate::keys::atomic::write_file(&self.path, &data, 0o600) {
@@ -129,8 +172,38 @@ impl Jobs {
         }
     }
 
-    /// The record of zone `zone_id`'s last job.
+    /// The record of zone `zone_id`'s last job (shared storage: as any host left it;
+    /// a running job whose lock no one holds was interrupted).
     pub fn get(&self, zone_id: &str) -> Option<JobStatus> {
-        self.map.lock().get(zone_id).cloned()
+        if !self.shared {
+            return self.map.lock().get(zone_id).cloned();
+        }
+        let mut j = read_records(&self.dir).remove(zone_id)?;
+        if j.state == JobState::Running && !self.job_lock_held(zone_id) {
+            j.state = JobState::Interrupted;
+        }
+        Some(j)
+    }
+
+    fn job_lock_path(&self, zone_id: &str) -> PathBuf {
+        // zone ids are hex: a plain file name
+        self.dir.join(format!("job-{zone_id}.lock"))
+    }
+
+    /// Whether some host's job holds zone `zone_id`'s job lock.
+    fn job_lock_held(&self, zone_id: &str) -> bool {
+        crate::keys::atomic::open_lock_file(&self.job_lock_path(zone_id))
+            .and_then(|f| ofd::test(f.as_fd(), ofd::Kind::Write, 0, 1))
+            .is_ok_and(|c| c.is_some())
+    }
+
+    /// Claims the job of zone `zone_id` for this daemon: `None` if a job of it runs on
+    /// another host (shared storage); the lock is held until the returned value drops.
+    pub(super) fn claim(&self, zone_id: &str) -> std::io::Result<Option<JobLock>> {
+        if !self.shared {
+            return Ok(Some(JobLock(None)));
+        }
+        let f = crate::keys::atomic::open_lock_file(&self.job_lock_path(zone_id))?;
+        Ok(ofd::set(f.as_fd(), ofd::Kind::Write, 0, 1, false)?.then(|| JobLock(Some(f))))
     }
 }

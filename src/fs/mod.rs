@@ -24,6 +24,7 @@
 //!   control socket; [`reencrypt`], [`jobs`], `rekey`: re-encryption jobs;
 //! - `atime`, `root_mode`, [`stats`]: access times, the root's mode, counters.
 
+pub mod applocks;
 mod atime;
 pub mod core;
 mod direct;
@@ -43,6 +44,7 @@ mod readaround;
 pub mod reencrypt;
 mod rekey;
 mod root_mode;
+mod sharedlock;
 pub mod stats;
 pub mod types;
 mod writebehind;

@@ -48,6 +48,9 @@ impl Core {
     pub(super) fn lookup_at(&self, parent: &Inode, at: &At<'_>) -> FsResult<(Arc<Inode>, Attr)> {
         let st = at.stat()?;
         let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        if self.shared && is_dir {
+            self.see_new_zone(at);
+        }
         let ino = self.inodes.insert((st.st_dev, st.st_ino), is_dir, || {
             let fd = at.open_path()?;
             let own = if is_dir {
@@ -101,7 +104,9 @@ impl Core {
     /// The directory `parent`, checked for creating names in it: a writable mount.
     pub(super) fn parent_for_new(&self, parent: u64) -> FsResult<Arc<Inode>> {
         self.writable_check()?;
-        self.inode(parent)
+        let p = self.inode(parent)?;
+        self.zone_made_elsewhere(&p)?;
+        Ok(p)
     }
 
     /// MKNOD (with the creator's `umask`, see [`sys::with_umask`]).
@@ -185,6 +190,7 @@ impl Core {
         let np = self.inode(newparent)?;
         let (pfd, npfd) = (p.fd()?, np.fd()?);
         let from = self.at(&p, &pfd, name, Use::Existing)?;
+        self.zone_made_elsewhere(&np)?;
         let _zone_gate = self.zone_gate.read();
         let to = self.at(&np, &npfd, newname, Use::New)?;
         if zone::check_rename(p.zone_id(), np.zone_id()).is_err() {
@@ -214,6 +220,7 @@ impl Core {
         let i = self.inode(ino)?;
         let np = self.inode(newparent)?;
         let npfd = np.fd()?;
+        self.zone_made_elsewhere(&np)?;
         let _gate = self.zone_gate.read();
         let to = self.at(&np, &npfd, newname, Use::New)?;
         if zone::check_link(i.zone_id(), np.zone_id()).is_err() {

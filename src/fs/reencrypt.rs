@@ -213,6 +213,18 @@ impl Core {
             let job = running.entry(zone.id).or_default();
             job.stop.clone()
         };
+        // shared storage: one job per zone across all hosts
+        let claim = match self.jobs.claim(&hex(&zone.id)) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                self.running.jobs.lock().remove(&zone.id);
+                return Err(FsError::JobRunning(format!("{shown} (on another host)")));
+            }
+            Err(e) => {
+                self.running.jobs.lock().remove(&zone.id);
+                return Err(FsError::CannotStart(e));
+            }
+        };
         self.jobs.set(&status);
         let core = self.clone();
         let first = status.clone();
@@ -220,7 +232,10 @@ impl Core {
         // the walk of a large zone takes seconds: the job does it, the caller polls
         let spawned = std::thread::Builder::new()
             .name("ezfs-reencrypt".into())
-            .spawn(move || core.run_job(root, zone, status, stop));
+            .spawn(move || {
+                core.run_job(root, zone, status, stop);
+                drop(claim);
+            });
         match spawned {
             Ok(t) => self.running.threads.lock().push(t),
             Err(e) => {

@@ -15,6 +15,8 @@
 use super::core::Core;
 use super::names::At;
 use super::reencrypt::Root;
+use super::sharedlock;
+use crate::backdir::ofd::{self, Kind};
 use crate::backdir::sys;
 use crate::crypto::Key;
 use crate::format::header::read_header;
@@ -266,8 +268,12 @@ impl Core {
             return Ok(Outcome::Empty);
         }
         // an open in the mount reads the header under the same lock: it never sees a
-        // half-written sector
+        // half-written sector (on shared storage, an open on another host neither:
+        // it reads the header under a shared lock of it on the backing file)
         let _g = self.header_lock(meta.ino()).write();
+        if self.shared {
+            ofd::set(f.as_fd(), Kind::Write, sharedlock::HEADER, 1, true).map_err(failed)?;
+        }
         let h = read_header(f)?;
         check_belongs(&h, zone)?;
         if h.key_version == version {
@@ -309,10 +315,14 @@ impl Core {
             )));
         }
         let _g = self.header_lock(meta.ino()).write();
-        // a file open in the mount keeps its key and inode while open: retried later
+        // a file open in the mount keeps its key and inode while open: retried later;
+        // on shared storage so is a file open on any host (the lock is held until
+        // `old` is closed, after the swap)
         let known = self.inodes.find_and_ref((meta.dev(), meta.ino()));
         let slot = known.as_ref().map(|i| i.enc.lock());
-        let busy = slot.as_ref().is_some_and(|s| s.upgrade().is_some());
+        let open_elsewhere =
+            self.shared && !ofd::set(old.as_fd(), Kind::Write, sharedlock::OPEN, 1, false).map_err(failed)?;
+        let busy = open_elsewhere || slot.as_ref().is_some_and(|s| s.upgrade().is_some());
         let result = if busy {
             Err(JobError::Busy)
         } else {

@@ -81,6 +81,59 @@ impl Core {
         Some(Arc::new(z))
     }
 
+    /// Shared storage: a directory whose marker names a zone this daemon's registry
+    /// does not know may be a zone another host has just made, so the keystore is read
+    /// again (at most once a second) before the directory's zone is decided; else the
+    /// new zone would count as broken until the keystore watch caught up.
+    pub(super) fn see_new_zone(&self, at: &super::names::At<'_>) {
+        let Ok(fd) = at.open_path() else {
+            return;
+        };
+        let MarkerRead::Valid(m) = self.read_marker(fd.as_fd()) else {
+            return;
+        };
+        let mut known = false;
+        self.keys
+            .with_registry(&mut |r| known = r.contains_key(&m.id_hex()));
+        if known {
+            return;
+        }
+        {
+            let mut last = self.zone_catch_up.lock();
+            if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        if let Err(e) = self.reload() {
+            log::warn!("cannot re-read the keystore for a zone made elsewhere: {e}");
+        }
+    }
+
+    /// Shared storage: before a name is added to directory `dir` that this daemon
+    /// takes for a plain one, its marker is looked for: another host may have made it
+    /// a zone since this daemon decided (the keystore watch catches up within a
+    /// second, but a file made meanwhile would be stored in plaintext). With a marker
+    /// the keystore is read again; if the directory is still no zone, EIO.
+    pub(super) fn zone_made_elsewhere(&self, dir: &super::inode::Inode) -> super::error::FsResult<()> {
+        if !self.shared || dir.zone().is_some() {
+            return Ok(());
+        }
+        let fd = dir.fd()?;
+        if matches!(self.read_marker(fd.as_fd()), MarkerRead::Absent) {
+            return Ok(());
+        }
+        self.reload()?;
+        if dir.zone().is_some() {
+            return Ok(());
+        }
+        log::error!(
+            "{}: a zone marker in a directory that is no zone here; nothing is created in it",
+            sys::describe(fd.as_fd())
+        );
+        Err(super::error::errno::EIO)
+    }
+
     /// Re-reads the keystore (the command line changed it) and finds the zones again.
     pub fn reload(&self) -> FsResult<()> {
         self.keys.reload()?;

@@ -71,6 +71,22 @@ pub fn rename_beside(path: &Path, from: &std::ffi::OsStr, to: &std::ffi::OsStr) 
     sys::rename_at(dir.as_fd(), from, dir.as_fd(), to, 0)
 }
 
+/// Opens (creating it with mode 0600) the lock file `path` read-write, for byte-range
+/// locks: not through a symlink in its last two components, never waiting on a FIFO,
+/// and only a regular file.
+pub fn open_lock_file(path: &Path) -> io::Result<File> {
+    let (dir, name) = parent_of(path)?;
+    let flags = libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    let f = File::from(sys::open_at(dir.as_fd(), name, flags, 0o600)?);
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok(f)
+}
+
 /// An exclusive advisory lock on a file, released on drop (serializes keystore updates
 /// between the mount daemon and the command line).
 pub struct FileLock(File);
@@ -78,15 +94,7 @@ pub struct FileLock(File);
 impl FileLock {
     /// Opens (creating if needed) the lock file `path` and waits for the lock.
     pub fn acquire(path: &Path) -> io::Result<FileLock> {
-        let (dir, name) = parent_of(path)?;
-        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK;
-        let f = File::from(sys::open_at(dir.as_fd(), name, flags, 0o600)?);
-        if !f.metadata()?.is_file() {
-            return Err(io::Error::other(format!(
-                "{} is not a regular file",
-                path.display()
-            )));
-        }
+        let f = open_lock_file(path)?;
         loop {
             // SAFETY: flock on a valid, owned descriptor.
             let r = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) };

@@ -244,7 +244,7 @@ fn apply_real(r: &Real, m: &Model, op: &Op) -> Result<(), i32> {
             let ino = r.ino(at);
             let data: Vec<u8> = (0..len).map(|i| seed.wrapping_add(i as u8)).collect();
             let o = errno(c.open(&root(), ino, libc::O_RDWR))?;
-            let w = errno(c.write(ino, o.fh, off, &data, false));
+            let w = errno(c.write(ino, o.fh, off, &data, false, false));
             c.release(ino, o.fh);
             assert_eq!(w?, len);
         }
