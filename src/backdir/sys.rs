@@ -266,6 +266,62 @@ pub fn will_need(f: &File, off: u64, len: u64) {
     unsafe { libc::posix_fadvise(f.as_raw_fd(), off as i64, len as i64, libc::POSIX_FADV_WILLNEED) };
 }
 
+/// Drops the clean cached pages of `[off, off + len)` of `f` (`POSIX_FADV_DONTNEED`),
+/// so the next read asks the file system. For a backing file another host writes
+/// through a client whose page cache does not see it (a FUSE client such as
+/// GlusterFS's); a failure only means the cache stays.
+pub fn drop_cached(f: &File, off: u64, len: u64) {
+    // SAFETY: plain syscall on an open descriptor; no memory is passed.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), off as i64, len as i64, libc::POSIX_FADV_DONTNEED) };
+}
+
+/// `fstat` of `fd`'s file as the file system has it now, not as a client cached it
+/// (`statx` with `AT_STATX_FORCE_SYNC`: NFS and FUSE file systems ask their server).
+/// Only the fields `stat` has are filled.
+pub fn stat_fresh(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    // SAFETY: statx is plain integers, for which zero is a value.
+    let mut sx: libc::statx = unsafe { std::mem::zeroed() };
+    let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_FORCE_SYNC;
+    // SAFETY: valid fd, an empty NUL-terminated path, sx is a valid out pointer.
+    check(unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            libc::STATX_BASIC_STATS,
+            &mut sx,
+        )
+    })?;
+    // SAFETY: stat is plain integers, for which zero is a value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    st.st_dev = libc::makedev(sx.stx_dev_major, sx.stx_dev_minor);
+    st.st_ino = sx.stx_ino;
+    st.st_mode = sx.stx_mode as libc::mode_t;
+    st.st_nlink = sx.stx_nlink as libc::nlink_t;
+    st.st_uid = sx.stx_uid;
+    st.st_gid = sx.stx_gid;
+    st.st_rdev = libc::makedev(sx.stx_rdev_major, sx.stx_rdev_minor);
+    st.st_size = sx.stx_size as i64;
+    st.st_blksize = sx.stx_blksize as libc::blksize_t;
+    st.st_blocks = sx.stx_blocks as i64;
+    st.st_atime = sx.stx_atime.tv_sec;
+    st.st_atime_nsec = sx.stx_atime.tv_nsec.into();
+    st.st_mtime = sx.stx_mtime.tv_sec;
+    st.st_mtime_nsec = sx.stx_mtime.tv_nsec.into();
+    st.st_ctime = sx.stx_ctime.tv_sec;
+    st.st_ctime_nsec = sx.stx_ctime.tv_nsec.into();
+    Ok(st)
+}
+
+/// Whether `fd`'s file lies on a FUSE file system (statfs magic `FUSE_SUPER_MAGIC`).
+pub fn on_fuse(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: statfs is plain integers, for which zero is a value.
+    let mut sf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and out pointer.
+    let r = unsafe { libc::fstatfs(fd.as_raw_fd(), &mut sf) };
+    r == 0 && sf.f_type as u64 == 0x6573_5546
+}
+
 /// How many pages of `[off, off + len)` of `f` the page cache holds (`cachestat(2)`,
 /// Linux 6.5); `None` where the kernel lacks the call.
 pub fn cached_pages(f: &File, off: u64, len: u64) -> Option<u64> {

@@ -393,6 +393,7 @@ pub fn mount(a: MountArgs) -> CliResult {
         core.writeback = false;
         core.ttl = Duration::ZERO;
         core.jobs = crate::fs::jobs::Jobs::shared(&crate::keys::keystore::ezfs_dir(&backing));
+        core.refetch = shared::client_caches_pages(&backing);
     }
     if let Some(t) = attr_timeout {
         core.ttl = t;

@@ -86,25 +86,62 @@ pub(super) const GLUSTER_CACHES: &[&str] = &[
     "performance.readdir-ahead",
 ];
 
-/// The file system type and source of the mount holding `path` (canonical).
-fn mount_of(path: &Path) -> Option<(String, String)> {
+/// GlusterFS client (mount) options that keep a client from trusting its cached
+/// names and attributes: without them a file another host created or removed is
+/// missed (SQLite then cannot open its journal).
+pub(super) const GLUSTER_MOUNT_OPTIONS: &[&str] =
+    &["entry-timeout=0", "attribute-timeout=0", "negative-timeout=0"];
+
+/// The mount point, file system type and source of the mount holding `path`
+/// (canonical).
+fn mount_of(path: &Path) -> Option<(std::path::PathBuf, String, String)> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     super::mountinfo::parse(&text)
         .into_iter()
         .filter(|(mp, ..)| path.starts_with(mp))
         .max_by_key(|(mp, ..)| mp.as_os_str().len())
-        .map(|(_, fstype, source, _)| (fstype, source))
+        .map(|(mp, fstype, source, _)| (mp, fstype, source))
+}
+
+/// The command line of the GlusterFS client process serving mount point `mp`.
+fn gluster_client_args(mp: &Path) -> Option<Vec<String>> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let raw = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<String> = raw
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let client = args.first()?.ends_with("glusterfs") && args.last()? == mp.to_str()?;
+        client.then_some(args)
+    })
 }
 
 /// Warns about what the mount can tell is wrong with the backing dir's file system
 /// for shared storage: a GlusterFS volume with client caches on (asked of `gluster`
 /// where it runs; otherwise the options to check are named).
 pub(super) fn warn_about(backing: &Path) {
-    let Some((fstype, source)) = mount_of(backing) else {
+    let Some((mp, fstype, source)) = mount_of(backing) else {
         return;
     };
     if fstype != "fuse.glusterfs" {
         return;
+    }
+    if let Some(args) = gluster_client_args(&mp) {
+        let missing: Vec<&str> = GLUSTER_MOUNT_OPTIONS
+            .iter()
+            .filter(|o| !args.iter().any(|a| a == &format!("--{o}")))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            log::warn!(
+                "GlusterFS is mounted at {} without {}: this host may miss files other hosts \
+                 create or remove; mount it with -o {}",
+                mp.display(),
+                missing.join(","),
+                GLUSTER_MOUNT_OPTIONS.join(",")
+            );
+        }
     }
     let volume = source
         .rsplit_once(':')
@@ -190,4 +227,24 @@ pub(super) fn watch_keystore(core: std::sync::Arc<crate::fs::Core>) -> std::io::
             }
         })
         .map(drop)
+}
+
+/// Whether the backing dir is reached through a FUSE client (GlusterFS's, for one),
+/// whose page cache does not see other hosts' writes: the daemon then drops what it
+/// reads under a lock from that cache first.
+pub(super) fn client_caches_pages(backing: &Path) -> bool {
+    let fuse = crate::backdir::sys::open_at(
+        crate::backdir::sys::at_cwd(),
+        backing.as_os_str(),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+    .is_ok_and(|fd| crate::backdir::sys::on_fuse(fd.as_fd()));
+    if fuse {
+        log::info!(
+            "{} is on a FUSE file system: what is read under a lock is read from it again",
+            backing.display()
+        );
+    }
+    fuse
 }

@@ -81,6 +81,9 @@ pub struct Core {
     /// what they read and write on the backing file (see `sharedlock`), and
     /// applications' locks are forwarded to the backing files (see `applocks`).
     pub shared: bool,
+    /// Shared storage through a client whose page cache may hold pages other hosts
+    /// have since rewritten (a FUSE client, such as GlusterFS's): reads drop them.
+    pub refetch: bool,
     /// How long the kernel may cache attributes and names. On a mount of its own this
     /// daemon sees every change, so the cache is only as stale as changes made behind
     /// the mount's back; on shared storage other hosts make changes all the time.
@@ -153,6 +156,7 @@ impl Core {
             writeback: !read_only,
             passthrough: false,
             shared: false,
+            refetch: false,
             ttl: std::time::Duration::from_secs(1),
             app_locks: Default::default(),
             zone_catch_up: Mutex::new(None),
@@ -237,7 +241,22 @@ impl Core {
 
     /// The backing file of `ino` as it is now.
     pub(super) fn stat(&self, ino: &Inode) -> FsResult<libc::stat> {
-        Ok(sys::stat_at(ino.fd()?.as_fd(), OsStr::new(""))?)
+        let fd = ino.fd()?;
+        Ok(match self.shared {
+            // as the shared file system has it, not as its client cached it
+            true => sys::stat_fresh(fd.as_fd())?,
+            false => sys::stat_at(fd.as_fd(), OsStr::new(""))?,
+        })
+    }
+
+    /// How open encrypted files share their backing files (see `sharedlock`).
+    pub(super) fn sharing(&self) -> super::sharedlock::Sharing {
+        use super::sharedlock::Sharing;
+        match (self.shared, self.refetch) {
+            (false, _) => Sharing::Alone,
+            (true, false) => Sharing::Shared,
+            (true, true) => Sharing::SharedUncached,
+        }
     }
 
     pub(super) fn getattr_of(&self, ino: &Inode) -> FsResult<Attr> {

@@ -3,7 +3,7 @@
 //! unwrapped once per open file, not per request.
 
 use super::error::{errno, FsError, FsResult};
-use super::sharedlock::{tail_block, Held, LockPool};
+use super::sharedlock::{tail_block, Held, LockPool, Sharing};
 use super::{direct, readaround, writebehind};
 use crate::backdir::sys;
 use crate::format::header::read_header;
@@ -43,6 +43,9 @@ pub struct EncFile {
     /// the backing file (see [`super::sharedlock`]); the size is then read from the
     /// backing file under them, and no metadata entry is kept in memory.
     shared: Option<LockPool>,
+    /// Shared storage through a client whose page cache may be stale: what a read or
+    /// write uses of the backing file is dropped from that cache under the lock.
+    refetch: bool,
 }
 
 /// The backing file with its writes taken one at a time. The backing filesystem
@@ -165,15 +168,15 @@ pub fn new_header(zone: &Zone, keys: &dyn KeyProvider) -> Result<(Header, BlockC
 
 impl EncFile {
     /// Opens the encrypted file behind `fd`. An empty file gets its header now when
-    /// `writable`; `keys` unwraps the DEK. With `shared`, other daemons may use the
-    /// file at the same time (see [`super::sharedlock`]). Failures are logged with the
-    /// path.
+    /// `writable`; `keys` unwraps the DEK. `sharing` says whether other daemons may use
+    /// the file at the same time (see [`super::sharedlock`]). Failures are logged with
+    /// the path.
     pub fn open(
         fd: BorrowedFd<'_>,
         zone: &Zone,
         keys: &dyn KeyProvider,
         writable: bool,
-        shared: bool,
+        sharing: Sharing,
     ) -> FsResult<EncFile> {
         if let Some(why) = &zone.broken {
             log::error!("{}: zone unusable: {why}", sys::describe(fd));
@@ -185,7 +188,7 @@ impl EncFile {
             }
             false => sys::reopen_noatime(fd, libc::O_RDONLY),
         }?;
-        Self::from_file(file, zone, keys, writable, shared)
+        Self::from_file(file, zone, keys, writable, sharing)
     }
 
     /// Like [`EncFile::open`], on a backing file already open (read-write when `writable`).
@@ -194,7 +197,7 @@ impl EncFile {
         zone: &Zone,
         keys: &dyn KeyProvider,
         writable: bool,
-        shared: bool,
+        sharing: Sharing,
     ) -> FsResult<EncFile> {
         let fail = |file: &File, what: String| {
             log::error!("{}: {what}", sys::describe(file.as_fd()));
@@ -204,11 +207,15 @@ impl EncFile {
         if let Some(why) = &zone.broken {
             return Err(fail(&file, format!("zone unusable: {why}")));
         }
-        let pool = match shared {
+        let pool = match sharing {
             // "open here": no other daemon replaces the file meanwhile
-            true => Some(LockPool::new(&file, writable).and_then(|p| p.hold_open().map(|_| p))?),
-            false => None,
+            Sharing::Alone => None,
+            _ => Some(LockPool::new(&file, writable).and_then(|p| p.hold_open().map(|_| p))?),
         };
+        let refetch = sharing == Sharing::SharedUncached;
+        if refetch {
+            sys::drop_cached(&file, 0, 0);
+        }
         // another daemon may be giving an empty file its header (one of them does), or
         // re-wrapping it; a writer also clears entries past the end (below), alone
         let (tail, header_lock) = match &pool {
@@ -216,7 +223,10 @@ impl EncFile {
             Some(p) => (None, Some(p.header(false)?)),
             None => (None, None),
         };
-        let len = file.metadata()?.len();
+        let len = match pool {
+            Some(_) => sys::stat_fresh(file.as_fd())?.st_size as u64,
+            None => file.metadata()?.len(),
+        };
         if len == 0 {
             let cipher = if writable {
                 let (header, codec) = new_header(zone, keys).map_err(|e| fail(&file, e.to_string()))?;
@@ -226,7 +236,7 @@ impl EncFile {
                 None
             };
             drop((header_lock, tail));
-            return Ok(EncFile::new(file, cipher, 0, pool));
+            return Ok(EncFile::new(file, cipher, 0, pool, refetch));
         }
         let size = plain_size(len)
             .map_err(|_| fail(&file, format!("backing size {len} is too short for a header")))?;
@@ -261,7 +271,7 @@ impl EncFile {
             _ => {}
         }
         drop(tail);
-        Ok(EncFile::new(file, Some((header, codec)), size, pool))
+        Ok(EncFile::new(file, Some((header, codec)), size, pool, refetch))
     }
 
     fn codec_error(&self, e: CodecError) -> FsError {
@@ -288,7 +298,13 @@ impl EncFile {
         self.cipher.as_ref().map(|(_, c)| c).ok_or(errno::EBADF)
     }
 
-    fn new(file: File, cipher: Option<(Header, BlockCodec)>, size: u64, shared: Option<LockPool>) -> EncFile {
+    fn new(
+        file: File,
+        cipher: Option<(Header, BlockCodec)>,
+        size: u64,
+        shared: Option<LockPool>,
+        refetch: bool,
+    ) -> EncFile {
         EncFile {
             file,
             cipher,
@@ -303,13 +319,25 @@ impl EncFile {
                 None => MetaCache::default(),
             },
             shared,
+            refetch,
+        }
+    }
+
+    /// Shared storage through a stale-prone client: drops what the client caches of
+    /// blocks `first..=last` and their metadata entries (under their lock), so they
+    /// are read as the file system has them now.
+    fn refetch(&self, first: u64, last: u64) {
+        if self.refetch {
+            let from = layout::meta_offset(first / layout::GROUP_BLOCKS);
+            let to = layout::data_offset(last) + layout::BLOCK;
+            sys::drop_cached(&self.file, from, to - from);
         }
     }
 
     /// Shared storage: the plaintext size as the backing file has it now (kept as the
     /// current size too).
     fn size_on_disk(&self) -> FsResult<u64> {
-        let len = self.file.metadata()?.len();
+        let len = sys::stat_fresh(self.file.as_fd())?.st_size as u64;
         let size = plain_size(len).map_err(|_| {
             log::error!(
                 "{}: backing size {len} is too short for a header",
@@ -415,11 +443,13 @@ impl EncFile {
         let _layout = self.layout.read();
         let end = off + out.len() as u64;
         let _g = self.stripes(off, end, false);
-        let _held = pool.blocks(off / layout::BLOCK, Some((end - 1) / layout::BLOCK), false)?;
+        let (first, last) = (off / layout::BLOCK, (end - 1) / layout::BLOCK);
+        let _held = pool.blocks(first, Some(last), false)?;
         let size = self.size_on_disk()?;
         if off >= size {
             return Ok(0);
         }
+        self.refetch(first, last.min(size.saturating_sub(1) / layout::BLOCK));
         self.codec()?
             .read(&self.backing(), size, off, out)
             .map_err(|e| self.codec_error(e))
@@ -437,6 +467,10 @@ impl EncFile {
         if end > size {
             (held, size) = self.lock_tail(pool, Some(held), (off / layout::BLOCK).min(tail_block(size)))?;
         }
+        self.refetch(
+            (off / layout::BLOCK).min(tail_block(size)),
+            (end - 1) / layout::BLOCK,
+        );
         let new_size = self
             .codec()?
             .write(&self.backing(), size, off, data)
@@ -456,6 +490,10 @@ impl EncFile {
         };
         let _layout = self.layout.write();
         let (_held, size) = self.lock_tail(pool, None, tail_block(self.size()))?;
+        self.refetch(
+            tail_block(size),
+            (size + data.len() as u64).saturating_sub(1) / layout::BLOCK,
+        );
         let new_size = self
             .codec()?
             .write(&self.backing(), size, size, data)
@@ -525,6 +563,7 @@ impl EncFile {
         let (_held, size) = match &self.shared {
             Some(pool) => {
                 let (h, s) = self.lock_tail(pool, None, tail_block(new_size.min(self.size())))?;
+                self.refetch(tail_block(new_size.min(s)), tail_block(new_size.max(s)));
                 (Some(h), s)
             }
             None => (None, self.size()),

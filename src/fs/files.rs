@@ -39,7 +39,7 @@ impl Core {
             &zone,
             &*self.keys,
             !self.read_only,
-            self.shared,
+            self.sharing(),
         )?);
         *slot = Arc::downgrade(&e);
         Ok(e)
@@ -54,7 +54,13 @@ impl Core {
         let enc = match slot.upgrade() {
             Some(e) => e,
             None => {
-                let e = Arc::new(EncFile::from_file(file, &zone, &*self.keys, true, self.shared)?);
+                let e = Arc::new(EncFile::from_file(
+                    file,
+                    &zone,
+                    &*self.keys,
+                    true,
+                    self.sharing(),
+                )?);
                 *slot = Arc::downgrade(&e);
                 e
             }
@@ -240,6 +246,10 @@ impl Core {
                 n
             }
             Handle::Plain(f, _, checked) => {
+                if self.refetch {
+                    // another host's writes, not this client's old pages
+                    sys::drop_cached(f, offset, buf.len() as u64);
+                }
                 let n = Backing::read_at(f, buf, offset).map_err(FsError::from);
                 atime::file_read(policy, f, checked);
                 n

@@ -41,6 +41,20 @@ pub const fn block_byte(b: u64) -> u64 {
     INTERNAL + 2 + b
 }
 
+/// Whether other daemons use an open file's backing file too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// No: this daemon is the only one (a mount of its own).
+    Alone,
+    /// Yes (shared storage), through a file system whose page cache follows other
+    /// hosts' writes (a local one, NFS, CephFS).
+    Shared,
+    /// Yes, through a client whose page cache may hold pages other hosts have since
+    /// rewritten (a FUSE client such as GlusterFS's): what is read under a lock is
+    /// dropped from it first.
+    SharedUncached,
+}
+
 /// Descriptions of one backing file to lock with, reused between operations.
 pub struct LockPool {
     /// The descriptor new descriptions are opened from.

@@ -551,6 +551,17 @@ impl Fixture {
         self.mount_backing_impl(backing, &self.mnt, extra, &self.pass, &[])
     }
 
+    /// Mounts another backing dir, `backing`, at `mnt` with `extra` arguments and this
+    /// fixture's passphrase.
+    pub fn try_mount_backing_at(
+        &self,
+        backing: &Path,
+        mnt: &Path,
+        extra: &[&str],
+    ) -> Result<Mount, (Option<i32>, String)> {
+        self.mount_backing_impl(backing, mnt, extra, &self.pass, &[])
+    }
+
     fn mount_impl(
         &self,
         mnt: &Path,
