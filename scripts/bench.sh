@@ -7,6 +7,7 @@
 # Usage: scripts/bench.sh [--quick] [--passes N] [--out FILE] [--size SIZE]
 #                         [--runtime SECS] [--workdir DIR]
 #                         [--targets "ezfs ezfs-plain plain gocryptfs"] [--jobs "seqwrite ..."]
+#                         [--ratio-of TARGET]
 #   --quick     256M file, 5 s per timed job (about one minute per target and pass)
 #   defaults    1G file, 15 s per timed job
 #   --passes N  run every target N times (default 1); each pass rotates the order of
@@ -14,7 +15,9 @@
 #   --out FILE  also write the table to FILE.md and a chart to FILE.svg: each target's
 #               speed on each job as a ratio to the disk's (`plain`) in the same pass
 #   targets     ezfs (a zone), ezfs-plain (a plain directory of an ezfs mount), plain
-#               (the disk itself), gocryptfs
+#               (the disk itself), gocryptfs, ezfs-shared (a zone of a mount made with
+#               --shared-storage)
+#   --ratio-of T  the ratio columns are T's speed over each other target's (default ezfs)
 # Environment: EZFS (the ezfs binary; default target/release/ezfs, built if missing),
 #              EZFS_MOUNT_OPTS (more `ezfs mount` arguments, e.g. "--passthrough")
 # Run as root so that caches can be dropped before every job (reads start cold).
@@ -26,7 +29,7 @@ root=$(cd "$here/.." && pwd)
 SIZE=1G RUNTIME=15 WORKDIR=/var/tmp
 TARGETS="ezfs ezfs-plain plain gocryptfs"
 JOBS="seqwrite seqread randread4k randwrite4k randrw-4jobs smallfiles"
-PASSES=1 OUT=
+PASSES=1 OUT= RATIO_OF=ezfs
 while [[ $# -gt 0 ]]; do
     case $1 in
         --quick) SIZE=256M RUNTIME=5; shift ;;
@@ -37,6 +40,7 @@ while [[ $# -gt 0 ]]; do
         --jobs) JOBS=$2; shift 2 ;;
         --passes) PASSES=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
+        --ratio-of) RATIO_OF=$2; shift 2 ;;
         -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -60,14 +64,16 @@ setup() {  # TARGET -> sets DIR, the directory to run the jobs in
     mkdir -p "$d/backing" "$d/mnt"
     case $t in
         plain) DIR=$d/backing ;;
-        ezfs|ezfs-plain)
+        ezfs|ezfs-plain|ezfs-shared)
             "$EZFS" init "$d/backing" --passphrase-file "$work/pass" >/dev/null
             "$EZFS" key create bench --backing "$d/backing" --passphrase-file "$work/pass" >/dev/null
+            local shared=
+            [[ $t == ezfs-shared ]] && shared=--shared-storage
             # shellcheck disable=SC2086
-            "$EZFS" mount "$d/backing" "$d/mnt" --passphrase-file "$work/pass" ${EZFS_MOUNT_OPTS:-} >/dev/null 2>"$d/log"
+            "$EZFS" mount "$d/backing" "$d/mnt" --passphrase-file "$work/pass" $shared ${EZFS_MOUNT_OPTS:-} >/dev/null 2>"$d/log"
             mounts+=("$d/mnt")
             mkdir "$d/mnt/zone"
-            if [[ $t == ezfs ]]; then
+            if [[ $t != ezfs-plain ]]; then
                 "$EZFS" zone create --key bench "$d/mnt/zone" >/dev/null
             fi
             DIR=$d/mnt/zone ;;
@@ -128,9 +134,9 @@ for ((p = 1; p <= PASSES; p++)); do
     order=("${order[@]:1}" "${order[0]}")
 done
 
-python3 - "$work/results" "$TARGETS" "$JOBS" "$PASSES" "$OUT" <<'PY'
+python3 - "$work/results" "$TARGETS" "$JOBS" "$PASSES" "$OUT" "$RATIO_OF" <<'PY'
 import json, os, statistics, sys
-res, targets, jobs, passes, out = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), int(sys.argv[4]), sys.argv[5]
+res, targets, jobs, passes, out, base = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), int(sys.argv[4]), sys.argv[5], sys.argv[6]
 def load(p, name):
     try:
         with open(os.path.join(res, str(p), name + ".json")) as f:
@@ -163,12 +169,12 @@ def spread(xs, fmt):
 def ratios(a, b, j):  # the per-pass ratios a/b
     return [x / y for x, y in zip(v[(a, j)], v[(b, j)]) if x and y]
 unit = lambda j: "MB/s" if j.startswith("seq") else ("files/s" if j == "smallfiles" else "IOPS")
-others = [t for t in targets if t != "ezfs"] if "ezfs" in targets else []
-lines = ["| job | unit | " + " | ".join(targets) + " | " + " | ".join(f"ezfs/{o}" for o in others) + " |",
+others = [t for t in targets if t != base] if base in targets else []
+lines = ["| job | unit | " + " | ".join(targets) + " | " + " | ".join(f"{base}/{o}" for o in others) + " |",
          "|" + "---|" * (2 + len(targets) + len(others))]
 for j in jobs:
     cells = [spread(v[(t, j)], lambda x: f"{x:,.0f}") for t in targets]
-    rs = [spread(ratios("ezfs", o, j), lambda x: f"{x:.2f}x") for o in others]
+    rs = [spread(ratios(base, o, j), lambda x: f"{x:.2f}x") for o in others]
     lines.append(f"| {j} | {unit(j)} | " + " | ".join(cells) + " | " + " | ".join(rs) + " |")
 note = f"{passes} pass(es); values are medians over the passes (range), ratios medians of the per-pass ratios (range)"
 print("\n".join(lines))

@@ -503,15 +503,20 @@ pub fn record_daemon(backing: &Path, mountpoint: &Path) -> std::io::Result<()> {
 /// Removes the daemon's record (at unmount), if it is still this process's.
 pub fn forget_daemon(backing: &Path) {
     if recorded_daemon(backing).is_some_and(|(pid, _)| pid == std::process::id()) {
-        let dir = crate::keys::keystore::ezfs_dir(backing);
-        if let Ok(d) = sys::open_at(
-            sys::at_cwd(),
-            dir.as_os_str(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        ) {
-            let _ = sys::unlink_at(d.as_fd(), OsStr::new(DAEMON_FILE), 0);
-        }
+        forget_any_daemon(backing);
+    }
+}
+
+/// Removes whatever daemon record there is (shared storage keeps none).
+pub fn forget_any_daemon(backing: &Path) {
+    let dir = crate::keys::keystore::ezfs_dir(backing);
+    if let Ok(d) = sys::open_at(
+        sys::at_cwd(),
+        dir.as_os_str(),
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    ) {
+        let _ = sys::unlink_at(d.as_fd(), OsStr::new(DAEMON_FILE), 0);
     }
 }
 

@@ -368,3 +368,26 @@ fn one_reencrypt_job_per_zone_across_mounts_and_a_dead_hosts_job_is_taken_over()
     ok(&f.run(&["zone", "reencrypt", s(&z2)]), "the job taken over");
     assert_eq!(status(&z), "completed");
 }
+
+#[test]
+fn a_record_left_by_a_killed_daemon_does_not_make_shared_daemons_distrusted() {
+    let f = Fixture::new();
+    // a daemon of its own records itself in .ezfs/daemon.json; kill -9 leaves the record
+    let own = f.mount();
+    let pid = own.pid().expect("daemon pid");
+    // SAFETY: kill(2) of the daemon this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(wait_until(Duration::from_secs(30), || !process_alive(pid)));
+    drop(own);
+    assert!(
+        f.b(".ezfs/daemon.json").exists(),
+        "the killed daemon's record stays"
+    );
+    // shared daemons keep no record: commands must still trust their sockets
+    let ms = mounts(&f, 2);
+    std::fs::create_dir(ms[0].mnt.join("zz")).unwrap();
+    let o = f.run(&["zone", "create", "--key", "k1", s(&ms[1].mnt.join("zz"))]);
+    ok(&o, "zone create through the second shared mount");
+    let o = f.run(&["status", s(&ms[0].mnt)]);
+    ok(&o, "ezfs status of the first shared mount");
+}

@@ -363,6 +363,9 @@ pub fn mount(a: MountArgs) -> CliResult {
         );
     }
     if shared {
+        // a record a killed daemon of its own left would make clients distrust every
+        // shared daemon's socket; none can be running now (the lock says so)
+        control::forget_any_daemon(&backing);
         shared::warn_about(&backing);
     }
     warn_if_open(&backing);

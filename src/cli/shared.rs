@@ -43,8 +43,18 @@ pub(super) fn record(backing: &Path) -> CliResult {
 /// own on a file system without byte-range locks goes on without it, with a warning.
 pub(super) fn lock_mount(backing: &Path, shared: bool) -> Result<Option<File>, Failure> {
     let path = ezfs_dir(backing).join(LOCK);
-    let f = crate::keys::atomic::open_lock_file(&path)
-        .map_err(|e| Failure::op(format!("cannot open {}: {e}", path.display())))?;
+    let f = match crate::keys::atomic::open_lock_file(&path) {
+        Ok(f) => f,
+        Err(e) if shared => return Err(Failure::op(format!("cannot open {}: {e}", path.display()))),
+        Err(e) => {
+            // a read-only backing dir, for one
+            log::warn!(
+                "cannot open {} ({e}): a second daemon on this backing dir would not be noticed",
+                path.display()
+            );
+            return Ok(None);
+        }
+    };
     let kind = if shared { Kind::Read } else { Kind::Write };
     match ofd::set(f.as_fd(), kind, 0, 1, false) {
         Ok(true) => Ok(Some(f)),

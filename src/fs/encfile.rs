@@ -440,9 +440,11 @@ impl EncFile {
         if out.is_empty() {
             return Ok(0);
         }
+        // the byte-range locks order this read with every other operation, this
+        // daemon's too (each holds its own description); the layout lock only keeps
+        // it apart from a truncate here
         let _layout = self.layout.read();
         let end = off + out.len() as u64;
-        let _g = self.stripes(off, end, false);
         let (first, last) = (off / layout::BLOCK, (end - 1) / layout::BLOCK);
         let _held = pool.blocks(first, Some(last), false)?;
         let size = self.size_on_disk()?;
@@ -456,12 +458,12 @@ impl EncFile {
     }
 
     /// Shared storage: [`EncFile::write`] with the blocks written locked exclusively
-    /// on the backing file, and the tail too when the write changes the size. Writes
-    /// of one file in this daemon are serialized (the layout lock): one lock
-    /// description per file operation is enough to keep them apart.
+    /// on the backing file, and the tail too when the write changes the size. Those
+    /// locks keep this daemon's operations apart too (each holds its own description),
+    /// so writes of disjoint blocks run in parallel.
     fn write_shared(&self, pool: &LockPool, off: u64, data: &[u8]) -> FsResult<()> {
         let end = off + data.len() as u64;
-        let _layout = self.layout.write();
+        let _layout = self.layout.read();
         let mut held = pool.blocks(off / layout::BLOCK, Some((end - 1) / layout::BLOCK), true)?;
         let mut size = self.size_on_disk()?;
         if end > size {
@@ -488,7 +490,7 @@ impl EncFile {
             self.write(at, data)?;
             return Ok(at);
         };
-        let _layout = self.layout.write();
+        let _layout = self.layout.read();
         let (_held, size) = self.lock_tail(pool, None, tail_block(self.size()))?;
         self.refetch(
             tail_block(size),

@@ -417,7 +417,7 @@ fn append_plain(f: &File, data: &[u8]) -> FsResult<()> {
     use crate::backdir::ofd::{self, Kind};
     let lock = sys::reopen(f.as_fd(), libc::O_RDWR)?;
     ofd::set(lock.as_fd(), Kind::Write, super::sharedlock::HEADER, 1, true)?;
-    let end = f.metadata()?.len();
+    let end = sys::stat_fresh(f.as_fd())?.st_size as u64;
     f.write_all_at(data, end)?;
     // closing `lock` releases the lock
     Ok(())

@@ -112,6 +112,21 @@ impl Invalidate for fuser::Notifier {
     }
 }
 
+impl EzFs {
+    /// How files are opened when the kernel keeps no pages of them: on shared storage
+    /// with direct I/O, so that every read and write reaches the daemon (which reads
+    /// under a lock what other hosts wrote) without a GETATTR before each read to
+    /// decide whether cached pages are still good, and writes to one file run in
+    /// parallel (the daemon's byte-range locks order them).
+    fn uncached(&self) -> FopenFlags {
+        if self.0.shared {
+            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
+        } else {
+            FopenFlags::empty()
+        }
+    }
+}
+
 fn caller(req: &Request) -> Caller {
     Caller::new(req.uid(), req.gid(), req.pid())
 }
@@ -186,13 +201,13 @@ impl Filesystem for EzFs {
             self.1.on.store(on, std::sync::atomic::Ordering::Relaxed);
         }
         if self.0.shared {
-            // AUTO_INVAL_DATA: before a read the kernel looks at the file's attributes
-            // again (the attribute timeout is short here) and drops its cached pages
-            // if another host changed the file (mtime or size), so a process that
-            // keeps a file open (SQLite) reads what another host wrote under a lock.
-            // Applications' locks go to the backing files, where other hosts see them.
+            // Files are opened with direct I/O here (see `uncached`); DIRECT_IO_ALLOW_MMAP
+            // keeps mmap working on them, through pages that AUTO_INVAL_DATA drops when
+            // the file's size or mtime shows another host changed it. Applications'
+            // locks go to the backing files, where other hosts see them.
             for flag in [
                 fuser::InitFlags::FUSE_AUTO_INVAL_DATA,
+                fuser::InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
                 fuser::InitFlags::FUSE_POSIX_LOCKS,
                 fuser::InitFlags::FUSE_FLOCK_LOCKS,
             ] {
@@ -352,7 +367,7 @@ impl Filesystem for EzFs {
         let flags = if o.keep_cache {
             FopenFlags::FOPEN_KEEP_CACHE
         } else {
-            FopenFlags::empty()
+            self.uncached()
         };
         match self.1.acquire(&self.0, ino.0, o.fh, |f| reply.open_backing(f)) {
             // no KEEP_CACHE: a passthrough file has no page cache of its own, and the
@@ -613,7 +628,7 @@ impl Filesystem for EzFs {
             .acquire(&self.0, attr.ino.0, o.fh, |f| reply.open_backing(f))
         {
             Some(id) => reply.created_passthrough(ttl, attr, Generation(0), fh, FopenFlags::empty(), &id),
-            None => reply.created(ttl, attr, Generation(0), fh, FopenFlags::empty()),
+            None => reply.created(ttl, attr, Generation(0), fh, self.uncached()),
         }
     }
 
