@@ -391,3 +391,21 @@ fn a_record_left_by_a_killed_daemon_does_not_make_shared_daemons_distrusted() {
     let o = f.run(&["status", s(&ms[0].mnt)]);
     ok(&o, "ezfs status of the first shared mount");
 }
+
+#[test]
+fn mmap_works_on_shared_storage_files() {
+    let f = Fixture::new();
+    let ms = mounts(&f, 2);
+    f.zone("z", "k1");
+    let o = done(
+        py(
+            &f,
+            "import mmap,os,sys\nfd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT,0o644)\nos.ftruncate(fd,8192)\n\
+             m=mmap.mmap(fd,8192)\nm[100:105]=b'hello'\nm.flush()\nm.close()\nos.close(fd)\n\
+             print(open(sys.argv[2],'rb').read()[100:105].decode())",
+            &[s(&ms[0].mnt.join("z/mm")), s(&ms[1].mnt.join("z/mm"))],
+        ),
+        "mmap through one mount, read through the other",
+    );
+    assert_eq!(stdout_of(&o).trim(), "hello");
+}
